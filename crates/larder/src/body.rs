@@ -1,0 +1,174 @@
+//! The response body: streamed from the service (and copied on a miss), or replayed from an entry.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::fill::Fill;
+
+pin_project! {
+    /// The body of every response that went through the cache layer.
+    ///
+    /// On a miss the service's body streams to the client frame by frame while the frames
+    /// (shared `Bytes`, not copies) and the trailers are kept for the store; past the size limit
+    /// the copy is dropped and the rest streams through untouched. A hit replays the stored
+    /// body and trailers.
+    pub struct CacheBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Stream { #[pin] body: B, recorder: Option<Recorder> },
+        Replay { data: Option<Bytes>, trailers: Option<HeaderMap> },
+    }
+}
+
+/// What a miss keeps of the body while it streams.
+pub(crate) struct Recorder {
+    chunks: Vec<Bytes>,
+    size: usize,
+    limit: usize,
+    fill: Fill,
+}
+
+impl Recorder {
+    pub(crate) fn new(fill: Fill, limit: usize) -> Self {
+        Recorder {
+            chunks: Vec::new(),
+            size: 0,
+            limit,
+            fill,
+        }
+    }
+}
+
+impl<B> CacheBody<B> {
+    /// The service's body, untouched.
+    pub(crate) fn stream(body: B) -> Self {
+        CacheBody {
+            kind: Kind::Stream {
+                body,
+                recorder: None,
+            },
+        }
+    }
+
+    /// The service's body, copied for the store as it streams.
+    pub(crate) fn recording(body: B, recorder: Recorder) -> Self {
+        CacheBody {
+            kind: Kind::Stream {
+                body,
+                recorder: Some(recorder),
+            },
+        }
+    }
+
+    /// A stored body and its trailers.
+    pub(crate) fn replay(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        CacheBody {
+            kind: Kind::Replay {
+                data: (!data.is_empty()).then_some(data),
+                trailers,
+            },
+        }
+    }
+
+    /// No body (HEAD, 304, 504).
+    pub(crate) fn empty() -> Self {
+        CacheBody {
+            kind: Kind::Replay {
+                data: None,
+                trailers: None,
+            },
+        }
+    }
+}
+
+impl<B> Body for CacheBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Replay { data, trailers } => {
+                if let Some(d) = data.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(d))));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
+            KindProj::Stream { body, recorder } => {
+                let frame = ready!(body.poll_frame(cx));
+                match &frame {
+                    Some(Ok(f)) => {
+                        if let Some(rec) = recorder {
+                            if let Some(data) = f.data_ref() {
+                                rec.size += data.len();
+                                if rec.size > rec.limit {
+                                    // Too big to store: stop copying, keep streaming.
+                                    *recorder = None;
+                                } else {
+                                    rec.chunks.push(data.clone());
+                                }
+                            } else if let Some(t) = f.trailers_ref() {
+                                rec.fill.trailers(t.clone());
+                            }
+                        }
+                    }
+                    // A broken body is never stored; dropping the recorder ends its flight.
+                    Some(Err(_)) => *recorder = None,
+                    None => {
+                        if let Some(rec) = recorder.take() {
+                            rec.fill.finish(rec.chunks);
+                        }
+                    }
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Replay { data, trailers } => data.is_none() && trailers.is_none(),
+            // Report the end only after poll_frame has seen it, so the recorder can finish.
+            Kind::Stream { body, recorder } => recorder.is_none() && body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Replay { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Stream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for CacheBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match &self.kind {
+            Kind::Stream {
+                recorder: Some(_), ..
+            } => "CacheBody::Recording",
+            Kind::Stream { .. } => "CacheBody::Stream",
+            Kind::Replay { .. } => "CacheBody::Replay",
+        })
+    }
+}

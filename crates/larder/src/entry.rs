@@ -1,0 +1,122 @@
+//! The stored form of a response: status, headers, body, trailers and freshness.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+/// A stored response (or a typed value, stored as a 200 with a JSON body).
+///
+/// Entries are immutable and shared as `Arc<Entry>`: a hit clones the `Arc`, never the body.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub(crate) status: StatusCode,
+    /// Headers as the origin sent them, less hop-by-hop fields and the tag header.
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) trailers: Option<HeaderMap>,
+    /// The origin's ETag, or a strong one derived from the body.
+    pub(crate) etag: HeaderValue,
+    /// When it was stored, in Unix milliseconds.
+    pub(crate) stored_at: u64,
+    /// The store's invalidation stamp taken before the origin was asked: an invalidation after
+    /// this stamp makes the entry unreachable, even if the entry was written after it.
+    pub(crate) born: u64,
+    pub(crate) lifetime: Duration,
+    pub(crate) initial_age: Duration,
+    pub(crate) stale_while_revalidate: Duration,
+    pub(crate) stale_if_error: Duration,
+    pub(crate) must_revalidate: bool,
+    pub(crate) tags: Box<[Box<str>]>,
+    /// Request header names from the response's `Vary`, and the digest of the values the
+    /// storing request had for them (RFC 9111 §4.1).
+    pub(crate) vary: Option<(Box<[HeaderName]>, [u8; 32])>,
+}
+
+/// How usable an entry is at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    /// Fresh for this many more whole seconds.
+    Fresh { ttl: u64 },
+    /// Stale by this long; `revalidate` and `if_error` say whether the stale windows allow use.
+    Stale {
+        by: Duration,
+        revalidate: bool,
+        if_error: bool,
+    },
+}
+
+impl Entry {
+    /// The response status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stored headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The stored body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The stored trailers, if the response had any.
+    pub fn trailers(&self) -> Option<&HeaderMap> {
+        self.trailers.as_ref()
+    }
+
+    /// The tags the entry carries.
+    pub fn tags(&self) -> impl Iterator<Item = &str> {
+        self.tags.iter().map(|t| &**t)
+    }
+
+    /// The store stamp taken before the origin was asked (see [`Store::stamp`](crate::Store::stamp)).
+    pub fn born(&self) -> u64 {
+        self.born
+    }
+
+    /// How long a store should keep the entry from now: the rest of its freshness plus the
+    /// longer stale window.
+    pub fn time_to_keep(&self, now_ms: u64) -> Duration {
+        let total = self.lifetime.saturating_sub(self.initial_age)
+            + self.stale_while_revalidate.max(self.stale_if_error);
+        total.saturating_sub(Duration::from_millis(now_ms.saturating_sub(self.stored_at)))
+    }
+
+    /// The entry's current age (RFC 9111 §4.2.3).
+    pub(crate) fn age(&self, now_ms: u64) -> Duration {
+        self.initial_age + Duration::from_millis(now_ms.saturating_sub(self.stored_at))
+    }
+
+    pub(crate) fn freshness(&self, now_ms: u64) -> Freshness {
+        let age = self.age(now_ms);
+        if age < self.lifetime {
+            return Freshness::Fresh {
+                ttl: (self.lifetime - age).as_secs(),
+            };
+        }
+        let by = age - self.lifetime;
+        Freshness::Stale {
+            by,
+            revalidate: !self.must_revalidate && by < self.stale_while_revalidate,
+            if_error: !self.must_revalidate && by < self.stale_if_error,
+        }
+    }
+
+    /// Approximate memory held by the entry, for byte-bounded stores.
+    pub fn weight(&self) -> u32 {
+        let headers = |h: &HeaderMap| {
+            h.iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 32)
+                .sum::<usize>()
+        };
+        let size = 256
+            + self.body.len()
+            + headers(&self.headers)
+            + self.trailers.as_ref().map_or(0, headers)
+            + self.tags.iter().map(|t| t.len() + 16).sum::<usize>();
+        u32::try_from(size).unwrap_or(u32::MAX)
+    }
+}

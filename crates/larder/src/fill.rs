@@ -1,0 +1,83 @@
+//! Filling the store from a miss: the entry under construction while its body streams.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, header};
+
+use crate::{
+    CacheHandle, CacheKey, Entry,
+    flight::{FlightGuard, Landing},
+    stats::RouteStats,
+};
+
+/// An entry waiting for its body. Dropping it unfinished ends its flight without storing.
+pub(crate) struct Fill {
+    pub(crate) handle: CacheHandle,
+    pub(crate) key: CacheKey,
+    /// Everything but the body and `stored_at`.
+    pub(crate) entry: Entry,
+    pub(crate) stats: Arc<RouteStats>,
+    pub(crate) guard: Option<FlightGuard>,
+}
+
+impl Fill {
+    pub(crate) fn trailers(&mut self, trailers: HeaderMap) {
+        self.entry.trailers = Some(trailers);
+    }
+
+    pub(crate) fn finish(mut self, chunks: Vec<Bytes>) {
+        // gRPC reports failure in trailers with HTTP 200: only grpc-status 0 is stored.
+        if self
+            .entry
+            .trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .is_some_and(|s| s != "0")
+        {
+            if let Some(guard) = self.guard.take() {
+                guard.land(Landing::Uncacheable);
+            }
+            return;
+        }
+        let body = concat(chunks);
+        if self.entry.etag.is_empty() {
+            let etag = derive_etag(&body);
+            self.entry.headers.insert(header::ETAG, etag.clone());
+            self.entry.etag = etag;
+        }
+        self.entry.body = body;
+        self.entry.stored_at = self.handle.now_ms();
+        let entry = Arc::new(self.entry);
+        self.handle.put(&self.stats, self.key, Arc::clone(&entry));
+        self.stats.stored();
+        if let Some(guard) = self.guard.take() {
+            guard.land(Landing::Stored(entry));
+        }
+    }
+}
+
+fn concat(mut chunks: Vec<Bytes>) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut buf = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+            for c in chunks {
+                buf.extend_from_slice(&c);
+            }
+            buf.freeze()
+        }
+    }
+}
+
+/// A strong validator derived from the body (RFC 9110 §8.8.3): equal bodies, equal tags.
+pub(crate) fn derive_etag(body: &[u8]) -> HeaderValue {
+    let hash = blake3::hash(body);
+    let hex = hash.to_hex();
+    let mut s = String::with_capacity(34);
+    s.push('"');
+    s.push_str(&hex[..32]);
+    s.push('"');
+    HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+}

@@ -1,0 +1,101 @@
+//! The response future of [`Cache`](crate::Cache).
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use http::Response;
+use pin_project_lite::pin_project;
+
+use crate::{body::CacheBody, status::CacheStatus};
+
+pub(crate) type BoxResponseFuture<B, E> =
+    Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send + 'static>>;
+
+pin_project! {
+    /// Response future for [`Cache`](crate::Cache).
+    ///
+    /// A hit from an in-process store is ready at once and a bypass polls the service's own
+    /// future; neither allocates. Misses, writes and network-store lookups run as one boxed
+    /// task, which costs nothing next to the call they wait for.
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        state: State<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B, E> {
+        Forward { #[pin] future: F, status: CacheStatus, x_cache: bool },
+        Ready { response: Option<Response<CacheBody<B>>> },
+        Boxed { future: BoxResponseFuture<B, E> },
+    }
+}
+
+impl<F, B, E> ResponseFuture<F, B, E> {
+    pub(crate) fn forward(future: F, status: CacheStatus, x_cache: bool) -> Self {
+        ResponseFuture {
+            state: State::Forward {
+                future,
+                status,
+                x_cache,
+            },
+        }
+    }
+
+    pub(crate) fn ready(response: Response<CacheBody<B>>) -> Self {
+        ResponseFuture {
+            state: State::Ready {
+                response: Some(response),
+            },
+        }
+    }
+
+    pub(crate) fn boxed(future: BoxResponseFuture<B, E>) -> Self {
+        ResponseFuture {
+            state: State::Boxed { future },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<CacheBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.state.project() {
+            StateProj::Forward {
+                future,
+                status,
+                x_cache,
+            } => {
+                let response = ready!(future.poll(cx))?;
+                let (mut parts, body) = response.into_parts();
+                parts.headers.remove(crate::TAGS_HEADER);
+                status.apply(&mut parts.headers, *x_cache);
+                Poll::Ready(Ok(Response::from_parts(parts, CacheBody::stream(body))))
+            }
+            StateProj::Ready { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("ResponseFuture polled after completion"))),
+            StateProj::Boxed { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match &self.state {
+            State::Forward { .. } => "ResponseFuture::Forward",
+            State::Ready { .. } => "ResponseFuture::Ready",
+            State::Boxed { .. } => "ResponseFuture::Boxed",
+        })
+    }
+}

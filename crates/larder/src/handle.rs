@@ -1,0 +1,290 @@
+//! The shared handle: one store, its statistics and flights, cloned into every layer.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use http::HeaderName;
+
+use crate::{
+    CacheKey, CacheLayer, Entry, Rule, Rules, StatsSnapshot,
+    clock::Clock,
+    flight::Flights,
+    stats::{RouteStats, Stats},
+    store::{MemoryStore, Store, StoreError, StoreErrorKind, StoreFuture},
+};
+
+const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;
+const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(250);
+const DEFAULT_COLLAPSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The response header in which a handler may name extra tags for its response
+/// (comma-separated). The layer removes it before the response leaves.
+pub const TAGS_HEADER: HeaderName = HeaderName::from_static("larder-tags");
+
+/// A cache: a store plus the statistics, single-flight state and settings that every layer
+/// built from it shares. Cloning is cheap (an `Arc`).
+///
+/// ```
+/// use std::time::Duration;
+/// use larder::{CacheHandle, MemoryStore, Rule};
+///
+/// let cache = CacheHandle::builder(MemoryStore::new(64 * 1024 * 1024))
+///     .namespace("dashboard")
+///     .x_cache(true)
+///     .build();
+/// let layer = cache.layer(Rule::new("profile").ttl(Duration::from_secs(300)));
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct CacheHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) namespace: Box<str>,
+    pub(crate) clock: Clock,
+    pub(crate) stats: Stats,
+    pub(crate) flights: Arc<Flights>,
+    pub(crate) store_timeout: Duration,
+    pub(crate) collapse_timeout: Duration,
+    pub(crate) max_body_size: usize,
+    pub(crate) x_cache: bool,
+    pub(crate) honor_request_no_cache: bool,
+    /// Counters for calls that belong to no route (typed values, admin calls).
+    pub(crate) typed: Arc<RouteStats>,
+}
+
+/// Builds a [`CacheHandle`].
+pub struct CacheHandleBuilder {
+    store: Arc<dyn Store>,
+    namespace: Box<str>,
+    store_timeout: Duration,
+    collapse_timeout: Duration,
+    max_body_size: usize,
+    x_cache: bool,
+    honor_request_no_cache: bool,
+}
+
+impl CacheHandle {
+    /// A cache over `store` with the default settings.
+    pub fn new(store: impl Store) -> Self {
+        Self::builder(store).build()
+    }
+
+    /// A cache over a default [`MemoryStore`] (256 MiB).
+    pub fn in_memory() -> Self {
+        Self::new(MemoryStore::default())
+    }
+
+    /// Starts a builder over `store`.
+    pub fn builder(store: impl Store) -> CacheHandleBuilder {
+        CacheHandleBuilder {
+            store: Arc::new(store),
+            namespace: "larder".into(),
+            store_timeout: DEFAULT_STORE_TIMEOUT,
+            collapse_timeout: DEFAULT_COLLAPSE_TIMEOUT,
+            max_body_size: DEFAULT_MAX_BODY,
+            x_cache: false,
+            honor_request_no_cache: false,
+        }
+    }
+
+    /// A layer that caches every request through it by `rule`: the form for one axum route
+    /// (`get(handler).layer(cache.layer(rule))`).
+    ///
+    /// # Panics
+    ///
+    /// When a tag template names `{user}` without a user scope, or a path parameter that
+    /// the rule's path does not have.
+    pub fn layer(&self, rule: Rule) -> CacheLayer {
+        CacheLayer::new(self.clone(), Rules { rules: vec![rule] }, true)
+    }
+
+    /// A layer that picks a rule by request path: the form for a whole router or a tonic
+    /// server. Requests matching no rule pass through.
+    ///
+    /// # Panics
+    ///
+    /// As [`layer`](Self::layer), and when two patterns conflict.
+    pub fn layer_with(&self, rules: Rules) -> CacheLayer {
+        CacheLayer::new(self.clone(), rules, false)
+    }
+
+    /// Makes every entry carrying one of `tags` unreachable, in this process and (with a
+    /// shared store) on every instance.
+    pub async fn invalidate_tags<I, T>(&self, tags: I) -> Result<(), StoreError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        let tags: Vec<String> = tags.into_iter().map(Into::into).collect();
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let fut = self.shared.store.invalidate_tags(tags);
+        self.run(&self.shared.typed, "invalidate", fut).await
+    }
+
+    /// Removes one entry.
+    pub async fn invalidate_key(&self, key: &CacheKey) -> Result<(), StoreError> {
+        let fut = self.shared.store.remove(key);
+        self.run(&self.shared.typed, "remove", fut).await
+    }
+
+    /// Makes every entry unreachable.
+    pub async fn purge(&self) -> Result<(), StoreError> {
+        let fut = self.shared.store.purge();
+        self.run(&self.shared.typed, "purge", fut).await
+    }
+
+    /// The key of a typed value stored with [`get_or_insert_with`](Self::get_or_insert_with).
+    pub fn key(&self, key: &str) -> CacheKey {
+        CacheKey::typed(&self.shared.namespace, key)
+    }
+
+    /// A copy of the statistics.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// The store behind this cache.
+    pub fn store(&self) -> &dyn Store {
+        &*self.shared.store
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.shared.clock.now_ms()
+    }
+
+    /// Runs a store call under the store deadline. Calls that finished at once (in-process
+    /// stores) get no timer. Failures are counted against `stats` and returned.
+    pub(crate) async fn run<T>(
+        &self,
+        stats: &RouteStats,
+        op: &'static str,
+        mut fut: StoreFuture<T>,
+    ) -> Result<T, StoreError> {
+        let result = match fut.try_ready() {
+            Some(r) => r,
+            None => {
+                let started = tokio::time::Instant::now();
+                let r = match tokio::time::timeout(self.shared.store_timeout, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Err(StoreError::new(
+                        StoreErrorKind::Timeout,
+                        format!("{op} took longer than {:?}", self.shared.store_timeout),
+                    )),
+                };
+                metrics::histogram!("larder_store_seconds", "store" => self.shared.store.name(), "op" => op)
+                    .record(started.elapsed().as_secs_f64());
+                r
+            }
+        };
+        if let Err(e) = &result {
+            stats.error();
+            tracing::warn!(store = self.shared.store.name(), op, error = %e, "cache store call failed");
+        }
+        result
+    }
+
+    /// Writes an entry without making the caller wait for a network store.
+    pub(crate) fn put(&self, stats: &Arc<RouteStats>, key: CacheKey, entry: Arc<Entry>) {
+        let mut fut = self.shared.store.put(key, entry);
+        match fut.try_ready() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                stats.error();
+                tracing::warn!(error = %e, "cache store write failed");
+            }
+            None => {
+                let this = self.clone();
+                let stats = Arc::clone(stats);
+                tokio::spawn(async move {
+                    // Failures are counted and logged inside `run`.
+                    let _ = this.run(&stats, "put", fut).await;
+                });
+            }
+        }
+    }
+}
+
+impl fmt::Debug for CacheHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheHandle")
+            .field("store", &self.shared.store.name())
+            .field("namespace", &self.shared.namespace)
+            .finish()
+    }
+}
+
+impl CacheHandleBuilder {
+    /// The prefix of every key, so several applications can share one store (default `larder`).
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// The deadline of each call to a network store (default 250 ms). A call that misses it
+    /// counts as an error and the request goes to the service.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
+    /// How long a request waits for another request's identical call before asking the
+    /// service itself (default 10 s).
+    pub fn collapse_timeout(mut self, timeout: Duration) -> Self {
+        self.collapse_timeout = timeout;
+        self
+    }
+
+    /// Bodies larger than this stream through and are not stored (default 8 MiB).
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.max_body_size = bytes;
+        self
+    }
+
+    /// Also send `X-Cache: HIT | MISS | STALE | BYPASS` (off by default; `Cache-Status` is always sent).
+    pub fn x_cache(mut self, on: bool) -> Self {
+        self.x_cache = on;
+        self
+    }
+
+    /// Treat a request's `Cache-Control: no-cache` or `max-age=0` as a miss, as RFC 9111
+    /// §5.2.1 asks (off by default, as in most reverse proxies: a reload would otherwise reach
+    /// the origin whenever a client wants).
+    pub fn honor_request_no_cache(mut self, on: bool) -> Self {
+        self.honor_request_no_cache = on;
+        self
+    }
+
+    /// Builds the handle.
+    pub fn build(self) -> CacheHandle {
+        let stats = Stats::default();
+        let typed = stats.route(&Arc::from("typed"));
+        CacheHandle {
+            shared: Arc::new(Shared {
+                store: self.store,
+                namespace: self.namespace,
+                clock: Clock::new(),
+                stats,
+                flights: Arc::new(Flights::default()),
+                store_timeout: self.store_timeout,
+                collapse_timeout: self.collapse_timeout,
+                max_body_size: self.max_body_size,
+                x_cache: self.x_cache,
+                honor_request_no_cache: self.honor_request_no_cache,
+                typed,
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for CacheHandleBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheHandleBuilder")
+            .field("store", &self.store.name())
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}

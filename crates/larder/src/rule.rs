@@ -1,0 +1,355 @@
+//! Per-route configuration: what a route caches, for how long, for whom, and what it invalidates.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use http::{HeaderName, request::Parts};
+
+use crate::key::{KeyOptions, Pagination};
+
+/// How a route finds out which user a request is for.
+///
+/// A route that serves per-user data must declare one: its entries are then keyed by the
+/// user, and requests carrying `Authorization` or `Cookie` may be cached. A request for which
+/// the scope returns `None` is not cached at all.
+#[derive(Clone)]
+pub struct UserScope(Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>);
+
+impl UserScope {
+    /// The user is whatever `f` says, usually read from an extension that the authentication
+    /// middleware inserted.
+    pub fn from_fn<F>(f: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        UserScope(Arc::new(f))
+    }
+
+    /// The user is the value of a request header set by a trusted proxy or middleware
+    /// (never one a client can choose, unless the header is itself the credential).
+    pub fn header(name: HeaderName) -> Self {
+        Self::from_fn(move |parts| {
+            parts
+                .headers
+                .get(&name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+    }
+
+    /// The user is an extension of type `T` (for example the authenticated user's id),
+    /// formatted with `Display`.
+    pub fn extension<T>() -> Self
+    where
+        T: fmt::Display + Send + Sync + 'static,
+    {
+        Self::from_fn(|parts| parts.extensions.get::<T>().map(ToString::to_string))
+    }
+
+    pub(crate) fn scope(&self, parts: &Parts) -> Option<String> {
+        (self.0)(parts)
+    }
+}
+
+impl fmt::Debug for UserScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UserScope(..)")
+    }
+}
+
+/// How one route is cached.
+///
+/// ```
+/// use std::time::Duration;
+/// use larder::{Pagination, Rule, UserScope};
+///
+/// let sessions = Rule::new("sessions")
+///     .ttl(Duration::from_secs(300))
+///     .user_scope(UserScope::header(http::HeaderName::from_static("x-user-id")))
+///     .paginate(Pagination::new("page").per_page("per_page").defaults(1, 20))
+///     .tag("sessions:{user}");
+/// # let _ = sessions;
+/// ```
+///
+/// A rule applies to every method that reaches it: `GET` and `HEAD` are served from the cache,
+/// and any other method that succeeds (2xx or 3xx) invalidates the tags named with
+/// [`invalidates`](Self::invalidates), plus the stored responses for its own path
+/// (RFC 9111 §4.4), before its response is returned.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub(crate) name: Arc<str>,
+    pub(crate) pattern: Option<Box<str>>,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) override_ttl: bool,
+    pub(crate) stale_while_revalidate: Option<Duration>,
+    pub(crate) stale_if_error: Option<Duration>,
+    pub(crate) tags: Vec<Template>,
+    pub(crate) invalidates: Vec<Template>,
+    pub(crate) scope: Option<UserScope>,
+    pub(crate) key: KeyOptions,
+    pub(crate) max_body_size: Option<usize>,
+}
+
+impl Rule {
+    /// A rule named `name` (the label of its statistics and metrics). Without a TTL it stores
+    /// only responses that state their own freshness (`Cache-Control: max-age`, `Expires`).
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        Rule {
+            name: name.into(),
+            pattern: None,
+            ttl: None,
+            override_ttl: false,
+            stale_while_revalidate: None,
+            stale_if_error: None,
+            tags: Vec::new(),
+            invalidates: Vec::new(),
+            scope: None,
+            key: KeyOptions::new(),
+            max_body_size: None,
+        }
+    }
+
+    /// How long a response stays fresh when it does not say so itself.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Makes [`ttl`](Self::ttl) win over the response's `max-age`, `s-maxage` and `Expires`.
+    /// `no-store`, `private` and `no-cache` still forbid storing.
+    pub fn override_response_ttl(mut self) -> Self {
+        self.override_ttl = true;
+        self
+    }
+
+    /// Serve a stale entry for this long after it expires while one background request
+    /// refreshes it, unless the response says otherwise (RFC 5861).
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale_while_revalidate = Some(window);
+        self
+    }
+
+    /// Serve a stale entry for this long after it expires when the service fails
+    /// (an error or a 5xx), unless the response says otherwise (RFC 5861).
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = Some(window);
+        self
+    }
+
+    /// Adds a tag that stored responses carry. `{user}` is replaced by the user scope and
+    /// `{name}` by the path parameter `name` of the rule's path (see [`Rules`]).
+    pub fn tag(mut self, template: &str) -> Self {
+        self.tags.push(Template::parse(template));
+        self
+    }
+
+    /// Adds several tags at once; see [`tag`](Self::tag).
+    pub fn tags<I, T>(mut self, templates: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        self.tags
+            .extend(templates.into_iter().map(|t| Template::parse(t.as_ref())));
+        self
+    }
+
+    /// Tags that a successful write through this rule invalidates, templated like
+    /// [`tag`](Self::tag).
+    pub fn invalidates<I, T>(mut self, templates: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        self.invalidates
+            .extend(templates.into_iter().map(|t| Template::parse(t.as_ref())));
+        self
+    }
+
+    /// Declares who a request is for; see [`UserScope`].
+    pub fn user_scope(mut self, scope: UserScope) -> Self {
+        self.scope = Some(scope);
+        self
+    }
+
+    /// Sets which parts of a request make up its key.
+    pub fn key(mut self, key: KeyOptions) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// Declares the page parameters of a paginated list: each page is its own entry, and all
+    /// pages carry the rule's tags, so one invalidation clears every page.
+    pub fn paginate(mut self, pagination: Pagination) -> Self {
+        self.key = self.key.paginate(pagination);
+        self
+    }
+
+    /// The path template of this rule (`/api/chat/sessions/{sid}`), which names the path
+    /// parameters that tags can use. [`Rules`] sets it for you.
+    pub fn path(mut self, pattern: &str) -> Self {
+        self.pattern = Some(pattern.into());
+        self
+    }
+
+    /// Bodies larger than this pass through and are not stored (defaults to the handle's limit).
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.max_body_size = Some(bytes);
+        self
+    }
+
+    /// Checks that every template variable can be filled. Panics on a misconfigured rule,
+    /// like a router given an invalid path.
+    pub(crate) fn validate(&self) {
+        let params = self.pattern.as_deref().map(path_params).unwrap_or_default();
+        for t in self.tags.iter().chain(&self.invalidates) {
+            for var in t.vars() {
+                if var == "user" {
+                    assert!(
+                        self.scope.is_some(),
+                        "larder rule `{}`: template `{}` uses {{user}} but the rule has no user scope",
+                        self.name,
+                        t.source
+                    );
+                } else {
+                    assert!(
+                        params.iter().any(|p| *p == var),
+                        "larder rule `{}`: template `{}` uses {{{var}}}, which is not a parameter of its path",
+                        self.name,
+                        t.source
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Rules matched by request path, for one layer over many routes (a whole axum `Router`,
+/// a tonic server).
+///
+/// Patterns use the router syntax: `/api/chat/sessions/{sid}`, `/files/{*rest}`. A request
+/// whose path matches no pattern passes through uncached.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    pub(crate) rules: Vec<Rule>,
+}
+
+impl Rules {
+    /// No rules yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies `rule` to requests whose path matches `pattern`.
+    pub fn route(mut self, pattern: &str, rule: Rule) -> Self {
+        self.rules.push(rule.path(pattern));
+        self
+    }
+}
+
+fn path_params(pattern: &str) -> Vec<&str> {
+    pattern
+        .split('/')
+        .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+        .map(|p| p.trim_start_matches('*'))
+        .collect()
+}
+
+/// A tag template such as `sessions:{user}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Template {
+    source: Box<str>,
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(Box<str>),
+    Var(Box<str>),
+}
+
+impl Template {
+    pub(crate) fn parse(source: &str) -> Self {
+        let mut parts = Vec::new();
+        let mut rest = source;
+        while let Some(open) = rest.find('{') {
+            match rest[open..].find('}') {
+                Some(close) => {
+                    if open > 0 {
+                        parts.push(Part::Literal(rest[..open].into()));
+                    }
+                    parts.push(Part::Var(rest[open + 1..open + close].into()));
+                    rest = &rest[open + close + 1..];
+                }
+                None => break,
+            }
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.into()));
+        }
+        Template {
+            source: source.into(),
+            parts,
+        }
+    }
+
+    pub(crate) fn vars(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Var(v) => Some(&**v),
+            Part::Literal(_) => None,
+        })
+    }
+
+    /// Fills the template; `None` when a variable has no value for this request.
+    pub(crate) fn render(&self, user: Option<&str>, params: &[(String, String)]) -> Option<String> {
+        let mut out = String::with_capacity(self.source.len() + 16);
+        for part in &self.parts {
+            match part {
+                Part::Literal(l) => out.push_str(l),
+                Part::Var(v) if &**v == "user" => out.push_str(user?),
+                Part::Var(v) => out.push_str(&params.iter().find(|(k, _)| k == &**v)?.1),
+            }
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_fill_user_and_params() {
+        let t = Template::parse("sessions:{user}:{sid}");
+        let params = vec![("sid".to_owned(), "7".to_owned())];
+        assert_eq!(
+            t.render(Some("42"), &params).as_deref(),
+            Some("sessions:42:7")
+        );
+        assert_eq!(t.render(None, &params), None);
+        assert_eq!(
+            Template::parse("plain").render(None, &[]).as_deref(),
+            Some("plain")
+        );
+        assert_eq!(
+            Template::parse("odd{").render(None, &[]).as_deref(),
+            Some("odd{")
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "no user scope")]
+    fn user_template_without_scope_is_rejected() {
+        Rule::new("r").tag("user:{user}").validate();
+    }
+
+    #[test]
+    #[should_panic(expected = "not a parameter")]
+    fn unknown_param_is_rejected() {
+        Rule::new("r").path("/a/{id}").tag("a:{sid}").validate();
+    }
+
+    #[test]
+    fn path_params_are_found() {
+        assert_eq!(path_params("/a/{id}/b/{*rest}"), vec!["id", "rest"]);
+    }
+}

@@ -1,0 +1,348 @@
+//! The [`Cache`] service: classifies each request and serves it from the store or the service.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, header, request::Parts};
+use http_body::Body;
+use tower_service::Service;
+
+use crate::{
+    CacheHandle, CacheKey, Entry,
+    body::CacheBody,
+    entry::Freshness,
+    future::ResponseFuture,
+    key::KeyInput,
+    miss::{self, Exchange},
+    policy,
+    route::RouteSet,
+    stats::Outcome,
+    status::CacheStatus,
+};
+
+/// A response cache in front of a service. Built by a [`CacheLayer`](crate::CacheLayer).
+///
+/// `GET` and `HEAD` requests that a rule covers are answered from the store when a usable
+/// entry exists; other requests go to the service, and successful writes invalidate their
+/// rule's tags. Every response carries `Cache-Status`. Failures of the cache itself never
+/// become errors: the service answers instead.
+#[derive(Debug, Clone)]
+pub struct Cache<S> {
+    inner: S,
+    handle: CacheHandle,
+    routes: Arc<RouteSet>,
+}
+
+impl<S> Cache<S> {
+    pub(crate) fn new(inner: S, handle: CacheHandle, routes: Arc<RouteSet>) -> Self {
+        Cache {
+            inner,
+            handle,
+            routes,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the cache, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The handle this cache serves from.
+    pub fn handle(&self) -> &CacheHandle {
+        &self.handle
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    type Response = Response<CacheBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // Use the service that was made ready; leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let x_cache = self.handle.shared.x_cache;
+
+        let Some((route, params)) = self.routes.find(req.uri().path()) else {
+            return ResponseFuture::forward(
+                inner.call(req),
+                CacheStatus::bypass("no-rule"),
+                x_cache,
+            );
+        };
+        let route = Arc::clone(route);
+        let (parts, body) = req.into_parts();
+
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            route.stats.record(Outcome::Bypass);
+            if !is_write(&parts.method) {
+                let req = Request::from_parts(parts, body);
+                return ResponseFuture::forward(
+                    inner.call(req),
+                    CacheStatus::bypass("method"),
+                    x_cache,
+                );
+            }
+            let scope = route.rule.scope.as_ref().and_then(|s| s.scope(&parts));
+            let write = miss::Write {
+                handle: self.handle.clone(),
+                route,
+                scope,
+                params,
+                path: parts.uri.path().to_owned(),
+            };
+            let req = Request::from_parts(parts, body);
+            return ResponseFuture::boxed(Box::pin(write.run(inner, req)));
+        }
+
+        let bypass = |route: &crate::route::Route, detail| {
+            route.stats.record(Outcome::Bypass);
+            CacheStatus::bypass(detail)
+        };
+        // A Range request wants part of a representation, and 206s are never stored.
+        if parts.headers.contains_key(header::RANGE) {
+            let status = bypass(&route, "range");
+            return ResponseFuture::forward(
+                inner.call(Request::from_parts(parts, body)),
+                status,
+                x_cache,
+            );
+        }
+        // A GET with content ("fat GET") could change the response without changing the key.
+        if has_content(&parts.headers) {
+            let status = bypass(&route, "request-body");
+            return ResponseFuture::forward(
+                inner.call(Request::from_parts(parts, body)),
+                status,
+                x_cache,
+            );
+        }
+        let scope = match &route.rule.scope {
+            Some(s) => match s.scope(&parts) {
+                Some(user) => Some(user),
+                None => {
+                    let status = bypass(&route, "no-user");
+                    return ResponseFuture::forward(
+                        inner.call(Request::from_parts(parts, body)),
+                        status,
+                        x_cache,
+                    );
+                }
+            },
+            // RFC 9111 §3.5: a response to a request with credentials is for that user only.
+            None if parts.headers.contains_key(header::AUTHORIZATION)
+                || parts.headers.contains_key(header::COOKIE) =>
+            {
+                let status = bypass(&route, "credentials");
+                return ResponseFuture::forward(
+                    inner.call(Request::from_parts(parts, body)),
+                    status,
+                    x_cache,
+                );
+            }
+            None => None,
+        };
+
+        let directives = policy::request_directives(&parts.headers);
+        let shared = &self.handle.shared;
+        let key = route.rule.key.build(&KeyInput {
+            namespace: &shared.namespace,
+            // A stored GET answers HEAD (RFC 9110 §9.3.2); a HEAD never stores.
+            method: &Method::GET,
+            authority: authority(&parts),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            scope: scope.as_deref(),
+            extra: None,
+        });
+        let exchange = Exchange {
+            handle: self.handle.clone(),
+            route,
+            key,
+            scope,
+            params,
+            directives,
+        };
+
+        // Reloads (`no-cache`, `max-age=0`) are honoured only when configured: by default a
+        // client cannot make the origin do work the cache was put there to save.
+        if shared.honor_request_no_cache
+            && (directives.no_cache || directives.max_age == Some(std::time::Duration::ZERO))
+        {
+            return ResponseFuture::boxed(Box::pin(
+                exchange.miss(inner, parts, body, None, "request"),
+            ));
+        }
+
+        let mut lookup = shared.store.get(&exchange.key);
+        match lookup.try_ready() {
+            Some(result) => {
+                let entry = match result {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        exchange.route.stats.error();
+                        tracing::warn!(error = %e, "cache lookup failed");
+                        None
+                    }
+                };
+                match evaluate(entry, &exchange.key, &parts.headers, self.handle.now_ms()) {
+                    Found::Fresh(entry, ttl) => {
+                        exchange.route.stats.record(Outcome::Hit);
+                        ResponseFuture::ready(exchange.serve(
+                            &entry,
+                            &parts,
+                            CacheStatus::Hit { ttl },
+                        ))
+                    }
+                    Found::Revalidate(entry, by) => {
+                        exchange.route.stats.record(Outcome::Stale);
+                        let status = CacheStatus::Stale {
+                            by: by.as_secs(),
+                            detail: "stale-while-revalidate",
+                        };
+                        let response = exchange.serve(&entry, &parts, status);
+                        exchange.refresh(inner, parts, body);
+                        ResponseFuture::ready(response)
+                    }
+                    Found::Miss { stale, fwd } => ResponseFuture::boxed(Box::pin(
+                        exchange.miss(inner, parts, body, stale, fwd),
+                    )),
+                }
+            }
+            None => ResponseFuture::boxed(Box::pin(async move {
+                let entry = exchange
+                    .handle
+                    .run(&exchange.route.stats, "get", lookup)
+                    .await
+                    .unwrap_or(None);
+                match evaluate(
+                    entry,
+                    &exchange.key,
+                    &parts.headers,
+                    exchange.handle.now_ms(),
+                ) {
+                    Found::Fresh(entry, ttl) => {
+                        exchange.route.stats.record(Outcome::Hit);
+                        Ok(exchange.serve(&entry, &parts, CacheStatus::Hit { ttl }))
+                    }
+                    Found::Revalidate(entry, by) => {
+                        exchange.route.stats.record(Outcome::Stale);
+                        let status = CacheStatus::Stale {
+                            by: by.as_secs(),
+                            detail: "stale-while-revalidate",
+                        };
+                        let response = exchange.serve(&entry, &parts, status);
+                        exchange.refresh(inner, parts, body);
+                        Ok(response)
+                    }
+                    Found::Miss { stale, fwd } => {
+                        exchange.miss(inner, parts, body, stale, fwd).await
+                    }
+                }
+            })),
+        }
+    }
+}
+
+/// What a lookup found.
+pub(crate) enum Found {
+    Fresh(Arc<Entry>, u64),
+    /// Stale, inside its stale-while-revalidate window.
+    Revalidate(Arc<Entry>, std::time::Duration),
+    /// Nothing usable; `stale` may still serve if the service fails (stale-if-error).
+    Miss {
+        stale: Option<Arc<Entry>>,
+        fwd: &'static str,
+    },
+}
+
+pub(crate) fn evaluate(
+    entry: Option<Arc<Entry>>,
+    key: &CacheKey,
+    headers: &HeaderMap,
+    now_ms: u64,
+) -> Found {
+    let Some(entry) = entry else {
+        return Found::Miss {
+            stale: None,
+            fwd: "miss",
+        };
+    };
+    if !vary_matches(&entry, key, headers) {
+        return Found::Miss {
+            stale: None,
+            fwd: "vary-miss",
+        };
+    }
+    match entry.freshness(now_ms) {
+        Freshness::Fresh { ttl } => Found::Fresh(entry, ttl),
+        Freshness::Stale {
+            by,
+            revalidate: true,
+            ..
+        } => Found::Revalidate(entry, by),
+        Freshness::Stale { if_error, .. } => Found::Miss {
+            stale: if_error.then_some(entry),
+            fwd: "stale",
+        },
+    }
+}
+
+/// RFC 9111 §4.1: the request's values of the headers the response varies on must match
+/// those of the request that stored it.
+pub(crate) fn vary_matches(entry: &Entry, key: &CacheKey, headers: &HeaderMap) -> bool {
+    match &entry.vary {
+        None => true,
+        Some((names, digest)) => key.variant(names, headers).digest() == digest,
+    }
+}
+
+/// Unsafe methods (RFC 9110 §9.2.1) are the writes that invalidate.
+fn is_write(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+fn has_content(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+fn authority(parts: &Parts) -> Option<&str> {
+    parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+        parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}

@@ -1,0 +1,253 @@
+//! The in-process store: moka, bounded by bytes, with per-entry expiry and O(1) tag invalidation.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use moka::{notification::RemovalCause, sync::Cache};
+
+use super::{Store, StoreFuture};
+use crate::{CacheKey, Entry};
+
+const DEFAULT_CAPACITY: u64 = 256 * 1024 * 1024;
+const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+const DEFAULT_MAX_TAGS: u64 = 1_000_000;
+
+/// An in-process store, the embedded default.
+///
+/// Entries are bounded by their total size in bytes and expire when their freshness and stale
+/// windows have passed. Invalidating a tag writes one record (the tag's invalidation stamp);
+/// reads compare it with the entry's birth stamp, so the cost does not depend on how many
+/// entries carry the tag. A handle is a cheap `Clone`.
+///
+/// ```
+/// use larder::MemoryStore;
+///
+/// let store = MemoryStore::builder()
+///     .max_capacity(64 * 1024 * 1024)
+///     .max_ttl(std::time::Duration::from_secs(3600))
+///     .build();
+/// # let _ = store;
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    entries: Cache<[u8; 32], Arc<Entry>>,
+    /// Tag -> stamp of its last invalidation. Records outlive every entry they could hide
+    /// (`max_ttl` plus a margin); one evicted for space raises `floor` instead, so no entry
+    /// it hid becomes visible again.
+    tags: Cache<Arc<str>, u64>,
+    /// The invalidation counter; stamps are its values.
+    counter: AtomicU64,
+    /// Entries born before this stamp are unreachable (purge, or a tag record lost to space).
+    floor: Arc<AtomicU64>,
+    /// The highest stamp any tag invalidation wrote: entries born at or after it need no tag checks.
+    last_tagged: AtomicU64,
+}
+
+/// Builds a [`MemoryStore`].
+#[derive(Debug, Clone)]
+pub struct MemoryStoreBuilder {
+    capacity: u64,
+    max_ttl: Duration,
+    max_tags: u64,
+}
+
+impl MemoryStore {
+    /// A store holding at most `max_capacity` bytes of entries.
+    pub fn new(max_capacity: u64) -> Self {
+        Self::builder().max_capacity(max_capacity).build()
+    }
+
+    /// Starts a builder with the defaults: 256 MiB, entries kept at most a day, a million tag records.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder {
+            capacity: DEFAULT_CAPACITY,
+            max_ttl: DEFAULT_MAX_TTL,
+            max_tags: DEFAULT_MAX_TAGS,
+        }
+    }
+
+    /// Number of entries held (approximate; moka applies writes in batches).
+    pub fn entry_count(&self) -> u64 {
+        self.shared.entries.run_pending_tasks();
+        self.shared.entries.entry_count()
+    }
+
+    /// Total weight of the entries held, in bytes (approximate).
+    pub fn weighted_size(&self) -> u64 {
+        self.shared.entries.run_pending_tasks();
+        self.shared.entries.weighted_size()
+    }
+
+    fn next_stamp(&self) -> u64 {
+        self.shared.counter.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    fn visible(&self, entry: &Entry) -> bool {
+        let s = &self.shared;
+        if entry.born < s.floor.load(Ordering::Acquire) {
+            return false;
+        }
+        if s.last_tagged.load(Ordering::Acquire) <= entry.born {
+            return true;
+        }
+        entry
+            .tags
+            .iter()
+            .all(|t| s.tags.get(&**t).is_none_or(|stamp| stamp <= entry.born))
+    }
+
+    fn lookup(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        let entry = self.shared.entries.get(key.digest())?;
+        if self.visible(&entry) {
+            Some(entry)
+        } else {
+            self.shared.entries.invalidate(key.digest());
+            None
+        }
+    }
+}
+
+impl MemoryStoreBuilder {
+    /// The most bytes of entries kept; the least recently used go first.
+    pub fn max_capacity(mut self, bytes: u64) -> Self {
+        self.capacity = bytes;
+        self
+    }
+
+    /// The longest any entry is kept, whatever its headers say.
+    pub fn max_ttl(mut self, ttl: Duration) -> Self {
+        self.max_ttl = ttl;
+        self
+    }
+
+    /// The most tag invalidation records kept. When one is evicted for space, every entry
+    /// older than it becomes unreachable, which is safe but costs hits.
+    pub fn max_tags(mut self, n: u64) -> Self {
+        self.max_tags = n;
+        self
+    }
+
+    /// Builds the store.
+    pub fn build(self) -> MemoryStore {
+        let max_ttl = self.max_ttl;
+        let entries = Cache::builder()
+            .max_capacity(self.capacity)
+            .weigher(|_k: &[u8; 32], e: &Arc<Entry>| e.weight())
+            .expire_after(KeepFor { max_ttl })
+            .build();
+        let floor = Arc::new(AtomicU64::new(0));
+        let raise = Arc::clone(&floor);
+        let tags = Cache::builder()
+            .max_capacity(self.max_tags)
+            // Longer than any entry lives, so a record never expires before what it hides.
+            .time_to_live(max_ttl + Duration::from_secs(60))
+            .eviction_listener(move |_tag, stamp: u64, cause| {
+                if cause == RemovalCause::Size {
+                    raise.fetch_max(stamp, Ordering::AcqRel);
+                }
+            })
+            .build();
+        MemoryStore {
+            shared: Arc::new(Shared {
+                entries,
+                tags,
+                counter: AtomicU64::new(0),
+                floor,
+                last_tagged: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.shared.entries.entry_count())
+            .field("bytes", &self.shared.entries.weighted_size())
+            .finish()
+    }
+}
+
+struct KeepFor {
+    max_ttl: Duration,
+}
+
+impl moka::Expiry<[u8; 32], Arc<Entry>> for KeepFor {
+    fn expire_after_create(&self, _k: &[u8; 32], e: &Arc<Entry>, _at: Instant) -> Option<Duration> {
+        Some(e.time_to_keep(e.stored_at).min(self.max_ttl))
+    }
+
+    fn expire_after_update(
+        &self,
+        _k: &[u8; 32],
+        e: &Arc<Entry>,
+        _at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(e.time_to_keep(e.stored_at).min(self.max_ttl))
+    }
+}
+
+impl Store for MemoryStore {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn stamp(&self) -> u64 {
+        self.shared.counter.load(Ordering::Acquire)
+    }
+
+    fn get(&self, key: &CacheKey) -> StoreFuture<Option<Arc<Entry>>> {
+        StoreFuture::ready(Ok(self.lookup(key)))
+    }
+
+    fn get_many(&self, keys: &[CacheKey]) -> StoreFuture<Vec<Option<Arc<Entry>>>> {
+        StoreFuture::ready(Ok(keys.iter().map(|k| self.lookup(k)).collect()))
+    }
+
+    fn put(&self, key: CacheKey, entry: Arc<Entry>) -> StoreFuture<()> {
+        // An entry whose tags were invalidated while its origin call ran is already stale.
+        if self.visible(&entry) {
+            self.shared.entries.insert(*key.digest(), entry);
+        }
+        StoreFuture::ready(Ok(()))
+    }
+
+    fn remove(&self, key: &CacheKey) -> StoreFuture<()> {
+        self.shared.entries.invalidate(key.digest());
+        StoreFuture::ready(Ok(()))
+    }
+
+    fn invalidate_tags(&self, tags: Vec<String>) -> StoreFuture<()> {
+        if !tags.is_empty() {
+            let stamp = self.next_stamp();
+            for tag in tags {
+                self.shared.tags.insert(Arc::from(tag), stamp);
+            }
+            self.shared.last_tagged.fetch_max(stamp, Ordering::AcqRel);
+        }
+        StoreFuture::ready(Ok(()))
+    }
+
+    fn purge(&self) -> StoreFuture<()> {
+        let stamp = self.next_stamp();
+        self.shared.floor.fetch_max(stamp, Ordering::AcqRel);
+        self.shared.entries.invalidate_all();
+        StoreFuture::ready(Ok(()))
+    }
+}

@@ -1,0 +1,216 @@
+//! Typed cache-aside: any serde value (a query result, an AI response) by a string key,
+//! sharing the store, tags, single-flight and fallback with the HTTP layer.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    CacheHandle, CacheKey, Entry,
+    fill::derive_etag,
+    flight::{self, Join, Landing},
+    stats::Outcome,
+};
+
+/// How long a typed value stays fresh and which tags it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryOptions {
+    ttl: Duration,
+    tags: Vec<String>,
+}
+
+impl EntryOptions {
+    /// Fresh for `ttl`, with no tags.
+    pub fn new(ttl: Duration) -> Self {
+        EntryOptions {
+            ttl,
+            tags: Vec::new(),
+        }
+    }
+
+    /// Adds a tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
+}
+
+impl CacheHandle {
+    /// Reads a typed value. A missing, expired, invalidated or undecodable value, or a store
+    /// failure, is `None`.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let key = self.key(key);
+        let stats = &self.shared.typed;
+        let entry = self
+            .run(stats, "get", self.shared.store.get(&key))
+            .await
+            .ok()??;
+        let value = self.decode(&entry);
+        stats.record(if value.is_some() {
+            Outcome::Hit
+        } else {
+            Outcome::Miss
+        });
+        value
+    }
+
+    /// Reads many typed values in one store call (one round trip for a network store).
+    pub async fn get_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Vec<Option<T>> {
+        let cache_keys: Vec<CacheKey> = keys.iter().map(|k| self.key(k)).collect();
+        let stats = &self.shared.typed;
+        let entries = match self
+            .run(stats, "get_many", self.shared.store.get_many(&cache_keys))
+            .await
+        {
+            Ok(entries) if entries.len() == keys.len() => entries,
+            _ => vec![None; keys.len()],
+        };
+        entries
+            .iter()
+            .map(|e| {
+                let value = e.as_ref().and_then(|e| self.decode(e));
+                stats.record(if value.is_some() {
+                    Outcome::Hit
+                } else {
+                    Outcome::Miss
+                });
+                value
+            })
+            .collect()
+    }
+
+    /// Stores a typed value.
+    pub async fn insert<T: Serialize>(&self, key: &str, value: &T, options: &EntryOptions) {
+        let born = self.shared.store.stamp();
+        if let Some(entry) = self.encode(value, options, born) {
+            self.put(&self.shared.typed, self.key(key), Arc::new(entry));
+        }
+    }
+
+    /// Returns the cached value for `key`, or computes it with `f`, stores it and returns it.
+    ///
+    /// Concurrent calls for one key run `f` once; the others wait for its value. If `f`
+    /// fails, its error goes to its caller, nothing is stored, and each waiting caller runs
+    /// its own `f`. Store failures only cost the cache: `f` runs and its value is returned.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), std::io::Error> {
+    /// use std::time::Duration;
+    /// use larder::{CacheHandle, EntryOptions};
+    ///
+    /// let cache = CacheHandle::in_memory();
+    /// let opts = EntryOptions::new(Duration::from_secs(900)).tag("metrics:42");
+    /// let total: u64 = cache
+    ///     .get_or_insert_with("metrics:42:finance", &opts, || async { Ok::<_, std::io::Error>(1234) })
+    ///     .await?;
+    /// assert_eq!(total, 1234);
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_or_insert_with<T, E, F, Fut>(
+        &self,
+        key: &str,
+        options: &EntryOptions,
+        f: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let cache_key = self.key(key);
+        let stats = &self.shared.typed;
+        if let Ok(Some(entry)) = self
+            .run(stats, "get", self.shared.store.get(&cache_key))
+            .await
+        {
+            if let Some(v) = self.decode(&entry) {
+                stats.record(Outcome::Hit);
+                return Ok(v);
+            }
+        }
+        let mut follows = 0;
+        let guard = loop {
+            match self.shared.flights.join(*cache_key.digest()) {
+                Join::Leader(g) => break Some(g),
+                Join::Follower(slot) => {
+                    match tokio::time::timeout(self.shared.collapse_timeout, flight::wait(slot))
+                        .await
+                    {
+                        Ok(Some(Landing::Stored(entry))) => {
+                            if let Some(v) = self.decode(&entry) {
+                                stats.record(Outcome::Collapsed);
+                                return Ok(v);
+                            }
+                            break None;
+                        }
+                        Ok(None) if follows < 3 => follows += 1,
+                        _ => break None,
+                    }
+                }
+            }
+        };
+        stats.record(Outcome::Miss);
+        let born = self.shared.store.stamp();
+        let value = f().await?;
+        if let Some(entry) = self.encode(&value, options, born) {
+            let entry = Arc::new(entry);
+            self.put(stats, cache_key, Arc::clone(&entry));
+            stats.stored();
+            if let Some(g) = guard {
+                g.land(Landing::Stored(entry));
+            }
+        }
+        Ok(value)
+    }
+
+    fn is_fresh(&self, entry: &Entry) -> bool {
+        matches!(
+            entry.freshness(self.now_ms()),
+            crate::entry::Freshness::Fresh { .. }
+        )
+    }
+
+    fn decode<T: DeserializeOwned>(&self, entry: &Entry) -> Option<T> {
+        if !self.is_fresh(entry) {
+            return None;
+        }
+        serde_json::from_slice(&entry.body)
+            .map_err(|e| tracing::warn!(error = %e, "a cached typed value did not decode; treating it as a miss"))
+            .ok()
+    }
+
+    fn encode<T: Serialize>(&self, value: &T, options: &EntryOptions, born: u64) -> Option<Entry> {
+        let body = match serde_json::to_vec(value) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                tracing::warn!(error = %e, "a typed value did not serialize; not caching it");
+                return None;
+            }
+        };
+        let etag = derive_etag(&body);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::ETAG, etag.clone());
+        Some(Entry {
+            status: StatusCode::OK,
+            headers,
+            body,
+            trailers: None,
+            etag,
+            stored_at: self.now_ms(),
+            born,
+            lifetime: options.ttl,
+            initial_age: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            must_revalidate: false,
+            tags: options.tags.iter().map(|t| t.as_str().into()).collect(),
+            vary: None,
+        })
+    }
+}
