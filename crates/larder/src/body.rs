@@ -112,8 +112,8 @@ where
                 }
                 Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
             }
-            KindProj::Stream { body, recorder } => {
-                let frame = ready!(body.poll_frame(cx));
+            KindProj::Stream { mut body, recorder } => {
+                let frame = ready!(body.as_mut().poll_frame(cx));
                 match &frame {
                     Some(Ok(f)) => {
                         if let Some(rec) = recorder {
@@ -136,6 +136,13 @@ where
                         if let Some(rec) = recorder.take() {
                             rec.fill.finish(rec.chunks);
                         }
+                    }
+                }
+                // A server stops polling once it has sent Content-Length bytes, so the end
+                // may never be seen as `None`: finish as soon as the body says it is over.
+                if frame.as_ref().is_some_and(Result::is_ok) && body.is_end_stream() {
+                    if let Some(rec) = recorder.take() {
+                        rec.fill.finish(rec.chunks);
                     }
                 }
                 Poll::Ready(frame)

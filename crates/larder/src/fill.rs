@@ -46,6 +46,16 @@ impl Fill {
             self.entry.headers.insert(header::ETAG, etag.clone());
             self.entry.etag = etag;
         }
+        // The stored representation has a known length; HEAD hits need it in the headers.
+        // (Not with trailers: over HTTP/1.1 those need chunked encoding.)
+        if self.entry.trailers.is_none()
+            && !self.entry.headers.contains_key(header::CONTENT_LENGTH)
+            && !self.entry.headers.contains_key(header::TRANSFER_ENCODING)
+        {
+            self.entry
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
         self.entry.body = body;
         self.entry.stored_at = self.handle.now_ms();
         let entry = Arc::new(self.entry);

@@ -259,7 +259,11 @@ impl Exchange {
             vary,
         };
         let limit = self.route.max_body_size;
-        CacheStatus::miss(fwd, true, None).apply(&mut rparts.headers, self.x_cache());
+        // Say `stored` only when the length is known to fit; a stream of unknown length may
+        // still turn out too big after the headers have left.
+        let known = rparts.headers.contains_key(header::CONTENT_LENGTH)
+            || rbody.size_hint().exact().is_some();
+        CacheStatus::miss(fwd, known, None).apply(&mut rparts.headers, self.x_cache());
         let fill = Fill {
             handle: self.handle.clone(),
             key: self.key,
