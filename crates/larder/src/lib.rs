@@ -100,3 +100,8 @@ pub use service::Cache;
 pub use stats::{RouteSnapshot, StatsSnapshot};
 pub use store::{MemoryStore, Store, StoreError, StoreErrorKind, StoreFuture};
 pub use typed::EntryOptions;
+
+// The README's examples compile and run as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

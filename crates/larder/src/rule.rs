@@ -12,7 +12,9 @@ use crate::key::{KeyOptions, Pagination};
 /// user, and requests carrying `Authorization` or `Cookie` may be cached. A request for which
 /// the scope returns `None` is not cached at all.
 #[derive(Clone)]
-pub struct UserScope(Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>);
+pub struct UserScope(Arc<ScopeFn>);
+
+type ScopeFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
 
 impl UserScope {
     /// The user is whatever `f` says, usually read from an extension that the authentication
@@ -212,7 +214,7 @@ impl Rule {
                     );
                 } else {
                     assert!(
-                        params.iter().any(|p| *p == var),
+                        params.contains(&var),
                         "larder rule `{}`: template `{}` uses {{{var}}}, which is not a parameter of its path",
                         self.name,
                         t.source
