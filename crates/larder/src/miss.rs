@@ -137,7 +137,7 @@ impl Exchange {
     }
 
     /// Serves a stale entry now and refreshes it in the background, once.
-    pub(crate) fn refresh<S, ReqBody, B>(self, inner: S, parts: Parts, body: ReqBody)
+    pub(crate) fn refresh<S, ReqBody, B>(self, inner: S, mut parts: Parts, body: ReqBody)
     where
         S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
         S::Future: Send + 'static,
@@ -148,6 +148,10 @@ impl Exchange {
         let Join::Leader(guard) = self.handle.shared.flights.join(*self.key.digest()) else {
             return;
         };
+        // The entry answers GET: refresh it with a GET even when a HEAD found it stale.
+        if parts.method == http::Method::HEAD {
+            parts.method = http::Method::GET;
+        }
         tokio::spawn(async move {
             if let Ok(response) = self.lead(guard, inner, parts, body, None, "stale").await {
                 // Reading the body to its end is what stores it.
@@ -215,6 +219,8 @@ impl Exchange {
             now: shared.clock.now(),
         });
         let fresh = match decision {
+            // A HEAD response has no content: it must never become a GET's entry.
+            Decision::Store(_) if method == http::Method::HEAD => Err("head"),
             Decision::Store(fresh) => self.check_extra(&rparts, &rbody).map(|()| fresh),
             Decision::Skip(detail) => Err(detail),
         };

@@ -73,7 +73,8 @@ pub(crate) struct Exchange<'a> {
 pub(crate) struct Freshness {
     /// Freshness lifetime (§4.2.1).
     pub(crate) lifetime: Duration,
-    /// Age the response already had when received (§4.2.3), from the `Age` header; invalid or absent is zero.
+    /// Age the response already had when received (§4.2.3): the larger of the `Age` header and
+    /// the apparent age (now - `Date`); invalid or absent values count as zero.
     pub(crate) initial_age: Duration,
     pub(crate) stale_while_revalidate: Duration,
     pub(crate) stale_if_error: Duration,
@@ -439,8 +440,14 @@ pub(crate) fn decide(ex: &Exchange<'_>) -> Decision {
         return Decision::Skip("no-freshness");
     };
 
-    // RFC 9111 §4.2.3: Age from upstream caches counts against the lifetime.
-    let initial_age = age(headers).unwrap_or(Duration::ZERO);
+    // RFC 9111 §4.2.3: the age on arrival is the larger of the upstream caches' Age and the
+    // apparent age (now - Date); both count against the lifetime.
+    let apparent_age = headers
+        .get(DATE)
+        .and_then(http_date)
+        .and_then(|date| ex.now.duration_since(date).ok())
+        .unwrap_or(Duration::ZERO);
+    let initial_age = age(headers).unwrap_or(Duration::ZERO).max(apparent_age);
     if lifetime <= initial_age {
         return Decision::Skip("zero-ttl");
     }
@@ -738,7 +745,7 @@ mod tests {
         case("200 without any freshness skips", 200, &[("cache-control", "public")], NO_ROUTE, skip("no-freshness")),
         case("s-maxage beats max-age and forbids stale", 200, &[("cache-control", "max-age=10, s-maxage=100, stale-while-revalidate=30")], NO_ROUTE, store(100, 0, 0, 0, true)),
         case("max-age beats expires", 200, &[("cache-control", "max-age=10"), ("date", DATE_NOW), ("expires", DATE_PLUS_60)], NO_ROUTE, store(10, 0, 0, 0, false)),
-        case("expires minus date", 200, &[("date", DATE_MINUS_60), ("expires", DATE_PLUS_60)], NO_ROUTE, store(120, 0, 0, 0, false)),
+        case("expires minus date, the date counting as apparent age", 200, &[("date", DATE_MINUS_60), ("expires", DATE_PLUS_60)], NO_ROUTE, store(120, 60, 0, 0, false)),
         case("expires without date uses now", 200, &[("expires", DATE_PLUS_60)], NO_ROUTE, store(60, 0, 0, 0, false)),
         case("expires beats route ttl", 200, &[("expires", DATE_PLUS_60)], ROUTE_300, store(60, 0, 0, 0, false)),
         case("invalid expires is already expired", 200, &[("expires", "0")], ROUTE_300, skip("zero-ttl")),

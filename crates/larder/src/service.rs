@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, header, request::Parts};
 use http_body::Body;
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::{
     CacheHandle, CacheKey, Entry,
@@ -117,7 +118,8 @@ where
                 path: parts.uri.path().to_owned(),
             };
             let req = Request::from_parts(parts, body);
-            return ResponseFuture::boxed(Box::pin(write.run(inner, req)));
+            let span = tracing::debug_span!("larder.write", route = %write.route.rule.name);
+            return ResponseFuture::boxed(Box::pin(write.run(inner, req).instrument(span)));
         }
 
         let bypass = |route: &crate::route::Route, detail| {
@@ -195,77 +197,84 @@ where
         if shared.honor_request_no_cache
             && (directives.no_cache || directives.max_age == Some(std::time::Duration::ZERO))
         {
-            return ResponseFuture::boxed(Box::pin(
-                exchange.miss(inner, parts, body, None, "request"),
-            ));
+            let found = Found::Miss {
+                stale: None,
+                fwd: "request",
+            };
+            return exchange.resolve(found, inner, parts, body);
         }
 
         let mut lookup = shared.store.get(&exchange.key);
         match lookup.try_ready() {
+            // An in-process store answered at once: a hit is ready without allocating.
             Some(result) => {
-                let entry = match result {
-                    Ok(entry) => entry,
-                    Err(e) => {
-                        exchange.route.stats.error();
-                        tracing::warn!(error = %e, "cache lookup failed");
-                        None
-                    }
-                };
-                match evaluate(entry, &exchange.key, &parts.headers, self.handle.now_ms()) {
-                    Found::Fresh(entry, ttl) => {
-                        exchange.route.stats.record(Outcome::Hit);
-                        ResponseFuture::ready(exchange.serve(
-                            &entry,
-                            &parts,
-                            CacheStatus::Hit { ttl },
-                        ))
-                    }
-                    Found::Revalidate(entry, by) => {
-                        exchange.route.stats.record(Outcome::Stale);
-                        let status = CacheStatus::Stale {
-                            by: by.as_secs(),
-                            detail: "stale-while-revalidate",
-                        };
-                        let response = exchange.serve(&entry, &parts, status);
-                        exchange.refresh(inner, parts, body);
-                        ResponseFuture::ready(response)
-                    }
-                    Found::Miss { stale, fwd } => ResponseFuture::boxed(Box::pin(
-                        exchange.miss(inner, parts, body, stale, fwd),
-                    )),
-                }
+                let entry = result.unwrap_or_else(|e| {
+                    exchange.route.stats.error();
+                    tracing::warn!(error = %e, "cache lookup failed");
+                    None
+                });
+                let found = evaluate(entry, &exchange.key, &parts.headers, self.handle.now_ms());
+                exchange.resolve(found, inner, parts, body)
             }
-            None => ResponseFuture::boxed(Box::pin(async move {
-                let entry = exchange
-                    .handle
-                    .run(&exchange.route.stats, "get", lookup)
-                    .await
-                    .unwrap_or(None);
-                match evaluate(
-                    entry,
-                    &exchange.key,
-                    &parts.headers,
-                    exchange.handle.now_ms(),
-                ) {
-                    Found::Fresh(entry, ttl) => {
-                        exchange.route.stats.record(Outcome::Hit);
-                        Ok(exchange.serve(&entry, &parts, CacheStatus::Hit { ttl }))
+            None => {
+                let span = tracing::debug_span!("larder.lookup", route = %exchange.route.rule.name);
+                ResponseFuture::boxed(Box::pin(
+                    async move {
+                        let stats = &exchange.route.stats;
+                        let entry = exchange
+                            .handle
+                            .run(stats, "get", lookup)
+                            .await
+                            .unwrap_or(None);
+                        let now = exchange.handle.now_ms();
+                        let found = evaluate(entry, &exchange.key, &parts.headers, now);
+                        exchange.resolve(found, inner, parts, body).await
                     }
-                    Found::Revalidate(entry, by) => {
-                        exchange.route.stats.record(Outcome::Stale);
-                        let status = CacheStatus::Stale {
-                            by: by.as_secs(),
-                            detail: "stale-while-revalidate",
-                        };
-                        let response = exchange.serve(&entry, &parts, status);
-                        exchange.refresh(inner, parts, body);
-                        Ok(response)
-                    }
-                    Found::Miss { stale, fwd } => {
-                        exchange.miss(inner, parts, body, stale, fwd).await
-                    }
-                }
-            })),
+                    .instrument(span),
+                ))
+            }
+        }
+    }
+}
+
+impl Exchange {
+    /// Serves what the lookup found, or goes to the service.
+    fn resolve<S, ReqBody, B>(
+        self,
+        found: Found,
+        inner: S,
+        parts: Parts,
+        body: ReqBody,
+    ) -> ResponseFuture<S::Future, B, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+    {
+        match found {
+            Found::Fresh(entry, ttl) => {
+                self.route.stats.record(Outcome::Hit);
+                tracing::trace!(route = %self.route.rule.name, key = %self.key, ttl, "cache hit");
+                ResponseFuture::ready(self.serve(&entry, &parts, CacheStatus::Hit { ttl }))
+            }
+            Found::Revalidate(entry, by) => {
+                self.route.stats.record(Outcome::Stale);
+                let status = CacheStatus::Stale {
+                    by: by.as_secs(),
+                    detail: "stale-while-revalidate",
+                };
+                let response = self.serve(&entry, &parts, status);
+                self.refresh(inner, parts, body);
+                ResponseFuture::ready(response)
+            }
+            Found::Miss { stale, fwd } => {
+                let span = tracing::debug_span!("larder.miss", route = %self.route.rule.name, key = %self.key, fwd);
+                ResponseFuture::boxed(Box::pin(
+                    self.miss(inner, parts, body, stale, fwd).instrument(span),
+                ))
+            }
         }
     }
 }
