@@ -81,10 +81,11 @@ impl Exchange {
             Some("head")
         } else if self.directives.no_store {
             Some("request-no-store")
-        } else if parts.headers.contains_key(header::IF_NONE_MATCH)
-            || parts.headers.contains_key(header::IF_MODIFIED_SINCE)
+        } else if parts.headers.contains_key(header::IF_MATCH)
+            || parts.headers.contains_key(header::IF_UNMODIFIED_SINCE)
         {
-            Some("conditional")
+            // Preconditions the origin must judge (RFC 9110 §13.2): never answered from a copy.
+            Some("precondition")
         } else {
             None
         };
@@ -133,6 +134,8 @@ impl Exchange {
             }
         };
         self.route.stats.record(Outcome::Miss);
+        let mut parts = parts;
+        strip_validators(&mut parts.headers);
         self.lead(guard, inner, parts, body, stale, fwd).await
     }
 
@@ -152,6 +155,7 @@ impl Exchange {
         if parts.method == http::Method::HEAD {
             parts.method = http::Method::GET;
         }
+        strip_validators(&mut parts.headers);
         tokio::spawn(async move {
             if let Ok(response) = self.lead(guard, inner, parts, body, None, "stale").await {
                 // Reading the body to its end is what stores it.
@@ -363,6 +367,14 @@ impl Exchange {
         status.apply(&mut p.headers, self.x_cache());
         Ok(Response::from_parts(p, CacheBody::stream(b)))
     }
+}
+
+/// Removes the client's validators before the cache asks the origin for a whole response to
+/// store: a 304 meant for one client's copy would leave nothing to store (RFC 9111 §4.3.1 lets
+/// a cache send its own validators instead). The client still gets a correct full response.
+fn strip_validators(headers: &mut HeaderMap) {
+    headers.remove(header::IF_NONE_MATCH);
+    headers.remove(header::IF_MODIFIED_SINCE);
 }
 
 /// Removes the handler's tag header and returns its tags.

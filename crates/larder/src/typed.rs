@@ -46,8 +46,9 @@ impl CacheHandle {
         let entry = self
             .run(stats, "get", self.shared.store.get(&key))
             .await
-            .ok()??;
-        let value = self.decode(&entry);
+            .ok()
+            .flatten();
+        let value = entry.and_then(|e| self.decode(&e));
         stats.record(if value.is_some() {
             Outcome::Hit
         } else {
@@ -86,6 +87,7 @@ impl CacheHandle {
         let born = self.shared.store.stamp();
         if let Some(entry) = self.encode(value, options, born) {
             self.put(&self.shared.typed, self.key(key), Arc::new(entry));
+            self.shared.typed.stored();
         }
     }
 
