@@ -249,7 +249,11 @@ impl KeyOptions {
         let mut h = PartHasher::new(input.namespace, b"http");
         h.part(input.method.as_str().as_bytes());
         match (self.ignore_authority, input.authority) {
-            (false, Some(a)) => h.some(a.to_ascii_lowercase().as_bytes()),
+            // Host names are case-insensitive (RFC 3986 §3.2.2); most arrive lower-case.
+            (false, Some(a)) if a.bytes().any(|b| b.is_ascii_uppercase()) => {
+                h.some(a.to_ascii_lowercase().as_bytes())
+            }
+            (false, Some(a)) => h.some(a.as_bytes()),
             _ => h.none(),
         }
         h.part(normalize_percent(input.path).as_bytes());

@@ -63,24 +63,24 @@ impl RouteStats {
             Outcome::Bypass => &self.bypasses,
         };
         counter.fetch_add(1, Relaxed);
-        metrics::counter!("larder_requests_total", "route" => self.name.to_string(), "outcome" => outcome.label())
+        metrics::counter!("larder_requests_total", "route" => Arc::clone(&self.name), "outcome" => outcome.label())
             .increment(1);
     }
 
     pub(crate) fn stored(&self) {
         self.stored.fetch_add(1, Relaxed);
-        metrics::counter!("larder_stored_total", "route" => self.name.to_string()).increment(1);
+        metrics::counter!("larder_stored_total", "route" => Arc::clone(&self.name)).increment(1);
     }
 
     pub(crate) fn error(&self) {
         self.errors.fetch_add(1, Relaxed);
-        metrics::counter!("larder_store_errors_total", "route" => self.name.to_string())
+        metrics::counter!("larder_store_errors_total", "route" => Arc::clone(&self.name))
             .increment(1);
     }
 
     pub(crate) fn invalidated(&self) {
         self.invalidations.fetch_add(1, Relaxed);
-        metrics::counter!("larder_invalidations_total", "route" => self.name.to_string())
+        metrics::counter!("larder_invalidations_total", "route" => Arc::clone(&self.name))
             .increment(1);
     }
 
