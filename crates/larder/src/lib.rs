@@ -71,6 +71,7 @@
 
 mod body;
 mod clock;
+pub mod codec;
 mod entry;
 mod fill;
 mod flight;

@@ -1,0 +1,357 @@
+//! The versioned binary envelope of an [`Entry`], for stores outside the process.
+//!
+//! A value read back from a shared store is untrusted: another application, an older Larder,
+//! a truncated write or plain garbage may sit under the key. The envelope starts with a magic
+//! number, the format version and the digest of the key it was written for; every length is
+//! bounded and checked; the payload is compressed with LZ4 when it is over 1 KiB. Anything that
+//! does not decode exactly is an error the store turns into a miss, never a panic and never
+//! another key's response.
+//!
+//! ```text
+//! "LRDR" | version u8 | flags u8 | key digest [32] | payload (LZ4 with its length first, if flagged)
+//! payload: status u16 | stored_at u64 | born u64 | lifetime, initial age, swr, sie (ms, u64)
+//!          | must_revalidate u8 | etag | headers | trailers? | tags | vary? | body
+//! ```
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+use crate::{CacheKey, Entry, StoreError, StoreErrorKind};
+
+const MAGIC: &[u8; 4] = b"LRDR";
+/// The envelope format this build writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+const FLAG_LZ4: u8 = 1;
+/// Payloads larger than this are compressed.
+pub const COMPRESS_OVER: usize = 1024;
+const HEADER_LEN: usize = 4 + 1 + 1 + 32;
+const MAX_FIELDS: usize = 1024;
+const MAX_TAGS: usize = 4096;
+/// The largest payload a value may claim once decompressed (a guard against bombs).
+const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
+
+/// Encodes `entry` as the value stored under `key`.
+pub fn encode(key: &CacheKey, entry: &Entry) -> Bytes {
+    let mut p = BytesMut::with_capacity(256 + entry.body.len());
+    p.put_u16(entry.status.as_u16());
+    p.put_u64(entry.stored_at);
+    p.put_u64(entry.born);
+    for d in [
+        entry.lifetime,
+        entry.initial_age,
+        entry.stale_while_revalidate,
+        entry.stale_if_error,
+    ] {
+        p.put_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    }
+    p.put_u8(u8::from(entry.must_revalidate));
+    put_bytes(&mut p, entry.etag.as_bytes());
+    put_headers(&mut p, &entry.headers);
+    match &entry.trailers {
+        Some(t) => {
+            p.put_u8(1);
+            put_headers(&mut p, t);
+        }
+        None => p.put_u8(0),
+    }
+    p.put_u32(entry.tags.len() as u32);
+    for t in entry.tags.iter() {
+        put_bytes(&mut p, t.as_bytes());
+    }
+    match &entry.vary {
+        Some((names, digest)) => {
+            p.put_u8(1);
+            p.put_u32(names.len() as u32);
+            for n in names.iter() {
+                put_bytes(&mut p, n.as_str().as_bytes());
+            }
+            p.put_slice(digest);
+        }
+        None => p.put_u8(0),
+    }
+    put_bytes(&mut p, &entry.body);
+
+    let (flags, payload) = if p.len() > COMPRESS_OVER {
+        (FLAG_LZ4, Bytes::from(lz4_flex::compress_prepend_size(&p)))
+    } else {
+        (0, p.freeze())
+    };
+    let mut out = BytesMut::with_capacity(HEADER_LEN + payload.len());
+    out.put_slice(MAGIC);
+    out.put_u8(FORMAT_VERSION);
+    out.put_u8(flags);
+    out.put_slice(key.digest());
+    out.put_slice(&payload);
+    out.freeze()
+}
+
+/// Decodes a value read under `key`. Errors say why it is not a usable entry.
+pub fn decode(key: &CacheKey, value: &[u8]) -> Result<Entry, StoreError> {
+    if value.len() < HEADER_LEN || &value[..4] != MAGIC {
+        return Err(corrupt("not a larder entry"));
+    }
+    if value[4] != FORMAT_VERSION {
+        return Err(corrupt(format!(
+            "entry format {} (this build reads {FORMAT_VERSION})",
+            value[4]
+        )));
+    }
+    let flags = value[5];
+    if value[6..HEADER_LEN] != key.digest()[..] {
+        return Err(corrupt("entry belongs to another key"));
+    }
+    let raw = &value[HEADER_LEN..];
+    let payload;
+    let mut r: &[u8] = if flags & FLAG_LZ4 != 0 {
+        if raw.len() < 4 {
+            return Err(corrupt("truncated"));
+        }
+        let claimed = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize;
+        if claimed > MAX_PAYLOAD {
+            return Err(corrupt("claims an oversized payload"));
+        }
+        payload = lz4_flex::decompress_size_prepended(raw).map_err(|e| corrupt(e.to_string()))?;
+        &payload
+    } else if flags == 0 {
+        raw
+    } else {
+        return Err(corrupt("unknown flags"));
+    };
+
+    let status = StatusCode::from_u16(get_u16(&mut r)?).map_err(|_| corrupt("bad status"))?;
+    let stored_at = get_u64(&mut r)?;
+    let born = get_u64(&mut r)?;
+    let mut ms = || get_u64(&mut r).map(Duration::from_millis);
+    let (lifetime, initial_age, swr, sie) = (ms()?, ms()?, ms()?, ms()?);
+    let must_revalidate = get_u8(&mut r)? != 0;
+    let etag = HeaderValue::from_bytes(get_bytes(&mut r)?).map_err(|_| corrupt("bad etag"))?;
+    let headers = get_headers(&mut r)?;
+    let trailers = match get_u8(&mut r)? {
+        0 => None,
+        _ => Some(get_headers(&mut r)?),
+    };
+    let tag_count = get_count(&mut r, MAX_TAGS)?;
+    let mut tags = Vec::with_capacity(tag_count);
+    for _ in 0..tag_count {
+        let t = std::str::from_utf8(get_bytes(&mut r)?).map_err(|_| corrupt("bad tag"))?;
+        tags.push(Box::from(t));
+    }
+    let vary = match get_u8(&mut r)? {
+        0 => None,
+        _ => {
+            let n = get_count(&mut r, MAX_FIELDS)?;
+            let mut names = Vec::with_capacity(n);
+            for _ in 0..n {
+                names.push(
+                    HeaderName::from_bytes(get_bytes(&mut r)?).map_err(|_| corrupt("bad vary"))?,
+                );
+            }
+            let digest: [u8; 32] = take(&mut r, 32)?
+                .try_into()
+                .map_err(|_| corrupt("truncated"))?;
+            Some((names.into_boxed_slice(), digest))
+        }
+    };
+    let body = Bytes::copy_from_slice(get_bytes(&mut r)?);
+    if !r.is_empty() {
+        return Err(corrupt("trailing bytes"));
+    }
+    Ok(Entry {
+        status,
+        headers,
+        body,
+        trailers,
+        etag,
+        stored_at,
+        born,
+        lifetime,
+        initial_age,
+        stale_while_revalidate: swr,
+        stale_if_error: sie,
+        must_revalidate,
+        tags: tags.into_boxed_slice(),
+        vary,
+    })
+}
+
+fn corrupt(message: impl Into<String>) -> StoreError {
+    StoreError::new(StoreErrorKind::Corrupt, message)
+}
+
+fn put_bytes(p: &mut BytesMut, b: &[u8]) {
+    p.put_u32(b.len() as u32);
+    p.put_slice(b);
+}
+
+fn put_headers(p: &mut BytesMut, h: &HeaderMap) {
+    p.put_u32(h.len() as u32);
+    for (name, value) in h {
+        put_bytes(p, name.as_str().as_bytes());
+        put_bytes(p, value.as_bytes());
+    }
+}
+
+fn take<'a>(r: &mut &'a [u8], n: usize) -> Result<&'a [u8], StoreError> {
+    if r.len() < n {
+        return Err(corrupt("truncated"));
+    }
+    let (head, rest) = r.split_at(n);
+    *r = rest;
+    Ok(head)
+}
+
+fn get_u8(r: &mut &[u8]) -> Result<u8, StoreError> {
+    Ok(take(r, 1)?[0])
+}
+
+fn get_u16(r: &mut &[u8]) -> Result<u16, StoreError> {
+    Ok(take(r, 2)?.get_u16())
+}
+
+fn get_u64(r: &mut &[u8]) -> Result<u64, StoreError> {
+    Ok(take(r, 8)?.get_u64())
+}
+
+fn get_count(r: &mut &[u8], max: usize) -> Result<usize, StoreError> {
+    let n = take(r, 4)?.get_u32() as usize;
+    if n > max {
+        return Err(corrupt("too many fields"));
+    }
+    Ok(n)
+}
+
+fn get_bytes<'a>(r: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
+    let n = take(r, 4)?.get_u32() as usize;
+    take(r, n)
+}
+
+fn get_headers(r: &mut &[u8]) -> Result<HeaderMap, StoreError> {
+    let n = get_count(r, MAX_FIELDS)?;
+    let mut h = HeaderMap::with_capacity(n);
+    for _ in 0..n {
+        let name = HeaderName::from_bytes(get_bytes(r)?).map_err(|_| corrupt("bad header name"))?;
+        let value =
+            HeaderValue::from_bytes(get_bytes(r)?).map_err(|_| corrupt("bad header value"))?;
+        h.append(name, value);
+    }
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(body: Vec<u8>) -> Entry {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.append("x-multi", HeaderValue::from_static("a"));
+        headers.append("x-multi", HeaderValue::from_static("b"));
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        Entry {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from(body),
+            trailers: Some(trailers),
+            etag: HeaderValue::from_static("\"abc\""),
+            stored_at: 1_700_000_000_000,
+            born: 42,
+            lifetime: Duration::from_secs(300),
+            initial_age: Duration::from_secs(3),
+            stale_while_revalidate: Duration::from_secs(30),
+            stale_if_error: Duration::from_secs(60),
+            must_revalidate: false,
+            tags: vec![Box::from("user:1"), Box::from("sessions:1")].into_boxed_slice(),
+            vary: Some((
+                vec![http::header::ACCEPT_LANGUAGE].into_boxed_slice(),
+                [9; 32],
+            )),
+        }
+    }
+
+    fn same(a: &Entry, b: &Entry) {
+        assert_eq!(a.status, b.status);
+        assert_eq!(a.headers, b.headers);
+        assert_eq!(a.body, b.body);
+        assert_eq!(a.trailers, b.trailers);
+        assert_eq!(a.etag, b.etag);
+        assert_eq!((a.stored_at, a.born), (b.stored_at, b.born));
+        assert_eq!(
+            (
+                a.lifetime,
+                a.initial_age,
+                a.stale_while_revalidate,
+                a.stale_if_error
+            ),
+            (
+                b.lifetime,
+                b.initial_age,
+                b.stale_while_revalidate,
+                b.stale_if_error
+            )
+        );
+        assert_eq!(a.tags, b.tags);
+        assert_eq!(a.vary, b.vary);
+    }
+
+    #[test]
+    fn round_trips_small_and_compressed() {
+        let key = CacheKey::typed("ns", "k");
+        for body in [b"{}".to_vec(), vec![b'x'; 64 * 1024]] {
+            let e = entry(body.clone());
+            let v = encode(&key, &e);
+            assert_eq!(v[5] & FLAG_LZ4 != 0, body.len() > COMPRESS_OVER);
+            if body.len() > COMPRESS_OVER {
+                assert!(v.len() < body.len() / 10, "compressible bodies shrink");
+            }
+            same(&decode(&key, &v).unwrap(), &e);
+        }
+    }
+
+    #[test]
+    fn foreign_old_truncated_and_garbage_values_are_errors() {
+        let key = CacheKey::typed("ns", "k");
+        let v = encode(&key, &entry(vec![1; 5000]));
+        let kind = |r: Result<Entry, StoreError>| r.map(|_| ()).unwrap_err().kind();
+        assert_eq!(
+            kind(decode(&CacheKey::typed("ns", "other"), &v)),
+            StoreErrorKind::Corrupt
+        );
+        let mut old = v.to_vec();
+        old[4] = 0;
+        assert_eq!(kind(decode(&key, &old)), StoreErrorKind::Corrupt);
+        for cut in [0, 3, HEADER_LEN, HEADER_LEN + 5, v.len() - 1] {
+            assert!(decode(&key, &v[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(decode(&key, b"{\"json\": true}").is_err());
+        let small = encode(&key, &entry(b"{}".to_vec()));
+        let mut extra = small.to_vec();
+        extra.push(0);
+        assert!(decode(&key, &extra).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..512), flags in 0u8..3) {
+            let key = CacheKey::typed("ns", "k");
+            let mut v = Vec::from(&MAGIC[..]);
+            v.push(FORMAT_VERSION);
+            v.push(flags);
+            v.extend_from_slice(key.digest());
+            v.extend_from_slice(&tail);
+            let _ = decode(&key, &v);
+        }
+
+        #[test]
+        fn flipped_bytes_never_panic(pos in 0usize..400, byte in any::<u8>()) {
+            let key = CacheKey::typed("ns", "k");
+            let mut v = encode(&key, &entry(vec![7; 300])).to_vec();
+            let at = pos % v.len();
+            v[at] = byte;
+            let _ = decode(&key, &v);
+        }
+    }
+}
