@@ -6,6 +6,7 @@ use http::HeaderName;
 
 use crate::{
     CacheKey, CacheLayer, Entry, Rule, Rules, StatsSnapshot,
+    breaker::Breaker,
     clock::Clock,
     flight::Flights,
     stats::{RouteStats, Stats},
@@ -15,6 +16,9 @@ use crate::{
 const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;
 const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(250);
 const DEFAULT_COLLAPSE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_BREAKER_THRESHOLD: u32 = 3;
+const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_millis(500);
+const DEFAULT_MAX_PENDING: usize = 10_000;
 
 /// The response header in which a handler may name extra tags for its response
 /// (comma-separated). The layer removes it before the response leaves.
@@ -50,6 +54,7 @@ pub(crate) struct Shared {
     pub(crate) max_body_size: usize,
     pub(crate) x_cache: bool,
     pub(crate) honor_request_no_cache: bool,
+    pub(crate) breaker: Breaker,
     /// Counters for calls that belong to no route (typed values, admin calls).
     pub(crate) typed: Arc<RouteStats>,
 }
@@ -63,6 +68,9 @@ pub struct CacheHandleBuilder {
     max_body_size: usize,
     x_cache: bool,
     honor_request_no_cache: bool,
+    breaker_threshold: u32,
+    breaker_open_for: Duration,
+    max_pending_invalidations: usize,
 }
 
 impl CacheHandle {
@@ -86,6 +94,9 @@ impl CacheHandle {
             max_body_size: DEFAULT_MAX_BODY,
             x_cache: false,
             honor_request_no_cache: false,
+            breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
+            breaker_open_for: DEFAULT_BREAKER_OPEN_FOR,
+            max_pending_invalidations: DEFAULT_MAX_PENDING,
         }
     }
 
@@ -121,8 +132,22 @@ impl CacheHandle {
         if tags.is_empty() {
             return Ok(());
         }
-        let fut = self.shared.store.invalidate_tags(tags);
-        self.run(&self.shared.typed, "invalidate", fut).await
+        self.invalidate(&self.shared.typed, tags).await
+    }
+
+    /// Invalidates `tags`; if the store cannot take it now, the invalidation is kept and the
+    /// store is not read until it has been applied.
+    pub(crate) async fn invalidate(
+        &self,
+        stats: &RouteStats,
+        tags: Vec<String>,
+    ) -> Result<(), StoreError> {
+        let fut = self.shared.store.invalidate_tags(tags.clone());
+        let result = self.run(stats, "invalidate", fut).await;
+        if result.is_err() {
+            self.shared.breaker.defer(&self.shared, tags, false);
+        }
+        result
     }
 
     /// Removes one entry.
@@ -131,10 +156,15 @@ impl CacheHandle {
         self.run(&self.shared.typed, "remove", fut).await
     }
 
-    /// Makes every entry unreachable.
+    /// Makes every entry unreachable. If the store cannot take it now, the purge is kept and
+    /// the store is not read until it has been applied.
     pub async fn purge(&self) -> Result<(), StoreError> {
         let fut = self.shared.store.purge();
-        self.run(&self.shared.typed, "purge", fut).await
+        let result = self.run(&self.shared.typed, "purge", fut).await;
+        if result.is_err() {
+            self.shared.breaker.defer(&self.shared, Vec::new(), true);
+        }
+        result
     }
 
     /// The key of a typed value stored with [`get_or_insert_with`](Self::get_or_insert_with).
@@ -156,8 +186,15 @@ impl CacheHandle {
         self.shared.clock.now_ms()
     }
 
+    /// Whether the store may be used now (the circuit breaker is closed and no invalidation
+    /// is waiting to be replayed).
+    pub(crate) fn store_available(&self) -> bool {
+        self.shared.breaker.closed()
+    }
+
     /// Runs a store call under the store deadline. Calls that finished at once (in-process
-    /// stores) get no timer. Failures are counted against `stats` and returned.
+    /// stores) get no timer; while the breaker is open the call is not made at all. Failures
+    /// are counted against `stats`, feed the breaker, and are returned.
     pub(crate) async fn run<T>(
         &self,
         stats: &RouteStats,
@@ -166,6 +203,9 @@ impl CacheHandle {
     ) -> Result<T, StoreError> {
         let result = match fut.try_ready() {
             Some(r) => r,
+            None if !self.shared.breaker.closed() => {
+                return Err(StoreError::new(StoreErrorKind::Unavailable, "circuit open"));
+            }
             None => {
                 let started = tokio::time::Instant::now();
                 let r = match tokio::time::timeout(self.shared.store_timeout, fut).await {
@@ -177,6 +217,12 @@ impl CacheHandle {
                 };
                 metrics::histogram!("larder_store_seconds", "store" => self.shared.store.name(), "op" => op)
                     .record(started.elapsed().as_secs_f64());
+                match &r {
+                    Ok(_) => self.shared.breaker.success(),
+                    // A value that is not ours says nothing about the store's health.
+                    Err(e) if e.kind() == StoreErrorKind::Corrupt => {}
+                    Err(_) => self.shared.breaker.failure(&self.shared),
+                }
                 r
             }
         };
@@ -189,6 +235,9 @@ impl CacheHandle {
 
     /// Writes an entry without making the caller wait for a network store.
     pub(crate) fn put(&self, stats: &Arc<RouteStats>, key: CacheKey, entry: Arc<Entry>) {
+        if !self.store_available() {
+            return;
+        }
         let mut fut = self.shared.store.put(key, entry);
         match fut.try_ready() {
             Some(Ok(())) => {}
@@ -258,6 +307,21 @@ impl CacheHandleBuilder {
         self
     }
 
+    /// Open the circuit breaker after this many consecutive failed store calls (default 3),
+    /// and probe the store again after `open_for` (default 500 ms, doubling up to 5 s).
+    pub fn circuit_breaker(mut self, threshold: u32, open_for: Duration) -> Self {
+        self.breaker_threshold = threshold;
+        self.breaker_open_for = open_for;
+        self
+    }
+
+    /// How many tags that could not be invalidated during an outage are kept for replay
+    /// (default 10,000); past that the whole namespace is purged when the store returns.
+    pub fn max_pending_invalidations(mut self, n: usize) -> Self {
+        self.max_pending_invalidations = n;
+        self
+    }
+
     /// Builds the handle.
     pub fn build(self) -> CacheHandle {
         let stats = Stats::default();
@@ -274,6 +338,11 @@ impl CacheHandleBuilder {
                 max_body_size: self.max_body_size,
                 x_cache: self.x_cache,
                 honor_request_no_cache: self.honor_request_no_cache,
+                breaker: Breaker::new(
+                    self.breaker_threshold,
+                    self.breaker_open_for,
+                    self.max_pending_invalidations,
+                ),
                 typed,
             }),
         }

@@ -70,6 +70,7 @@
 //! `X-Cache: HIT | MISS | STALE | BYPASS`.
 
 mod body;
+mod breaker;
 mod clock;
 pub mod codec;
 mod entry;

@@ -440,14 +440,12 @@ impl Write {
                 }
             }
             tags.push(uri_tag(self.scope.as_deref(), &self.path));
-            let fut = self.handle.shared.store.invalidate_tags(tags);
+            // A failure is deferred (see `breaker.rs`): the store is not read until it is applied.
+            self.route.stats.invalidated();
             detail = Some(
-                match self.handle.run(&self.route.stats, "invalidate", fut).await {
-                    Ok(()) => {
-                        self.route.stats.invalidated();
-                        "invalidated"
-                    }
-                    Err(_) => "invalidation-failed",
+                match self.handle.invalidate(&self.route.stats, tags).await {
+                    Ok(()) => "invalidated",
+                    Err(_) => "invalidation-deferred",
                 },
             );
         }

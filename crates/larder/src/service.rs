@@ -170,6 +170,17 @@ where
             None => None,
         };
 
+        // The store is failing (or invalidations wait to be replayed): go straight to the
+        // service, with no store call and no wait.
+        if !self.handle.store_available() {
+            let status = bypass(&route, "store-unavailable");
+            return ResponseFuture::forward(
+                inner.call(Request::from_parts(parts, body)),
+                status,
+                x_cache,
+            );
+        }
+
         let directives = policy::request_directives(&parts.headers);
         let shared = &self.handle.shared;
         let key = route.rule.key.build(&KeyInput {

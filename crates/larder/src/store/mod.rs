@@ -10,6 +10,8 @@
 //! a deadline only on the second kind, and treats every [`StoreError`] as a miss.
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::{
     fmt,
@@ -19,6 +21,8 @@ use std::{
     task::{Context, Poll},
 };
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStore, RedisStoreBuilder};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 
 use crate::{CacheKey, Entry};

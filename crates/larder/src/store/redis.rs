@@ -1,0 +1,450 @@
+//! The Redis store: one shared multiplexed connection, single node or Cluster.
+//!
+//! Entries are [`codec`](crate::codec) envelopes under `{ns}:e:{label}:{digest}`, written with
+//! `SET .. PX` so Redis reclaims them when they have outlived their freshness and stale
+//! windows.
+//!
+//! Invalidation uses a logical clock kept in Redis, `{ns}:clock`: each invalidation takes its
+//! next value, and each invalidated tag records it (`{ns}:t:{hash of the tag}`, raised with a
+//! one-key script so it never goes backwards, expiring after the longest entry lifetime);
+//! a purge records it in `{ns}:floor`. Every lookup reads the entry, `floor` and `clock` in
+//! one `MGET`, and the clock it saw becomes the birth stamp of whatever the origin call that
+//! follows returns. An entry is hidden when it was born before the floor or before the stamp
+//! of one of its tags; while the clock has not moved since an entry was born, its tags need
+//! no lookup at all (otherwise one more `MGET`). No instance's wall clock is involved, so
+//! clock skew between instances cannot resurrect or hide anything, and the clock is seeded from
+//! the server's `TIME` so it keeps rising even after Redis restarts empty.
+//!
+//! No `KEYS` or `SCAN`; every multi-key command is one the Cluster client splits by slot and
+//! every script touches one key, so it works on Cluster too (user input never reaches a
+//! `{hash tag}`).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use redis::{
+    Client, FromRedisValue, RedisError, Script, aio::ConnectionManager,
+    aio::ConnectionManagerConfig, cluster::ClusterClient, cluster_async::ClusterConnection,
+};
+
+use super::{Store, StoreError, StoreErrorKind, StoreFuture};
+use crate::{CacheKey, Entry, codec};
+
+const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Tag timestamps outlive every entry they can hide, with room for a slow origin call.
+const TAG_MARGIN: Duration = Duration::from_secs(60 * 60);
+
+/// Advances the logical clock and returns its new value. A missing clock (a new or restarted
+/// Redis) starts from the server time in microseconds, above any value it had before.
+const TICK: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], tonumber(t[1]) * 1000000 + tonumber(t[2]))
+end
+return redis.call('INCR', KEYS[1])
+";
+
+/// Raises a stamp key to `ARGV[1]` if it is lower, and (when `ARGV[2]` > 0) sets its expiry.
+const RAISE: &str = r"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local new = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+if new > cur then
+  if ttl > 0 then redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl) else redis.call('SET', KEYS[1], ARGV[1]) end
+elseif ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return 1
+";
+
+/// A store in Redis, shared by every instance of a service.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), larder::StoreError> {
+/// use larder::{CacheHandle, store::RedisStore};
+///
+/// let store = RedisStore::builder("redis://cache:6379/").namespace("dashboard").build().await?;
+/// let cache = CacheHandle::new(store);
+/// # let _ = cache; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    conn: Conn,
+    prefix: String,
+    floor_key: String,
+    clock_key: String,
+    /// The newest clock value any lookup saw: the birth stamp of the next origin call.
+    observed: AtomicU64,
+    max_ttl: Duration,
+    raise: Script,
+    tick: Script,
+}
+
+/// The shared connection: cloning it shares the same multiplexed socket(s).
+#[derive(Clone)]
+enum Conn {
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisError> {
+        match self.clone() {
+            Conn::Node(mut c) => cmd.query_async(&mut c).await,
+            Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
+        }
+    }
+
+    async fn tick(&self, script: &Script, key: &str) -> Result<u64, RedisError> {
+        let inv = script.key(key);
+        match self.clone() {
+            Conn::Node(mut c) => inv.invoke_async(&mut c).await,
+            Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
+        }
+    }
+
+    async fn raise(
+        &self,
+        script: &Script,
+        key: &str,
+        value: u64,
+        ttl: Duration,
+    ) -> Result<(), RedisError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut inv = script.key(key);
+        inv.arg(value).arg(ttl_ms);
+        match self.clone() {
+            Conn::Node(mut c) => inv.invoke_async::<()>(&mut c).await,
+            Conn::Cluster(mut c) => inv.invoke_async::<()>(&mut c).await,
+        }
+    }
+}
+
+/// Builds a [`RedisStore`].
+#[derive(Debug, Clone)]
+pub struct RedisStoreBuilder {
+    urls: Vec<String>,
+    cluster: bool,
+    namespace: String,
+    response_timeout: Duration,
+    connection_timeout: Duration,
+    max_ttl: Duration,
+}
+
+impl RedisStore {
+    /// A builder for one Redis node at `url` (`redis://[user:password@]host:port/db`; with the
+    /// `redis-tls` feature also `rediss://`). AUTH and ACL users come from the URL.
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            urls: vec![url.into()],
+            cluster: false,
+            namespace: "larder".into(),
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
+            max_ttl: DEFAULT_MAX_TTL,
+        }
+    }
+
+    /// A builder for a Redis Cluster reached through any of `urls`.
+    pub fn cluster<I, T>(urls: I) -> RedisStoreBuilder
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        let mut b = Self::builder(String::new());
+        b.urls = urls.into_iter().map(Into::into).collect();
+        b.cluster = true;
+        b
+    }
+
+    fn entry_key(&self, key: &CacheKey) -> String {
+        let mut k = String::with_capacity(self.shared.prefix.len() + key.label().len() + 72);
+        k.push_str(&self.shared.prefix);
+        k.push_str("e:");
+        k.push_str(key.label());
+        k.push(':');
+        k.push_str(&key.hex());
+        k
+    }
+
+    fn tag_key(&self, tag: &str) -> String {
+        // Hashed: tags are user input and must not choose a Cluster slot with `{...}`.
+        let hash = blake3::hash(tag.as_bytes());
+        format!("{}t:{}", self.shared.prefix, &hash.to_hex()[..32])
+    }
+
+    fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Reads entries and decides which are still reachable, in at most two round trips.
+    async fn read(&self, keys: Vec<CacheKey>) -> Result<Vec<Option<Arc<Entry>>>, StoreError> {
+        let s = &self.shared;
+        let mut mget = redis::cmd("MGET");
+        for k in &keys {
+            mget.arg(self.entry_key(k));
+        }
+        mget.arg(&s.floor_key).arg(&s.clock_key);
+        let mut values: Vec<Option<Vec<u8>>> = s.conn.query(&mget).await.map_err(backend)?;
+        if values.len() != keys.len() + 2 {
+            return Err(StoreError::new(
+                StoreErrorKind::Backend,
+                "MGET answered the wrong number of values",
+            ));
+        }
+        let clock = parse_u64(values.pop().flatten().as_deref());
+        let floor = parse_u64(values.pop().flatten().as_deref());
+        // The clock only rises (it is seeded from TIME after a restart), so keep the newest.
+        s.observed.fetch_max(clock, Ordering::AcqRel);
+
+        let mut entries = Vec::with_capacity(keys.len());
+        let mut corrupt = None;
+        for (key, value) in keys.iter().zip(values) {
+            let entry = match value {
+                None => None,
+                Some(bytes) => match codec::decode(key, &bytes) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        corrupt = Some(e);
+                        None
+                    }
+                },
+            };
+            // Born at or after the last purge (its clock value) is reachable.
+            entries.push(entry.filter(|e| e.born >= floor));
+        }
+
+        // While the clock has not moved since an entry was born, no tag of it was invalidated.
+        let mut tag_keys: Vec<String> = Vec::new();
+        for e in entries.iter().flatten() {
+            if clock > e.born {
+                tag_keys.extend(e.tags.iter().map(|t| self.tag_key(t)));
+            }
+        }
+        if !tag_keys.is_empty() {
+            tag_keys.sort();
+            tag_keys.dedup();
+            let mut mget = redis::cmd("MGET");
+            mget.arg(&tag_keys);
+            let stamps: Vec<Option<Vec<u8>>> = s.conn.query(&mget).await.map_err(backend)?;
+            let stamp_of = |tag: &str| {
+                let k = self.tag_key(tag);
+                tag_keys
+                    .binary_search(&k)
+                    .ok()
+                    .and_then(|i| stamps.get(i))
+                    .map_or(0, |v| parse_u64(v.as_deref()))
+            };
+            for slot in entries.iter_mut() {
+                if let Some(e) = slot {
+                    if clock > e.born && e.tags.iter().any(|t| stamp_of(t) > e.born) {
+                        *slot = None;
+                    }
+                }
+            }
+        }
+        // A single read of a value that is not ours reports it (counted as an error, served as a miss).
+        if keys.len() == 1 && entries[0].is_none() {
+            if let Some(e) = corrupt {
+                return Err(e);
+            }
+        }
+        Ok(entries.into_iter().map(|e| e.map(Arc::new)).collect())
+    }
+}
+
+impl RedisStoreBuilder {
+    /// The prefix of every key and channel (default `larder`); it may not contain `{` or `}`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// How long the client waits for an answer before failing the call (default 500 ms). The
+    /// cache handle also puts its own deadline on every call.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// How long one connection attempt may take (default 1 s).
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout = timeout;
+        self
+    }
+
+    /// The longest an entry is kept in Redis, whatever its headers say (default one day).
+    pub fn max_ttl(mut self, ttl: Duration) -> Self {
+        self.max_ttl = ttl;
+        self
+    }
+
+    /// Connects. A single node is connected lazily (a service starts even while Redis is down,
+    /// and the connection is re-established in the background); a Cluster needs one node up to
+    /// learn the slot map.
+    pub async fn build(self) -> Result<RedisStore, StoreError> {
+        if self.namespace.contains(['{', '}']) {
+            return Err(StoreError::new(
+                StoreErrorKind::Backend,
+                "the namespace may not contain `{` or `}`",
+            ));
+        }
+        let conn = if self.cluster {
+            let client = ClusterClient::builder(self.urls.clone())
+                .connection_timeout(self.connection_timeout)
+                .response_timeout(self.response_timeout)
+                .retries(1)
+                .build()
+                .map_err(backend)?;
+            Conn::Cluster(client.get_async_connection().await.map_err(backend)?)
+        } else {
+            let url = self.urls.first().cloned().unwrap_or_default();
+            let client = Client::open(url.as_str()).map_err(backend)?;
+            let config = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(self.response_timeout))
+                .set_connection_timeout(Some(self.connection_timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(1));
+            Conn::Node(ConnectionManager::new_lazy_with_config(client, config).map_err(backend)?)
+        };
+        let prefix = format!("{}:", self.namespace);
+        Ok(RedisStore {
+            shared: Arc::new(Shared {
+                conn,
+                floor_key: format!("{prefix}floor"),
+                clock_key: format!("{prefix}clock"),
+                prefix,
+                observed: AtomicU64::new(0),
+                max_ttl: self.max_ttl,
+                raise: Script::new(RAISE),
+                tick: Script::new(TICK),
+            }),
+        })
+    }
+}
+
+fn backend(e: RedisError) -> StoreError {
+    let kind = if e.is_timeout() {
+        StoreErrorKind::Timeout
+    } else {
+        StoreErrorKind::Backend
+    };
+    StoreError::new(kind, e.to_string())
+}
+
+fn parse_u64(v: Option<&[u8]>) -> u64 {
+    v.and_then(|b| std::str::from_utf8(b).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.shared.conn {
+            Conn::Node(_) => "node",
+            Conn::Cluster(_) => "cluster",
+        };
+        f.debug_struct("RedisStore")
+            .field("kind", &kind)
+            .field("prefix", &self.shared.prefix)
+            .finish()
+    }
+}
+
+impl Store for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn stamp(&self) -> u64 {
+        self.shared.observed.load(Ordering::Acquire)
+    }
+
+    fn get(&self, key: &CacheKey) -> StoreFuture<Option<Arc<Entry>>> {
+        let this = self.clone();
+        let key = key.clone();
+        StoreFuture::pending(async move { Ok(this.read(vec![key]).await?.pop().flatten()) })
+    }
+
+    fn get_many(&self, keys: &[CacheKey]) -> StoreFuture<Vec<Option<Arc<Entry>>>> {
+        if keys.is_empty() {
+            return StoreFuture::ready(Ok(Vec::new()));
+        }
+        let this = self.clone();
+        let keys = keys.to_vec();
+        StoreFuture::pending(async move { this.read(keys).await })
+    }
+
+    fn put(&self, key: CacheKey, entry: Arc<Entry>) -> StoreFuture<()> {
+        let ttl = entry.time_to_keep(Self::now_ms()).min(self.shared.max_ttl);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        if ttl_ms == 0 {
+            return StoreFuture::ready(Ok(()));
+        }
+        let this = self.clone();
+        StoreFuture::pending(async move {
+            let value = codec::encode(&key, &entry);
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(this.entry_key(&key))
+                .arg(value.as_ref())
+                .arg("PX")
+                .arg(ttl_ms);
+            this.shared.conn.query::<()>(&cmd).await.map_err(backend)
+        })
+    }
+
+    fn remove(&self, key: &CacheKey) -> StoreFuture<()> {
+        let this = self.clone();
+        let k = self.entry_key(key);
+        StoreFuture::pending(async move {
+            this.shared
+                .conn
+                .query::<()>(redis::cmd("DEL").arg(k))
+                .await
+                .map_err(backend)
+        })
+    }
+
+    fn invalidate_tags(&self, tags: Vec<String>) -> StoreFuture<()> {
+        if tags.is_empty() {
+            return StoreFuture::ready(Ok(()));
+        }
+        let this = self.clone();
+        StoreFuture::pending(async move {
+            let s = &this.shared;
+            let stamp = s.conn.tick(&s.tick, &s.clock_key).await.map_err(backend)?;
+            let ttl = s.max_ttl + TAG_MARGIN;
+            for tag in &tags {
+                s.conn
+                    .raise(&s.raise, &this.tag_key(tag), stamp, ttl)
+                    .await
+                    .map_err(backend)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn purge(&self) -> StoreFuture<()> {
+        let this = self.clone();
+        StoreFuture::pending(async move {
+            let s = &this.shared;
+            let stamp = s.conn.tick(&s.tick, &s.clock_key).await.map_err(backend)?;
+            s.conn
+                .raise(&s.raise, &s.floor_key, stamp, Duration::ZERO)
+                .await
+                .map_err(backend)
+        })
+    }
+}

@@ -1,0 +1,408 @@
+//! The Redis store against real redis-server processes started by the test kit.
+
+#![cfg(feature = "redis")]
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Router, body::Body, routing::get};
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use larder::{CacheHandle, EntryOptions, Rule, codec, store::RedisStore};
+use larder_testkit::{RedisCluster, RedisServer};
+use tower::ServiceExt;
+
+async fn store(url: &str) -> RedisStore {
+    RedisStore::builder(url)
+        .namespace("t")
+        .build()
+        .await
+        .unwrap()
+}
+
+fn handle(store: RedisStore) -> CacheHandle {
+    CacheHandle::builder(store)
+        .x_cache(true)
+        .namespace("t")
+        .store_timeout(Duration::from_millis(300))
+        .build()
+}
+
+fn app(cache: &CacheHandle, calls: &Arc<AtomicUsize>) -> Router {
+    let c = Arc::clone(calls);
+    Router::new().route(
+        "/api/metrics/{category}",
+        get(move || {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            async move { format!("{{\"revenue\":42,\"n\":{n}}}") }
+        })
+        .layer(
+            cache.layer(
+                Rule::new("metrics")
+                    .ttl(Duration::from_secs(900))
+                    .tag("metrics"),
+            ),
+        ),
+    )
+}
+
+async fn get_once(app: &Router, uri: &str) -> (StatusCode, String, String) {
+    let res = app
+        .clone()
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let x = res.headers()["x-cache"].to_str().unwrap().to_owned();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, x, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// Waits until a spawned store write has landed (writes do not hold up the response).
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+#[tokio::test]
+async fn two_instances_share_entries_and_invalidations() {
+    let redis = RedisServer::start();
+    let a = handle(store(&redis.url()).await);
+    let b = handle(store(&redis.url()).await);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (app_a, app_b) = (app(&a, &calls), app(&b, &calls));
+
+    assert_eq!(get_once(&app_a, "/api/metrics/finance").await.1, "MISS");
+    settle().await;
+    let (_, x, body) = get_once(&app_b, "/api/metrics/finance").await;
+    assert_eq!(
+        (x.as_str(), body.as_str()),
+        ("HIT", "{\"revenue\":42,\"n\":0}")
+    );
+
+    b.invalidate_tags(["metrics"]).await.unwrap();
+    let (_, x, body) = get_once(&app_a, "/api/metrics/finance").await;
+    assert_eq!(
+        x, "MISS",
+        "an invalidation through one instance is seen by the other at once"
+    );
+    assert!(body.ends_with("\"n\":1}"));
+    settle().await;
+    assert_eq!(get_once(&app_b, "/api/metrics/finance").await.1, "HIT");
+
+    a.purge().await.unwrap();
+    assert_eq!(get_once(&app_b, "/api/metrics/finance").await.1, "MISS");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn typed_values_batch_reads_and_tags() {
+    let redis = RedisServer::start();
+    let cache = handle(store(&redis.url()).await);
+    let opts = EntryOptions::new(Duration::from_secs(60)).tag("user:1");
+    for (k, v) in [("a", 1u32), ("b", 2), ("c", 3)] {
+        let got: Result<u32, ()> = cache
+            .get_or_insert_with(k, &opts, || async move { Ok(v) })
+            .await;
+        assert_eq!(got, Ok(v));
+    }
+    settle().await;
+    let many: Vec<Option<u32>> = cache.get_many(&["a", "missing", "c", "b"]).await;
+    assert_eq!(many, vec![Some(1), None, Some(3), Some(2)]);
+    // Large values are compressed on the way in and read back whole.
+    let big = "x".repeat(100_000);
+    cache.insert("big", &big, &opts).await;
+    settle().await;
+    assert_eq!(
+        cache.get::<String>("big").await.as_deref(),
+        Some(big.as_str())
+    );
+    let key = cache.key("big");
+    let raw = redis.cli(&["STRLEN", &format!("t:e:{}:{}", key.label(), key.hex())]);
+    assert!(
+        raw.trim().parse::<usize>().unwrap() < 10_000,
+        "stored compressed: {raw}"
+    );
+
+    cache.invalidate_tags(["user:1"]).await.unwrap();
+    let many: Vec<Option<u32>> = cache.get_many(&["a", "b", "c"]).await;
+    assert_eq!(many, vec![None, None, None]);
+}
+
+#[tokio::test]
+async fn garbage_truncated_foreign_and_old_values_are_misses() {
+    let redis = RedisServer::start();
+    let cache = handle(store(&redis.url()).await);
+    cache
+        .insert("k", &"value", &EntryOptions::new(Duration::from_secs(60)))
+        .await;
+    cache
+        .insert(
+            "other",
+            &"other",
+            &EntryOptions::new(Duration::from_secs(60)),
+        )
+        .await;
+    settle().await;
+    let key = cache.key("k");
+    let redis_key = format!("t:e:{}:{}", key.label(), key.hex());
+    assert_eq!(cache.get::<String>("k").await.as_deref(), Some("value"));
+
+    let other = cache.key("other");
+    let seed = entry_for_test().await;
+    let good = codec::encode(&key, &seed);
+    let mut old = good.to_vec();
+    old[4] = 0;
+    let truncated = good[..good.len() / 2].to_vec();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"\x00\xffnot an entry".to_vec()),
+        ("json", b"{\"value\": 1}".to_vec()),
+        ("old format", old),
+        ("truncated", truncated),
+        ("another key's entry", codec::encode(&other, &seed).to_vec()),
+    ];
+    let errors_before = cache.stats().total.errors;
+    for (name, bytes) in &cases {
+        set_raw(&redis, &redis_key, bytes).await;
+        assert_eq!(
+            cache.get::<String>("k").await,
+            None,
+            "{name} must be a miss"
+        );
+    }
+    assert_eq!(
+        cache.stats().total.errors - errors_before,
+        cases.len() as u64,
+        "each is counted"
+    );
+}
+
+/// A valid entry, produced the way the cache produces one (a typed value).
+async fn entry_for_test() -> larder::Entry {
+    use larder::Store;
+    let store = larder::MemoryStore::default();
+    let cache = CacheHandle::new(store.clone());
+    cache
+        .insert("seed", &"seed", &EntryOptions::new(Duration::from_secs(60)))
+        .await;
+    let entry = store.get(&cache.key("seed")).await.unwrap().unwrap();
+    (*entry).clone()
+}
+
+async fn set_raw(redis: &RedisServer, key: &str, value: &[u8]) {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_acl_user_without_dangerous_commands_runs_the_store() {
+    let redis = RedisServer::builder()
+        .acl_user("larder", "s3cret", "~* &* +@all -@dangerous")
+        .start();
+    let denied = redis.cli_as("larder", "s3cret", &["KEYS", "*"]);
+    assert!(
+        denied.contains("NOPERM"),
+        "KEYS is refused for this user: {denied}"
+    );
+    let cache = handle(store(&redis.url_for("larder", "s3cret")).await);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = app(&cache, &calls);
+    assert_eq!(get_once(&app, "/api/metrics/sales").await.1, "MISS");
+    settle().await;
+    assert_eq!(get_once(&app, "/api/metrics/sales").await.1, "HIT");
+    cache.invalidate_tags(["metrics"]).await.unwrap();
+    cache.purge().await.unwrap();
+    assert_eq!(get_once(&app, "/api/metrics/sales").await.1, "MISS");
+    assert_eq!(cache.stats().total.errors, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_traffic_never_fails_a_request_and_hits_resume_after_restart() {
+    let mut redis = RedisServer::start();
+    let cache = handle(store(&redis.url()).await);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = app(&cache, &calls);
+    get_once(&app, "/api/metrics/finance").await;
+    settle().await;
+
+    let mut ok = 0;
+    for i in 0..1000 {
+        if i == 200 {
+            redis.stop();
+        }
+        let (status, _, body) = get_once(
+            &app,
+            &format!("/api/metrics/{}", ["finance", "sales"][i % 2]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.starts_with("{\"revenue\":42"), "{body}");
+        ok += 1;
+    }
+    assert_eq!(ok, 1000);
+    assert!(cache.stats().total.errors > 0, "the outage was noticed");
+
+    redis.restart();
+    // The connection comes back by itself: no new store, no restart of the service.
+    let mut hit = false;
+    for _ in 0..50 {
+        get_once(&app, "/api/metrics/marketing").await;
+        settle().await;
+        if get_once(&app, "/api/metrics/marketing").await.1 == "HIT" {
+            hit = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(hit, "hits resumed after Redis came back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_spreads_keys_and_keeps_tags_and_batches_working() {
+    let cluster = RedisCluster::start();
+    let store = RedisStore::cluster(cluster.urls())
+        .namespace("t")
+        .build()
+        .await
+        .unwrap();
+    let cache = handle(store);
+    let keys: Vec<String> = (0..60).map(|i| format!("k{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let opts = EntryOptions::new(Duration::from_secs(60)).tag(format!("group:{}", i % 3));
+        cache.insert(k, &i, &opts).await;
+    }
+    settle().await;
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let all: Vec<Option<usize>> = cache.get_many(&refs).await;
+    assert_eq!(all, (0..60).map(Some).collect::<Vec<_>>());
+    // Keys landed on every master.
+    for node in cluster.nodes() {
+        let n: usize = node.cli(&["DBSIZE"]).trim().parse().unwrap();
+        assert!(n > 5, "node {} holds {n} keys", node.port());
+    }
+    cache.invalidate_tags(["group:1"]).await.unwrap();
+    let all: Vec<Option<usize>> = cache.get_many(&refs).await;
+    for (i, v) in all.iter().enumerate() {
+        assert_eq!(v.is_some(), i % 3 != 1, "key {i}");
+    }
+    cache.purge().await.unwrap();
+    assert!(
+        cache
+            .get_many::<usize>(&refs)
+            .await
+            .iter()
+            .all(Option::is_none)
+    );
+    assert_eq!(cache.stats().total.errors, 0);
+}
+
+async fn timed_get(app: &Router, uri: &str) -> (Duration, StatusCode, String) {
+    let started = std::time::Instant::now();
+    let (status, x, _) = get_once(app, uri).await;
+    (started.elapsed(), status, x)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_paused_redis_never_holds_a_request_past_the_deadline() {
+    let redis = RedisServer::start();
+    let proxy = larder_testkit::Proxy::start(redis.addr()).await;
+    let cache = handle(store(&proxy.url()).await);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = app(&cache, &calls);
+    get_once(&app, "/api/metrics/finance").await;
+    settle().await;
+    assert_eq!(get_once(&app, "/api/metrics/finance").await.1, "HIT");
+
+    // 2 s slower: the 300 ms deadline (plus a margin for this shared machine) bounds every request.
+    proxy.set_latency(Duration::from_secs(2));
+    let mut worst = Duration::ZERO;
+    for i in 0..30 {
+        let (took, status, _) = timed_get(
+            &app,
+            &format!("/api/metrics/{}", ["finance", "sales", "strategy"][i % 3]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        worst = worst.max(took);
+    }
+    assert!(
+        worst < Duration::from_millis(300 + 700),
+        "worst request took {worst:?}"
+    );
+    // Once the breaker is open, requests do not touch Redis at all.
+    let (_, _, x) = timed_get(&app, "/api/metrics/finance").await;
+    assert_eq!(x, "BYPASS");
+    let accepted = proxy.accepted();
+    let sent = proxy.bytes_to_server();
+    for _ in 0..20 {
+        get_once(&app, "/api/metrics/operations").await;
+    }
+    assert_eq!(proxy.accepted(), accepted);
+    assert!(
+        proxy.bytes_to_server() - sent < 200,
+        "only the background probe may talk to Redis"
+    );
+
+    // Paused (SIGSTOP): the same bound.
+    proxy.set_latency(Duration::ZERO);
+    redis.pause();
+    for _ in 0..10 {
+        let (took, status, _) = timed_get(&app, "/api/metrics/marketing").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(took < Duration::from_millis(1000), "took {took:?}");
+    }
+    redis.resume();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_invalidated_while_redis_is_unreachable_is_not_served_after_recovery() {
+    let redis = RedisServer::start();
+    let proxy = larder_testkit::Proxy::start(redis.addr()).await;
+    let cache = handle(store(&proxy.url()).await);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = app(&cache, &calls);
+    get_once(&app, "/api/metrics/finance").await;
+    settle().await;
+    assert_eq!(get_once(&app, "/api/metrics/finance").await.1, "HIT");
+
+    // Redis keeps the entry, but this instance cannot reach it when the write happens.
+    proxy.set_mode(larder_testkit::ProxyMode::Refuse);
+    proxy.drop_connections();
+    assert!(
+        cache.invalidate_tags(["metrics"]).await.is_err(),
+        "the caller learns it was deferred"
+    );
+    let (_, x, _) = get_once(&app, "/api/metrics/finance").await;
+    assert_eq!(x, "BYPASS", "nothing is read while an invalidation waits");
+
+    proxy.set_mode(larder_testkit::ProxyMode::Pass);
+    let mut recovered = false;
+    for _ in 0..100 {
+        let (_, x, body) = get_once(&app, "/api/metrics/finance").await;
+        assert_ne!(
+            x, "HIT",
+            "served the entry invalidated during the outage: {body}"
+        );
+        if x == "MISS" {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        recovered,
+        "the store came back and the deferred invalidation was replayed"
+    );
+    settle().await;
+    assert_eq!(get_once(&app, "/api/metrics/finance").await.1, "HIT");
+}
