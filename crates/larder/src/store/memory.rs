@@ -105,7 +105,44 @@ impl MemoryStore {
             .all(|t| s.tags.get(&**t).is_none_or(|stamp| stamp <= entry.born))
     }
 
-    fn lookup(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+    /// Records an invalidation stamped by another store's clock (the tiered store's L2), so
+    /// entries born from that clock compare against it.
+    pub(crate) fn invalidate_at(&self, tags: &[String], stamp: u64) {
+        for tag in tags {
+            // Keep the highest stamp: two invalidations may arrive out of order.
+            self.shared
+                .tags
+                .entry(Arc::from(tag.as_str()))
+                .and_compute_with(|old| {
+                    let keep = old.map_or(stamp, |o| (*o.value()).max(stamp));
+                    moka::ops::compute::Op::Put(keep)
+                });
+        }
+        self.shared.last_tagged.fetch_max(stamp, Ordering::AcqRel);
+    }
+
+    /// Hides every entry born before `stamp` (a purge stamped by another store's clock).
+    pub(crate) fn purge_at(&self, stamp: u64) {
+        self.shared.floor.fetch_max(stamp, Ordering::AcqRel);
+    }
+
+    /// Stores an entry unless its tags were invalidated after it was born.
+    pub(crate) fn insert(&self, key: &CacheKey, entry: Arc<Entry>) {
+        if self.visible(&entry) {
+            self.shared.entries.insert(*key.digest(), entry);
+        }
+    }
+
+    pub(crate) fn delete(&self, key: &CacheKey) {
+        self.shared.entries.invalidate(key.digest());
+    }
+
+    /// Drops every entry (the tag records stay).
+    pub(crate) fn clear(&self) {
+        self.shared.entries.invalidate_all();
+    }
+
+    pub(crate) fn lookup(&self, key: &CacheKey) -> Option<Arc<Entry>> {
         let entry = self.shared.entries.get(key.digest())?;
         if self.visible(&entry) {
             Some(entry)
@@ -222,14 +259,12 @@ impl Store for MemoryStore {
 
     fn put(&self, key: CacheKey, entry: Arc<Entry>) -> StoreFuture<()> {
         // An entry whose tags were invalidated while its origin call ran is already stale.
-        if self.visible(&entry) {
-            self.shared.entries.insert(*key.digest(), entry);
-        }
+        self.insert(&key, entry);
         StoreFuture::ready(Ok(()))
     }
 
     fn remove(&self, key: &CacheKey) -> StoreFuture<()> {
-        self.shared.entries.invalidate(key.digest());
+        self.delete(key);
         StoreFuture::ready(Ok(()))
     }
 

@@ -12,6 +12,8 @@
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
+mod tiered;
 
 use std::{
     fmt,
@@ -24,6 +26,8 @@ use std::{
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
+#[cfg(feature = "redis")]
+pub use tiered::{TieredStore, TieredStoreBuilder};
 
 use crate::{CacheKey, Entry};
 

@@ -81,7 +81,10 @@ pub struct RedisStore {
 
 struct Shared {
     conn: Conn,
+    /// For the backplane's own connection (pub/sub needs a dedicated one).
+    pubsub: Client,
     prefix: String,
+    bus: String,
     floor_key: String,
     clock_key: String,
     /// The newest clock value any lookup saw: the birth stamp of the next origin call.
@@ -266,6 +269,73 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Invalidates `tags` and returns the clock value they were stamped with, after telling
+    /// every instance's L1 on the backplane.
+    pub(crate) async fn invalidate_stamped(&self, tags: Vec<String>) -> Result<u64, StoreError> {
+        let s = &self.shared;
+        let stamp = s.conn.tick(&s.tick, &s.clock_key).await.map_err(backend)?;
+        let ttl = s.max_ttl + TAG_MARGIN;
+        for tag in &tags {
+            s.conn
+                .raise(&s.raise, &self.tag_key(tag), stamp, ttl)
+                .await
+                .map_err(backend)?;
+        }
+        self.publish(&BusMessage {
+            stamp,
+            tags,
+            purge: false,
+        })
+        .await;
+        Ok(stamp)
+    }
+
+    /// Purges the namespace and returns the clock value of the purge.
+    pub(crate) async fn purge_stamped(&self) -> Result<u64, StoreError> {
+        let s = &self.shared;
+        let stamp = s.conn.tick(&s.tick, &s.clock_key).await.map_err(backend)?;
+        s.conn
+            .raise(&s.raise, &s.floor_key, stamp, Duration::ZERO)
+            .await
+            .map_err(backend)?;
+        self.publish(&BusMessage {
+            stamp,
+            tags: Vec::new(),
+            purge: true,
+        })
+        .await;
+        Ok(stamp)
+    }
+
+    async fn publish(&self, message: &BusMessage) {
+        // The stamps in Redis are the truth; a lost message only costs L1s until the
+        // backplane notices and clears them.
+        if let Ok(payload) = serde_json::to_vec(message) {
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(&self.shared.bus).arg(payload);
+            if let Err(e) = self.shared.conn.query::<()>(&cmd).await {
+                tracing::warn!(error = %e, "could not publish an invalidation on the backplane");
+            }
+        }
+    }
+
+    /// The client and channel of the invalidation backplane.
+    pub(crate) fn backplane(&self) -> (Client, String) {
+        (self.shared.pubsub.clone(), self.shared.bus.clone())
+    }
+}
+
+/// An invalidation as published on the backplane.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct BusMessage {
+    pub(crate) stamp: u64,
+    #[serde(default)]
+    pub(crate) tags: Vec<String>,
+    #[serde(default)]
+    pub(crate) purge: bool,
+}
+
 impl RedisStoreBuilder {
     /// The prefix of every key and channel (default `larder`); it may not contain `{` or `}`.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
@@ -302,14 +372,18 @@ impl RedisStoreBuilder {
                 "the namespace may not contain `{` or `}`",
             ));
         }
-        let conn = if self.cluster {
+        let first = self.urls.first().cloned().unwrap_or_default();
+        let (conn, pubsub_url) = if self.cluster {
             let client = ClusterClient::builder(self.urls.clone())
                 .connection_timeout(self.connection_timeout)
                 .response_timeout(self.response_timeout)
                 .retries(1)
                 .build()
                 .map_err(backend)?;
-            Conn::Cluster(client.get_async_connection().await.map_err(backend)?)
+            (
+                Conn::Cluster(client.get_async_connection().await.map_err(backend)?),
+                first.clone(),
+            )
         } else {
             let url = self.urls.first().cloned().unwrap_or_default();
             let client = Client::open(url.as_str()).map_err(backend)?;
@@ -318,12 +392,20 @@ impl RedisStoreBuilder {
                 .set_connection_timeout(Some(self.connection_timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_secs(1));
-            Conn::Node(ConnectionManager::new_lazy_with_config(client, config).map_err(backend)?)
+            (
+                Conn::Node(
+                    ConnectionManager::new_lazy_with_config(client, config).map_err(backend)?,
+                ),
+                url,
+            )
         };
+        let pubsub = Client::open(pubsub_url.as_str()).map_err(backend)?;
         let prefix = format!("{}:", self.namespace);
         Ok(RedisStore {
             shared: Arc::new(Shared {
                 conn,
+                pubsub,
+                bus: format!("{prefix}bus"),
                 floor_key: format!("{prefix}floor"),
                 clock_key: format!("{prefix}clock"),
                 prefix,
@@ -422,29 +504,11 @@ impl Store for RedisStore {
             return StoreFuture::ready(Ok(()));
         }
         let this = self.clone();
-        StoreFuture::pending(async move {
-            let s = &this.shared;
-            let stamp = s.conn.tick(&s.tick, &s.clock_key).await.map_err(backend)?;
-            let ttl = s.max_ttl + TAG_MARGIN;
-            for tag in &tags {
-                s.conn
-                    .raise(&s.raise, &this.tag_key(tag), stamp, ttl)
-                    .await
-                    .map_err(backend)?;
-            }
-            Ok(())
-        })
+        StoreFuture::pending(async move { this.invalidate_stamped(tags).await.map(drop) })
     }
 
     fn purge(&self) -> StoreFuture<()> {
         let this = self.clone();
-        StoreFuture::pending(async move {
-            let s = &this.shared;
-            let stamp = s.conn.tick(&s.tick, &s.clock_key).await.map_err(backend)?;
-            s.conn
-                .raise(&s.raise, &s.floor_key, stamp, Duration::ZERO)
-                .await
-                .map_err(backend)
-        })
+        StoreFuture::pending(async move { this.purge_stamped().await.map(drop) })
     }
 }
