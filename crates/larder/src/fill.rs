@@ -8,6 +8,7 @@ use http::{HeaderMap, HeaderValue, header};
 use crate::{
     CacheHandle, CacheKey, Entry,
     flight::{FlightGuard, Landing},
+    lock::LockHeld,
     stats::RouteStats,
 };
 
@@ -19,6 +20,8 @@ pub(crate) struct Fill {
     pub(crate) entry: Entry,
     pub(crate) stats: Arc<RouteStats>,
     pub(crate) guard: Option<FlightGuard>,
+    /// The cross-instance fill lock, released once the entry is written.
+    pub(crate) lock: Option<LockHeld>,
 }
 
 impl Fill {
@@ -59,7 +62,8 @@ impl Fill {
         self.entry.body = body;
         self.entry.stored_at = self.handle.now_ms();
         let entry = Arc::new(self.entry);
-        self.handle.put(&self.stats, self.key, Arc::clone(&entry));
+        self.handle
+            .put_then_unlock(&self.stats, self.key, Arc::clone(&entry), self.lock.take());
         self.stats.stored();
         if let Some(guard) = self.guard.take() {
             guard.land(Landing::Stored(entry));

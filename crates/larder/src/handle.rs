@@ -9,6 +9,7 @@ use crate::{
     breaker::Breaker,
     clock::Clock,
     flight::Flights,
+    lock::LockHeld,
     stats::{RouteStats, Stats},
     store::{MemoryStore, Store, StoreError, StoreErrorKind, StoreFuture},
 };
@@ -55,6 +56,8 @@ pub(crate) struct Shared {
     pub(crate) x_cache: bool,
     pub(crate) honor_request_no_cache: bool,
     pub(crate) breaker: Breaker,
+    /// How long a miss waits for another instance's fill; `None` when the lock is off.
+    pub(crate) lock_wait: Option<Duration>,
     /// Counters for calls that belong to no route (typed values, admin calls).
     pub(crate) typed: Arc<RouteStats>,
 }
@@ -71,6 +74,7 @@ pub struct CacheHandleBuilder {
     breaker_threshold: u32,
     breaker_open_for: Duration,
     max_pending_invalidations: usize,
+    lock_wait: Option<Duration>,
 }
 
 impl CacheHandle {
@@ -97,6 +101,7 @@ impl CacheHandle {
             breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
             breaker_open_for: DEFAULT_BREAKER_OPEN_FOR,
             max_pending_invalidations: DEFAULT_MAX_PENDING,
+            lock_wait: None,
         }
     }
 
@@ -235,6 +240,17 @@ impl CacheHandle {
 
     /// Writes an entry without making the caller wait for a network store.
     pub(crate) fn put(&self, stats: &Arc<RouteStats>, key: CacheKey, entry: Arc<Entry>) {
+        self.put_then_unlock(stats, key, entry, None);
+    }
+
+    /// Writes an entry, then releases the fill lock (so the instances waiting on it find it).
+    pub(crate) fn put_then_unlock(
+        &self,
+        stats: &Arc<RouteStats>,
+        key: CacheKey,
+        entry: Arc<Entry>,
+        lock: Option<LockHeld>,
+    ) {
         if !self.store_available() {
             return;
         }
@@ -251,6 +267,9 @@ impl CacheHandle {
                 tokio::spawn(async move {
                     // Failures are counted and logged inside `run`.
                     let _ = this.run(&stats, "put", fut).await;
+                    if let Some(lock) = lock {
+                        lock.release().await;
+                    }
                 });
             }
         }
@@ -322,6 +341,15 @@ impl CacheHandleBuilder {
         self
     }
 
+    /// Makes concurrent misses for one key across instances call the service once: the first
+    /// instance takes a lock in the store and fills the entry; the others wait at most `wait`
+    /// for it, then call the service themselves. Only for stores shared by several processes
+    /// (Redis, tiered); off by default.
+    pub fn distributed_lock(mut self, wait: Duration) -> Self {
+        self.lock_wait = Some(wait);
+        self
+    }
+
     /// Builds the handle.
     pub fn build(self) -> CacheHandle {
         let stats = Stats::default();
@@ -343,6 +371,7 @@ impl CacheHandleBuilder {
                     self.breaker_open_for,
                     self.max_pending_invalidations,
                 ),
+                lock_wait: self.lock_wait,
                 typed,
             }),
         }

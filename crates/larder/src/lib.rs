@@ -80,6 +80,7 @@ mod future;
 mod handle;
 mod key;
 mod layer;
+mod lock;
 mod miss;
 mod policy;
 mod respond;

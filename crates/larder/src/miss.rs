@@ -13,6 +13,7 @@ use crate::{
     body::{CacheBody, Recorder},
     fill::Fill,
     flight::{self, FlightGuard, Join, Landing},
+    lock::{self, LockHeld},
     policy::{self, Decision, RequestDirectives},
     respond,
     route::{Params, Route},
@@ -133,10 +134,37 @@ impl Exchange {
                 }
             }
         };
+        // Across instances: one of them fills, the others wait for its entry (bounded).
+        let lock = match self.handle.shared.lock_wait {
+            None => None,
+            Some(wait) => {
+                let usable = |e: &Entry| {
+                    vary_matches(e, &self.key, &parts.headers)
+                        && matches!(
+                            e.freshness(self.handle.now_ms()),
+                            crate::entry::Freshness::Fresh { .. }
+                        )
+                };
+                match lock::acquire(&self.handle, &self.key, wait, usable).await {
+                    lock::Fill::Call(held) => held,
+                    lock::Fill::Found(entry) => {
+                        guard.land(Landing::Stored(Arc::clone(&entry)));
+                        self.route.stats.record(Outcome::Collapsed);
+                        let status = CacheStatus::Forward {
+                            fwd,
+                            stored: false,
+                            collapsed: true,
+                            detail: Some("other-instance"),
+                        };
+                        return Ok(self.serve(&entry, &parts, status));
+                    }
+                }
+            }
+        };
         self.route.stats.record(Outcome::Miss);
         let mut parts = parts;
         strip_validators(&mut parts.headers);
-        self.lead(guard, inner, parts, body, stale, fwd).await
+        self.lead(guard, lock, inner, parts, body, stale, fwd).await
     }
 
     /// Serves a stale entry now and refreshes it in the background, once.
@@ -157,7 +185,10 @@ impl Exchange {
         }
         strip_validators(&mut parts.headers);
         tokio::spawn(async move {
-            if let Ok(response) = self.lead(guard, inner, parts, body, None, "stale").await {
+            if let Ok(response) = self
+                .lead(guard, None, inner, parts, body, None, "stale")
+                .await
+            {
                 // Reading the body to its end is what stores it.
                 let _ = http_body_util::BodyExt::collect(response.into_body()).await;
             }
@@ -165,9 +196,11 @@ impl Exchange {
     }
 
     /// Asks the service as the leader of the flight for this key, and stores what may be stored.
+    #[allow(clippy::too_many_arguments)]
     async fn lead<S, ReqBody, B>(
         self,
         guard: FlightGuard,
+        lock: Option<LockHeld>,
         mut inner: S,
         parts: Parts,
         body: ReqBody,
@@ -280,6 +313,7 @@ impl Exchange {
             entry,
             stats: Arc::clone(&self.route.stats),
             guard: Some(guard),
+            lock,
         };
         Ok(Response::from_parts(
             rparts,

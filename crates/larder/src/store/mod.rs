@@ -62,6 +62,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every entry unreachable.
     fn purge(&self) -> StoreFuture<()>;
+
+    /// Tries to take the cross-instance fill lock for `key` for at most `ttl`; `Some(token)`
+    /// when taken. Stores that serve one process need no lock: the default always grants it.
+    fn try_lock(&self, key: &CacheKey, ttl: std::time::Duration) -> StoreFuture<Option<String>> {
+        let _ = (key, ttl);
+        StoreFuture::ready(Ok(Some(String::new())))
+    }
+
+    /// Releases a lock taken with `try_lock`, only if `token` still holds it.
+    fn unlock(&self, key: &CacheKey, token: String) -> StoreFuture<()> {
+        let _ = (key, token);
+        StoreFuture::ready(Ok(()))
+    }
+
+    /// Whether `try_lock` coordinates several processes (so taking it is worth a round trip).
+    fn shares_locks(&self) -> bool {
+        false
+    }
 }
 
 /// The error a store reports. The layer never turns it into an error response: it counts it,

@@ -64,6 +64,13 @@ end
 return 1
 ";
 
+/// Deletes a lock only if it still holds the caller's token (a holder whose lock expired
+/// must not delete the next holder's).
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
 /// A store in Redis, shared by every instance of a service.
 ///
 /// ```no_run
@@ -92,6 +99,10 @@ struct Shared {
     max_ttl: Duration,
     raise: Script,
     tick: Script,
+    unlock: Script,
+    /// Makes lock tokens unique to this store instance.
+    token_seed: String,
+    tokens: AtomicU64,
 }
 
 /// The shared connection: cloning it shares the same multiplexed socket(s).
@@ -413,6 +424,15 @@ impl RedisStoreBuilder {
                 max_ttl: self.max_ttl,
                 raise: Script::new(RAISE),
                 tick: Script::new(TICK),
+                unlock: Script::new(UNLOCK),
+                token_seed: format!(
+                    "{}-{}",
+                    std::process::id(),
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos())
+                ),
+                tokens: AtomicU64::new(0),
             }),
         })
     }
@@ -510,5 +530,42 @@ impl Store for RedisStore {
     fn purge(&self) -> StoreFuture<()> {
         let this = self.clone();
         StoreFuture::pending(async move { this.purge_stamped().await.map(drop) })
+    }
+
+    fn try_lock(&self, key: &CacheKey, ttl: Duration) -> StoreFuture<Option<String>> {
+        let this = self.clone();
+        let lock_key = format!("{}l:{}", self.shared.prefix, key.hex());
+        let n = self.shared.tokens.fetch_add(1, Ordering::Relaxed);
+        let token = format!("{}-{n}", self.shared.token_seed);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        StoreFuture::pending(async move {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&lock_key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms);
+            let taken: Option<String> = this.shared.conn.query(&cmd).await.map_err(backend)?;
+            Ok(taken.map(|_| token))
+        })
+    }
+
+    fn unlock(&self, key: &CacheKey, token: String) -> StoreFuture<()> {
+        let this = self.clone();
+        let lock_key = format!("{}l:{}", self.shared.prefix, key.hex());
+        StoreFuture::pending(async move {
+            let s = &this.shared;
+            let mut inv = s.unlock.key(&lock_key);
+            inv.arg(&token);
+            let r: Result<i64, RedisError> = match s.conn.clone() {
+                Conn::Node(mut c) => inv.invoke_async(&mut c).await,
+                Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
+            };
+            r.map(drop).map_err(backend)
+        })
+    }
+
+    fn shares_locks(&self) -> bool {
+        true
     }
 }

@@ -268,6 +268,18 @@ impl Store for TieredStore {
         })
     }
 
+    fn try_lock(&self, key: &CacheKey, ttl: Duration) -> StoreFuture<Option<String>> {
+        self.shared.l2.try_lock(key, ttl)
+    }
+
+    fn unlock(&self, key: &CacheKey, token: String) -> StoreFuture<()> {
+        self.shared.l2.unlock(key, token)
+    }
+
+    fn shares_locks(&self) -> bool {
+        true
+    }
+
     fn purge(&self) -> StoreFuture<()> {
         let this = self.clone();
         StoreFuture::pending(async move {
