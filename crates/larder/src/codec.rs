@@ -10,7 +10,7 @@
 //! ```text
 //! "LRDR" | version u8 | flags u8 | key digest [32] | payload (LZ4 with its length first, if flagged)
 //! payload: status u16 | stored_at u64 | born u64 | lifetime, initial age, swr, sie (ms, u64)
-//!          | must_revalidate u8 | etag | headers | trailers? | tags | vary? | body
+//!          | must_revalidate u8 | fill time (ms, u64) | etag | headers | trailers? | tags | vary? | body
 //! ```
 
 use std::time::Duration;
@@ -47,6 +47,7 @@ pub fn encode(key: &CacheKey, entry: &Entry) -> Bytes {
         p.put_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     }
     p.put_u8(u8::from(entry.must_revalidate));
+    p.put_u64(u64::try_from(entry.fill_time.as_millis()).unwrap_or(u64::MAX));
     put_bytes(&mut p, entry.etag.as_bytes());
     put_headers(&mut p, &entry.headers);
     match &entry.trailers {
@@ -126,6 +127,7 @@ pub fn decode(key: &CacheKey, value: &[u8]) -> Result<Entry, StoreError> {
     let mut ms = || get_u64(&mut r).map(Duration::from_millis);
     let (lifetime, initial_age, swr, sie) = (ms()?, ms()?, ms()?, ms()?);
     let must_revalidate = get_u8(&mut r)? != 0;
+    let fill_time = Duration::from_millis(get_u64(&mut r)?);
     let etag = HeaderValue::from_bytes(get_bytes(&mut r)?).map_err(|_| corrupt("bad etag"))?;
     let headers = get_headers(&mut r)?;
     let trailers = match get_u8(&mut r)? {
@@ -171,6 +173,7 @@ pub fn decode(key: &CacheKey, value: &[u8]) -> Result<Entry, StoreError> {
         stale_while_revalidate: swr,
         stale_if_error: sie,
         must_revalidate,
+        fill_time,
         tags: tags.into_boxed_slice(),
         vary,
     })
@@ -264,6 +267,7 @@ mod tests {
             stale_while_revalidate: Duration::from_secs(30),
             stale_if_error: Duration::from_secs(60),
             must_revalidate: false,
+            fill_time: Duration::from_millis(120),
             tags: vec![Box::from("user:1"), Box::from("sessions:1")].into_boxed_slice(),
             vary: Some((
                 vec![http::header::ACCEPT_LANGUAGE].into_boxed_slice(),

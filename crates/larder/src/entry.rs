@@ -27,6 +27,8 @@ pub struct Entry {
     pub(crate) stale_while_revalidate: Duration,
     pub(crate) stale_if_error: Duration,
     pub(crate) must_revalidate: bool,
+    /// How long the origin took to produce it (XFetch's delta).
+    pub(crate) fill_time: Duration,
     pub(crate) tags: Box<[Box<str>]>,
     /// Request header names from the response's `Vary`, and the digest of the values the
     /// storing request had for them (RFC 9111 §4.1).
@@ -103,6 +105,19 @@ impl Entry {
             revalidate: !self.must_revalidate && by < self.stale_while_revalidate,
             if_error: !self.must_revalidate && by < self.stale_if_error,
         }
+    }
+
+    /// XFetch (Vattani et al., VLDB 2015): refresh a fresh entry early with a probability that
+    /// rises as its expiry nears, scaled by how long it takes to recompute: when
+    /// `ttl_left <= fill_time * beta * -ln(rand)`. One refresh per key runs at a time.
+    pub(crate) fn refresh_early(&self, now_ms: u64, beta: f64) -> bool {
+        let age = self.age(now_ms);
+        if age >= self.lifetime || self.fill_time.is_zero() {
+            return false;
+        }
+        let left = (self.lifetime - age).as_secs_f64();
+        let draw = 1.0 - fastrand::f64(); // in (0, 1]: ln is finite
+        left <= self.fill_time.as_secs_f64() * beta * -draw.ln()
     }
 
     /// Approximate memory held by the entry, for byte-bounded stores.

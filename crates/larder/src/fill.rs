@@ -22,6 +22,8 @@ pub(crate) struct Fill {
     pub(crate) guard: Option<FlightGuard>,
     /// The cross-instance fill lock, released once the entry is written.
     pub(crate) lock: Option<LockHeld>,
+    /// When the origin call started: the fill time feeds early refresh.
+    pub(crate) started: tokio::time::Instant,
 }
 
 impl Fill {
@@ -61,6 +63,7 @@ impl Fill {
         }
         self.entry.body = body;
         self.entry.stored_at = self.handle.now_ms();
+        self.entry.fill_time = self.started.elapsed();
         let entry = Arc::new(self.entry);
         self.handle
             .put_then_unlock(&self.stats, self.key, Arc::clone(&entry), self.lock.take());

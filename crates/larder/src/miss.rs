@@ -1,7 +1,7 @@
 //! What happens when the store cannot answer: single-flight, storing, stale-if-error, and
 //! the invalidations of writes.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, header, request::Parts};
@@ -217,6 +217,7 @@ impl Exchange {
         let request_headers = parts.headers.clone();
         let method = parts.method.clone();
         let path = parts.uri.path().to_owned();
+        let started = tokio::time::Instant::now();
         let result = inner.call(Request::from_parts(parts, body)).await;
         let response = match result {
             Ok(r) if !r.status().is_server_error() => r,
@@ -298,6 +299,7 @@ impl Exchange {
             stale_while_revalidate: fresh.stale_while_revalidate,
             stale_if_error: fresh.stale_if_error,
             must_revalidate: fresh.must_revalidate,
+            fill_time: Duration::ZERO,
             tags,
             vary,
         };
@@ -314,6 +316,7 @@ impl Exchange {
             stats: Arc::clone(&self.route.stats),
             guard: Some(guard),
             lock,
+            started,
         };
         Ok(Response::from_parts(
             rparts,

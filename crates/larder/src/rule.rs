@@ -89,6 +89,7 @@ pub struct Rule {
     pub(crate) scope: Option<UserScope>,
     pub(crate) key: KeyOptions,
     pub(crate) max_body_size: Option<usize>,
+    pub(crate) early_refresh: Option<f64>,
 }
 
 impl Rule {
@@ -107,6 +108,7 @@ impl Rule {
             scope: None,
             key: KeyOptions::new(),
             max_body_size: None,
+            early_refresh: None,
         }
     }
 
@@ -190,6 +192,19 @@ impl Rule {
     /// parameters that tags can use. [`Rules`] sets it for you.
     pub fn path(mut self, pattern: &str) -> Self {
         self.pattern = Some(pattern.into());
+        self
+    }
+
+    /// Refresh hot entries in the background shortly before they expire (XFetch, with
+    /// `beta` = 1: the longer the origin takes, the earlier), so a popular key never expires
+    /// under load. One refresh per key runs at a time; requests keep getting the fresh entry.
+    pub fn early_refresh(self) -> Self {
+        self.early_refresh_beta(1.0)
+    }
+
+    /// [`early_refresh`](Self::early_refresh) with another `beta`: above 1 refreshes earlier.
+    pub fn early_refresh_beta(mut self, beta: f64) -> Self {
+        self.early_refresh = Some(beta.max(0.0));
         self
     }
 

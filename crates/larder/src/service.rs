@@ -268,7 +268,17 @@ impl Exchange {
             Found::Fresh(entry, ttl) => {
                 self.route.stats.record(Outcome::Hit);
                 tracing::trace!(route = %self.route.rule.name, key = %self.key, ttl, "cache hit");
-                ResponseFuture::ready(self.serve(&entry, &parts, CacheStatus::Hit { ttl }))
+                let response = self.serve(&entry, &parts, CacheStatus::Hit { ttl });
+                let now = self.handle.now_ms();
+                if self
+                    .route
+                    .rule
+                    .early_refresh
+                    .is_some_and(|beta| entry.refresh_early(now, beta))
+                {
+                    self.refresh(inner, parts, body);
+                }
+                ResponseFuture::ready(response)
             }
             Found::Revalidate(entry, by) => {
                 self.route.stats.record(Outcome::Stale);

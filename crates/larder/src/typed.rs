@@ -211,6 +211,7 @@ impl CacheHandle {
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
             must_revalidate: false,
+            fill_time: Duration::ZERO,
             tags: options.tags.iter().map(|t| t.as_str().into()).collect(),
             vary: None,
         })

@@ -482,3 +482,53 @@ async fn a_tag_invalidated_during_a_miss_is_not_stored() {
     let (_, h, _) = next.await.unwrap();
     assert_eq!(x_cache(&h), "MISS");
 }
+
+#[tokio::test(start_paused = true)]
+async fn hot_entries_are_refreshed_once_before_they_expire() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let cache = cache();
+    let app = Router::new().route(
+        "/hot",
+        get(move || {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                // The origin takes 200 ms: XFetch's delta.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                format!("v{n}")
+            }
+        })
+        .layer(
+            cache.layer(
+                Rule::new("hot")
+                    .ttl(Duration::from_secs(10))
+                    .early_refresh(),
+            ),
+        ),
+    );
+    assert_eq!(send(&app, get_req("/hot")).await.2, "v0");
+    // Far from expiry (9 s left for a 0.2 s recompute) nothing is refreshed.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    for _ in 0..100 {
+        let (_, h, body) = send(&app, get_req("/hot")).await;
+        assert_eq!((x_cache(&h), body.as_str()), ("HIT", "v0"));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // The entry was stored at 0.2 s: now 1.2 s. At 10.15 s it has 50 ms left, and each hit
+    // triggers with probability e^(-0.05/0.2) = 0.78; one refresh runs.
+    tokio::time::advance(Duration::from_millis(8_950)).await;
+    for _ in 0..20 {
+        let (_, h, body) = send(&app, get_req("/hot")).await;
+        assert_eq!(
+            (x_cache(&h), body.as_str()),
+            ("HIT", "v0"),
+            "requests keep the fresh entry"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "exactly one early refresh");
+    // Past the old expiry: still a hit, on the refreshed entry.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let (_, h, body) = send(&app, get_req("/hot")).await;
+    assert_eq!((x_cache(&h), body.as_str()), ("HIT", "v1"));
+}
