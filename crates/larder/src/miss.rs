@@ -224,12 +224,7 @@ impl Exchange {
             failed => {
                 // RFC 5861 §4: stale-if-error. `guard` drops: followers ask for themselves.
                 if let Some(entry) = &stale {
-                    return Ok(self.serve_stale_if_error(
-                        entry,
-                        &method,
-                        &request_headers,
-                        failed.as_ref().ok().map(|r| r.status()),
-                    ));
+                    return Ok(self.serve_stale_if_error(entry, &method, &request_headers));
                 }
                 return failed.map(|r| {
                     let (mut p, b) = r.into_parts();
@@ -364,7 +359,6 @@ impl Exchange {
         entry: &Entry,
         method: &http::Method,
         headers: &HeaderMap,
-        _failed: Option<http::StatusCode>,
     ) -> Response<CacheBody<B>> {
         self.route.stats.record(Outcome::Stale);
         let now = self.handle.now_ms();
@@ -396,7 +390,7 @@ impl Exchange {
                 .as_ref()
                 .map_or(true, |r| r.status().is_server_error())
             {
-                return Ok(self.serve_stale_if_error(entry, &method, headers, None));
+                return Ok(self.serve_stale_if_error(entry, &method, headers));
             }
         }
         let (mut p, b) = result?.into_parts();

@@ -306,6 +306,18 @@ async fn cluster_spreads_keys_and_keeps_tags_and_batches_working() {
     assert_eq!(cache.stats().total.errors, 0);
 }
 
+/// Redis behind a fault proxy, a cache over it, and one entry already a hit.
+async fn warm_behind_proxy() -> (RedisServer, larder_testkit::Proxy, CacheHandle, Router) {
+    let redis = RedisServer::start();
+    let proxy = larder_testkit::Proxy::start(redis.addr()).await;
+    let cache = handle(store(&proxy.url()).await);
+    let app = app(&cache, &Arc::new(AtomicUsize::new(0)));
+    get_once(&app, "/api/metrics/finance").await;
+    settle().await;
+    assert_eq!(get_once(&app, "/api/metrics/finance").await.1, "HIT");
+    (redis, proxy, cache, app)
+}
+
 async fn timed_get(app: &Router, uri: &str) -> (Duration, StatusCode, String) {
     let started = std::time::Instant::now();
     let (status, x, _) = get_once(app, uri).await;
@@ -314,14 +326,7 @@ async fn timed_get(app: &Router, uri: &str) -> (Duration, StatusCode, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_or_paused_redis_never_holds_a_request_past_the_deadline() {
-    let redis = RedisServer::start();
-    let proxy = larder_testkit::Proxy::start(redis.addr()).await;
-    let cache = handle(store(&proxy.url()).await);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let app = app(&cache, &calls);
-    get_once(&app, "/api/metrics/finance").await;
-    settle().await;
-    assert_eq!(get_once(&app, "/api/metrics/finance").await.1, "HIT");
+    let (redis, proxy, _cache, app) = warm_behind_proxy().await;
 
     // 2 s slower: the 300 ms deadline (plus a margin for this shared machine) bounds every request.
     proxy.set_latency(Duration::from_secs(2));
@@ -366,14 +371,7 @@ async fn a_slow_or_paused_redis_never_holds_a_request_past_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_invalidated_while_redis_is_unreachable_is_not_served_after_recovery() {
-    let redis = RedisServer::start();
-    let proxy = larder_testkit::Proxy::start(redis.addr()).await;
-    let cache = handle(store(&proxy.url()).await);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let app = app(&cache, &calls);
-    get_once(&app, "/api/metrics/finance").await;
-    settle().await;
-    assert_eq!(get_once(&app, "/api/metrics/finance").await.1, "HIT");
+    let (_redis, proxy, cache, app) = warm_behind_proxy().await;
 
     // Redis keeps the entry, but this instance cannot reach it when the write happens.
     proxy.set_mode(larder_testkit::ProxyMode::Refuse);

@@ -28,7 +28,7 @@ use std::{
 };
 
 use redis::{
-    Client, FromRedisValue, RedisError, Script, aio::ConnectionManager,
+    Client, FromRedisValue, RedisError, Script, ScriptInvocation, aio::ConnectionManager,
     aio::ConnectionManagerConfig, cluster::ClusterClient, cluster_async::ClusterConnection,
 };
 
@@ -120,12 +120,15 @@ impl Conn {
         }
     }
 
-    async fn tick(&self, script: &Script, key: &str) -> Result<u64, RedisError> {
-        let inv = script.key(key);
+    async fn invoke<T: FromRedisValue>(&self, inv: &ScriptInvocation<'_>) -> Result<T, RedisError> {
         match self.clone() {
             Conn::Node(mut c) => inv.invoke_async(&mut c).await,
             Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
         }
+    }
+
+    async fn tick(&self, script: &Script, key: &str) -> Result<u64, RedisError> {
+        self.invoke(&script.key(key)).await
     }
 
     async fn raise(
@@ -138,10 +141,7 @@ impl Conn {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let mut inv = script.key(key);
         inv.arg(value).arg(ttl_ms);
-        match self.clone() {
-            Conn::Node(mut c) => inv.invoke_async::<()>(&mut c).await,
-            Conn::Cluster(mut c) => inv.invoke_async::<()>(&mut c).await,
-        }
+        self.invoke(&inv).await
     }
 }
 
@@ -242,32 +242,37 @@ impl RedisStore {
         }
 
         // While the clock has not moved since an entry was born, no tag of it was invalidated.
-        let mut tag_keys: Vec<String> = Vec::new();
-        for e in entries.iter().flatten() {
-            if clock > e.born {
-                tag_keys.extend(e.tags.iter().map(|t| self.tag_key(t)));
-            }
-        }
-        if !tag_keys.is_empty() {
-            tag_keys.sort();
-            tag_keys.dedup();
+        let mut tags: Vec<&str> = entries
+            .iter()
+            .flatten()
+            .filter(|e| clock > e.born)
+            .flat_map(|e| e.tags.iter().map(|t| &**t))
+            .collect();
+        if !tags.is_empty() {
+            tags.sort_unstable();
+            tags.dedup();
             let mut mget = redis::cmd("MGET");
-            mget.arg(&tag_keys);
+            for tag in &tags {
+                mget.arg(self.tag_key(tag));
+            }
             let stamps: Vec<Option<Vec<u8>>> = s.conn.query(&mget).await.map_err(backend)?;
+            let stamps: Vec<u64> = stamps.iter().map(|v| parse_u64(v.as_deref())).collect();
             let stamp_of = |tag: &str| {
-                let k = self.tag_key(tag);
-                tag_keys
-                    .binary_search(&k)
+                tags.binary_search(&tag)
                     .ok()
-                    .and_then(|i| stamps.get(i))
-                    .map_or(0, |v| parse_u64(v.as_deref()))
+                    .and_then(|i| stamps.get(i).copied())
+                    .unwrap_or(0)
             };
-            for slot in entries.iter_mut() {
-                if let Some(e) = slot {
-                    if clock > e.born && e.tags.iter().any(|t| stamp_of(t) > e.born) {
-                        *slot = None;
-                    }
-                }
+            let hidden: Vec<usize> = entries
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| {
+                    let e = e.as_ref()?;
+                    (clock > e.born && e.tags.iter().any(|t| stamp_of(t) > e.born)).then_some(i)
+                })
+                .collect();
+            for i in hidden {
+                entries[i] = None;
             }
         }
         // A single read of a value that is not ours reports it (counted as an error, served as a miss).
@@ -557,11 +562,7 @@ impl Store for RedisStore {
             let s = &this.shared;
             let mut inv = s.unlock.key(&lock_key);
             inv.arg(&token);
-            let r: Result<i64, RedisError> = match s.conn.clone() {
-                Conn::Node(mut c) => inv.invoke_async(&mut c).await,
-                Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
-            };
-            r.map(drop).map_err(backend)
+            s.conn.invoke::<i64>(&inv).await.map(drop).map_err(backend)
         })
     }
 
