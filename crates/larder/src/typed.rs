@@ -167,6 +167,70 @@ impl CacheHandle {
         Ok(value)
     }
 
+    /// Batch cache-aside: reads every key in one store call (one round trip for a network
+    /// store), then calls `f` once with the indices of the keys that missed and stores the
+    /// values it returns, each under its own options. Returns one value per key, in order.
+    ///
+    /// `f` must return exactly one value per index it is given, in the same order. The
+    /// invalidation stamp is taken before `f` runs, so a tag invalidated while `f` reads the
+    /// database is not stored with the old data. Unlike
+    /// [`get_or_insert_with`](Self::get_or_insert_with), concurrent batches are not
+    /// collapsed into one call. If `f` fails, nothing is stored and its error is returned.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), std::io::Error> {
+    /// use std::time::Duration;
+    /// use larder::{CacheHandle, EntryOptions};
+    ///
+    /// let cache = CacheHandle::in_memory();
+    /// let opts = EntryOptions::new(Duration::from_secs(300)).tag("user:7");
+    /// let values: Vec<u32> = cache
+    ///     .get_many_or_insert_with(&[("a", &opts), ("b", &opts)], |missing| async move {
+    ///         Ok::<_, std::io::Error>(missing.iter().map(|&i| i as u32 * 10).collect())
+    ///     })
+    ///     .await?;
+    /// assert_eq!(values, [0, 10]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `f` returns a different number of values than it was given indices.
+    pub async fn get_many_or_insert_with<T, E, F, Fut>(
+        &self,
+        items: &[(&str, &EntryOptions)],
+        f: F,
+    ) -> Result<Vec<T>, E>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(Vec<usize>) -> Fut,
+        Fut: Future<Output = Result<Vec<T>, E>>,
+    {
+        let keys: Vec<&str> = items.iter().map(|(k, _)| *k).collect();
+        let mut found: Vec<Option<T>> = self.get_many(&keys).await;
+        let missing: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok(found.into_iter().flatten().collect());
+        }
+        let born = self.shared.store.stamp();
+        let values = f(missing.clone()).await?;
+        assert_eq!(
+            values.len(),
+            missing.len(),
+            "get_many_or_insert_with: the closure must return one value per missing key"
+        );
+        let stats = &self.shared.typed;
+        for (i, value) in missing.into_iter().zip(values) {
+            let (key, options) = items[i];
+            if let Some(entry) = self.encode(&value, options, born) {
+                self.put(stats, self.key(key), Arc::new(entry));
+                stats.stored();
+            }
+            found[i] = Some(value);
+        }
+        Ok(found.into_iter().flatten().collect())
+    }
+
     fn is_fresh(&self, entry: &Entry) -> bool {
         matches!(
             entry.freshness(self.now_ms()),

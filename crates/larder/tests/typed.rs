@@ -322,3 +322,71 @@ async fn insert_is_counted_as_stored() {
     let typed = cache.stats().routes["typed"].clone();
     assert_eq!(typed.stored, 1, "{typed:?}");
 }
+
+#[tokio::test]
+async fn a_batch_reads_once_and_fills_only_the_missing_keys() {
+    let cache = CacheHandle::in_memory();
+    let a = EntryOptions::new(Duration::from_secs(60)).tag("a");
+    let b = EntryOptions::new(Duration::from_secs(60)).tag("b");
+    cache.insert("k1", &report(1), &a).await;
+
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&asked);
+    let got: Vec<Report> = cache
+        .get_many_or_insert_with(
+            &[("k1", &a), ("k2", &b), ("k3", &a)],
+            |missing| async move {
+                seen.lock().unwrap().extend(missing.iter().copied());
+                Ok::<_, Boom>(missing.iter().map(|&i| report(i as u32 + 1)).collect())
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(got, vec![report(1), report(2), report(3)]);
+    assert_eq!(*asked.lock().unwrap(), vec![1, 2]);
+
+    // Everything is stored now: the closure is not called again.
+    let again: Vec<Report> = cache
+        .get_many_or_insert_with(&[("k1", &a), ("k2", &b), ("k3", &a)], |_| async {
+            Err::<Vec<Report>, _>(Boom("must not run"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(again, got);
+
+    // Each key carries its own tags: invalidating `b` drops k2 only.
+    cache.invalidate_tags(["b"]).await.unwrap();
+    let after: Vec<Option<Report>> = cache.get_many(&["k1", "k2", "k3"]).await;
+    assert_eq!(after, vec![Some(report(1)), None, Some(report(3))]);
+}
+
+#[tokio::test]
+async fn a_batch_value_whose_tag_is_invalidated_while_it_loads_is_not_stored() {
+    let cache = CacheHandle::in_memory();
+    let opts = EntryOptions::new(Duration::from_secs(60)).tag("sessions:1");
+    let writer = cache.clone();
+    let got: Vec<Report> = cache
+        .get_many_or_insert_with(&[("page1", &opts)], |_| async move {
+            // A write lands between the database read and the store.
+            writer.invalidate_tags(["sessions:1"]).await.unwrap();
+            Ok::<_, Boom>(vec![report(1)])
+        })
+        .await
+        .unwrap();
+    assert_eq!(got, vec![report(1)]);
+    assert_eq!(cache.get::<Report>("page1").await, None);
+}
+
+#[tokio::test]
+async fn a_failed_batch_stores_nothing() {
+    let cache = CacheHandle::in_memory();
+    let opts = EntryOptions::new(Duration::from_secs(60));
+    let err = cache
+        .get_many_or_insert_with::<Report, _, _, _>(&[("x", &opts)], |_| async {
+            Err(Boom("database down"))
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err, Boom("database down"));
+    assert_eq!(cache.get::<Report>("x").await, None);
+}
