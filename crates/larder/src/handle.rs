@@ -187,6 +187,12 @@ impl CacheHandle {
         &*self.shared.store
     }
 
+    /// Whether the cache is using its store: `false` while the circuit breaker is open
+    /// (requests then bypass the cache and go straight to the service). For health checks.
+    pub fn is_store_available(&self) -> bool {
+        self.store_available()
+    }
+
     pub(crate) fn now_ms(&self) -> u64 {
         self.shared.clock.now_ms()
     }
