@@ -1,0 +1,174 @@
+//! The dashboard example: the seeds' business dashboard API (profile and credits, platform
+//! connectors, business metrics, chat sessions) over a real database, cached by Larder.
+//!
+//! [`connect`] opens the database (creating and seeding it), the API keys and the cache;
+//! [`app`] builds the router from that, so tests drive it with `oneshot` and `main` serves it.
+//! The HTTP contract is in the README next to this crate.
+
+pub mod api;
+pub mod auth;
+pub mod cache;
+pub mod db;
+pub mod error;
+pub mod ops;
+pub mod queries;
+pub mod seed;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router, middleware,
+    routing::{get, post, put},
+};
+use larder::CacheHandle;
+
+pub use crate::{cache::StoreKind, db::Db};
+
+/// Everything the dashboard can be told on its command line (each flag also reads the
+/// environment variable named in `--help`).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "dashboard",
+    version,
+    about = "The Larder dashboard example: an axum API over SQLite or PostgreSQL, cached by Larder."
+)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, env = "DASHBOARD_ADDR", default_value = "127.0.0.1:3000")]
+    pub addr: String,
+    /// Where cached responses live: `none` runs the same routes uncached (the baseline).
+    #[arg(long, env = "LARDER_STORE", value_enum, default_value_t = StoreKind::Memory)]
+    pub store: StoreKind,
+    /// Redis for `--store redis` and `--store tiered` (`redis://`, `rediss://`, with user and password).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    pub redis_url: String,
+    /// The database: `postgres://...`, `sqlite://PATH` or `sqlite::memory:`; by default a
+    /// new SQLite file in a temporary directory.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Latency added to every database round trip, in milliseconds (stands for a remote database).
+    #[arg(long, env = "DB_LATENCY_MS", default_value_t = 200)]
+    pub db_latency_ms: u64,
+    /// Most database connections held at once.
+    #[arg(long, env = "DB_POOL", default_value_t = 10)]
+    pub db_pool: u32,
+    /// Token for the admin routes (`POST /_cache/invalidate`, `POST /_cache/warmup`,
+    /// `POST /_origin/stats/reset`); they are off when it is unset.
+    #[arg(long, env = "LARDER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Key namespace in the store (instances sharing a Redis and a namespace share entries).
+    #[arg(long, env = "LARDER_NAMESPACE", default_value = "dashboard")]
+    pub namespace: String,
+    /// Memory for the in-process store (or the tiered store's L1), in MiB.
+    #[arg(long, env = "LARDER_MEMORY_MB", default_value_t = 256)]
+    pub cache_memory_mb: u64,
+}
+
+impl Config {
+    /// The defaults, as if no flag were given and the environment were empty.
+    pub fn defaults() -> Config {
+        Config {
+            addr: "127.0.0.1:3000".into(),
+            store: StoreKind::Memory,
+            redis_url: "redis://127.0.0.1:6379/".into(),
+            database_url: None,
+            db_latency_ms: 200,
+            db_pool: 10,
+            admin_token: None,
+            namespace: "dashboard".into(),
+            cache_memory_mb: 256,
+        }
+    }
+}
+
+/// The running dashboard's state: the database, the cache (none for `--store none`), the
+/// API keys and the admin token. Cheap to clone.
+#[derive(Clone)]
+pub struct Dashboard {
+    /// The database pool and its counters.
+    pub db: Db,
+    /// The cache, unless the store is `none`.
+    pub cache: Option<CacheHandle>,
+    /// Which store the cache uses.
+    pub store: StoreKind,
+    /// `demo-key-<N>` and the like, and their users.
+    pub keys: auth::ApiKeys,
+    /// The admin token, if the admin routes are on.
+    pub admin_token: Option<Arc<str>>,
+}
+
+/// Opens the database (creating the schema and seed data if it is empty), reads the API
+/// keys, and builds the cache `config` asks for.
+pub async fn connect(config: &Config) -> anyhow::Result<Dashboard> {
+    let db = Db::connect(
+        config.database_url.as_deref(),
+        config.db_pool,
+        Duration::from_millis(config.db_latency_ms),
+    )
+    .await?;
+    seed::prepare(&db).await?;
+    let keys = Arc::new(queries::api_keys(&db).await?);
+    let cache = cache::handle(
+        config.store,
+        &config.redis_url,
+        &config.namespace,
+        config.cache_memory_mb << 20,
+    )
+    .await?;
+    Ok(Dashboard {
+        db,
+        cache,
+        store: config.store,
+        keys,
+        admin_token: config
+            .admin_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(Arc::from),
+    })
+}
+
+/// The router: `/api` behind bearer keys (and the cache layer, unless the store is `none`),
+/// and the operations routes.
+pub fn app(dashboard: Dashboard) -> Router {
+    let mut api = Router::new()
+        .route("/api/user/me", get(api::me))
+        .route("/api/connectors/status", get(api::connector_status))
+        .route("/api/connectors/reset", post(api::reset_connectors))
+        .route(
+            "/api/connectors/{provider}",
+            post(api::connect).delete(api::disconnect),
+        )
+        .route("/api/metrics/{category}", get(api::metrics))
+        .route("/api/chat/stats", get(api::chat_stats))
+        .route("/api/chat/search", get(api::search))
+        .route(
+            "/api/chat/sessions",
+            get(api::sessions).post(api::create_session),
+        )
+        .route(
+            "/api/chat/sessions/{sid}",
+            put(api::rename_session).delete(api::delete_session),
+        )
+        .route("/api/chat/sessions/{sid}/messages", post(api::post_message));
+    if let Some(cache) = &dashboard.cache {
+        api = api.layer(cache.layer_with(cache::rules()));
+    }
+    // The dashboard reads through the typed API itself; the bearer check runs before all.
+    let api =
+        api.route("/api/dashboard", get(api::dashboard))
+            .layer(middleware::from_fn_with_state(
+                Arc::clone(&dashboard.keys),
+                auth::require_user,
+            ));
+    Router::new()
+        .merge(api)
+        .route("/_cache/health", get(ops::health))
+        .route("/_cache/stats", get(ops::stats))
+        .route("/_cache/invalidate", post(ops::invalidate))
+        .route("/_cache/warmup", post(ops::warmup))
+        .route("/metrics", get(ops::prometheus))
+        .route("/_origin/stats", get(ops::origin_stats))
+        .route("/_origin/stats/reset", post(ops::reset_origin_stats))
+        .with_state(dashboard)
+}
