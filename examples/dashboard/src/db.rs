@@ -83,6 +83,17 @@ impl Db {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 (url.to_owned(), Backend::Postgres, None)
             }
+            Some("sqlite::memory:" | "sqlite://:memory:") => {
+                // The Any driver parses the URL again for every connection, and `:memory:`
+                // would give each its own database: name one shared in-memory database.
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                let n = NEXT.fetch_add(1, Relaxed);
+                let url = format!(
+                    "sqlite:file:larder-dashboard-{}-{n}?mode=memory&cache=shared",
+                    std::process::id()
+                );
+                (url, Backend::Sqlite, None)
+            }
             Some(url) if url.starts_with("sqlite:") => (url.to_owned(), Backend::Sqlite, None),
             Some(other) => bail!(
                 "unsupported database URL {other:?}: expected sqlite://PATH, sqlite::memory: or postgres://..."
@@ -218,6 +229,28 @@ mod tests {
             "postgres://app:***@db:5432/x"
         );
         assert_eq!(redact("sqlite::memory:"), "sqlite::memory:");
+    }
+
+    #[tokio::test]
+    async fn one_in_memory_database_is_shared_by_the_whole_pool() {
+        let db = Db::connect(Some("sqlite::memory:"), 3, Duration::ZERO)
+            .await
+            .unwrap();
+        let mut a = db.lease().await.unwrap();
+        let mut b = db.lease().await.unwrap();
+        a.execute("CREATE TABLE t (x BIGINT)").await.unwrap();
+        a.execute("INSERT INTO t VALUES (7)").await.unwrap();
+        let row = sqlx::query("SELECT x FROM t")
+            .fetch_one(&mut *b)
+            .await
+            .unwrap();
+        assert_eq!(sqlx::Row::get::<i64, _>(&row, 0), 7);
+        // A second database is another database.
+        let other = Db::connect(Some("sqlite::memory:"), 1, Duration::ZERO)
+            .await
+            .unwrap();
+        let mut c = other.lease().await.unwrap();
+        assert!(c.execute("SELECT x FROM t").await.is_err());
     }
 
     #[tokio::test]

@@ -1,0 +1,381 @@
+//! The invalidation matrix of the HTTP contract: for each write route, the affected reads go
+//! miss -> hit, the write lands, and the next read is a miss with the new data; the reads it
+//! does not affect stay hits; and another user's entries are never touched.
+
+mod support;
+
+use axum::http::{Method, StatusCode};
+use example_dashboard::StoreKind;
+use serde_json::json;
+use support::{dashboard, get, send};
+
+/// Every cached read of the contract.
+const READS: [&str; 7] = [
+    "/api/user/me",
+    "/api/connectors/status",
+    "/api/metrics/finance",
+    "/api/chat/stats",
+    "/api/chat/search?q=churn",
+    "/api/chat/sessions",
+    "/api/chat/sessions?page=2",
+];
+
+/// Reads every route twice for `user`: the second read must be a hit.
+async fn warm(router: &axum::Router, user: i64) {
+    for uri in READS {
+        let first = get(router, uri, user).await;
+        assert_eq!(first.status, StatusCode::OK, "{uri}: {:?}", first.body);
+        let second = get(router, uri, user).await;
+        assert!(
+            second.is_hit(),
+            "{uri} for user {user} is not a hit: {:?}",
+            second.cache_status
+        );
+        assert_eq!(
+            first.body, second.body,
+            "{uri}: a hit serves the stored body"
+        );
+    }
+}
+
+/// After a write, `invalidated` reads are misses and every other read is still a hit.
+async fn expect_invalidated(router: &axum::Router, user: i64, invalidated: &[&str], write: &str) {
+    for uri in READS {
+        let answer = get(router, uri, user).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        if invalidated.contains(&uri) {
+            assert!(
+                answer.is_miss(),
+                "after {write}, {uri} should be a miss: {:?}",
+                answer.cache_status
+            );
+        } else {
+            assert!(
+                answer.is_hit(),
+                "after {write}, {uri} should still be a hit: {:?}",
+                answer.cache_status
+            );
+        }
+    }
+}
+
+/// A first session of `user` (most recently updated first, so page 1's first row).
+async fn first_session(router: &axum::Router, user: i64) -> i64 {
+    get(router, "/api/chat/sessions", user).await.body["sessions"][0]["id"]
+        .as_i64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_write_route_invalidates_exactly_its_tags_and_the_next_read_shows_the_new_data() {
+    let (_, router) = dashboard(StoreKind::Memory).await;
+    let (a, b) = (11, 12);
+    warm(&router, b).await;
+
+    // POST /api/connectors/{provider}: connectors.
+    warm(&router, a).await;
+    let before = get(&router, "/api/connectors/status", a).await.body;
+    let provider = before["connectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["connected"] == false)
+        .expect("seed data leaves some platforms unconnected")["provider"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let uri = format!("/api/connectors/{provider}");
+    let w = send(&router, Method::POST, &uri, a, json!({ "account": "acme" })).await;
+    assert_eq!(w.status, StatusCode::OK);
+    expect_invalidated(
+        &router,
+        a,
+        &["/api/connectors/status"],
+        "POST /api/connectors/{provider}",
+    )
+    .await;
+    let after = get(&router, "/api/connectors/status", a).await.body;
+    assert_eq!(
+        after["connected"].as_u64(),
+        before["connected"].as_u64().map(|n| n + 1)
+    );
+
+    // DELETE /api/connectors/{provider}: connectors.
+    warm(&router, a).await;
+    let w = send(&router, Method::DELETE, &uri, a, json!({})).await;
+    assert_eq!(w.status, StatusCode::OK);
+    expect_invalidated(
+        &router,
+        a,
+        &["/api/connectors/status"],
+        "DELETE /api/connectors/{provider}",
+    )
+    .await;
+    assert_eq!(
+        get(&router, "/api/connectors/status", a).await.body["connected"],
+        before["connected"]
+    );
+
+    // POST /api/connectors/reset: connectors.
+    warm(&router, a).await;
+    let w = send(&router, Method::POST, "/api/connectors/reset", a, json!({})).await;
+    assert_eq!(w.status, StatusCode::OK);
+    expect_invalidated(
+        &router,
+        a,
+        &["/api/connectors/status"],
+        "POST /api/connectors/reset",
+    )
+    .await;
+    assert_eq!(
+        get(&router, "/api/connectors/status", a).await.body["connected"],
+        0
+    );
+
+    // POST /api/chat/sessions: stats, sessions.
+    warm(&router, a).await;
+    let stats = get(&router, "/api/chat/stats", a).await.body;
+    let w = send(
+        &router,
+        Method::POST,
+        "/api/chat/sessions",
+        a,
+        json!({ "title": "Quarterly churn plan" }),
+    )
+    .await;
+    assert_eq!(w.status, StatusCode::CREATED);
+    let created = w.body["id"].as_i64().expect("the new session's id");
+    expect_invalidated(
+        &router,
+        a,
+        &[
+            "/api/chat/stats",
+            "/api/chat/sessions",
+            "/api/chat/sessions?page=2",
+        ],
+        "POST /api/chat/sessions",
+    )
+    .await;
+    assert_eq!(
+        get(&router, "/api/chat/stats", a).await.body["sessions"],
+        stats["sessions"].as_i64().unwrap() + 1
+    );
+    assert_eq!(first_session(&router, a).await, created);
+
+    // PUT /api/chat/sessions/{sid}: sessions, search.
+    warm(&router, a).await;
+    let w = send(
+        &router,
+        Method::PUT,
+        &format!("/api/chat/sessions/{created}"),
+        a,
+        json!({ "title": "Renamed churn plan" }),
+    )
+    .await;
+    assert_eq!(w.status, StatusCode::OK);
+    expect_invalidated(
+        &router,
+        a,
+        &[
+            "/api/chat/search?q=churn",
+            "/api/chat/sessions",
+            "/api/chat/sessions?page=2",
+        ],
+        "PUT /api/chat/sessions/{sid}",
+    )
+    .await;
+    let page = get(&router, "/api/chat/sessions", a).await.body;
+    assert_eq!(page["sessions"][0]["title"], "Renamed churn plan");
+    let found = get(&router, "/api/chat/search?q=churn", a).await.body;
+    assert_eq!(found["sessions"][0]["title"], "Renamed churn plan");
+
+    // POST /api/chat/sessions/{sid}/messages: stats, search, user (credits).
+    warm(&router, a).await;
+    let credits = get(&router, "/api/user/me", a).await.body["credits"]
+        .as_i64()
+        .unwrap();
+    let messages = get(&router, "/api/chat/stats", a).await.body["messages"]
+        .as_i64()
+        .unwrap();
+    let w = send(
+        &router,
+        Method::POST,
+        &format!("/api/chat/sessions/{created}/messages"),
+        a,
+        json!({ "content": "What drives churn in the enterprise tier?" }),
+    )
+    .await;
+    assert_eq!(w.status, StatusCode::CREATED);
+    expect_invalidated(
+        &router,
+        a,
+        &[
+            "/api/user/me",
+            "/api/chat/stats",
+            "/api/chat/search?q=churn",
+        ],
+        "POST /api/chat/sessions/{sid}/messages",
+    )
+    .await;
+    let me = get(&router, "/api/user/me", a).await.body;
+    assert_eq!(
+        me["credits"],
+        credits - 1,
+        "credits fall after a message and /api/user/me shows it at once"
+    );
+    assert_eq!(me["credits"], w.body["credits_remaining"]);
+    assert_eq!(
+        get(&router, "/api/chat/stats", a).await.body["messages"],
+        messages + 2
+    );
+
+    // DELETE /api/chat/sessions/{sid}: stats, sessions, search.
+    warm(&router, a).await;
+    let w = send(
+        &router,
+        Method::DELETE,
+        &format!("/api/chat/sessions/{created}"),
+        a,
+        json!({}),
+    )
+    .await;
+    assert_eq!(w.status, StatusCode::NO_CONTENT);
+    expect_invalidated(
+        &router,
+        a,
+        &[
+            "/api/chat/stats",
+            "/api/chat/search?q=churn",
+            "/api/chat/sessions",
+            "/api/chat/sessions?page=2",
+        ],
+        "DELETE /api/chat/sessions/{sid}",
+    )
+    .await;
+    assert_ne!(first_session(&router, a).await, created);
+    assert_eq!(get(&router, "/api/chat/stats", a).await.body, stats);
+
+    // None of user 11's writes touched user 12's entries.
+    for uri in READS {
+        let answer = get(&router, uri, b).await;
+        assert!(
+            answer.is_hit(),
+            "user 12's {uri} was invalidated by user 11's writes: {:?}",
+            answer.cache_status
+        );
+    }
+}
+
+#[tokio::test]
+async fn pages_are_distinct_entries_and_one_write_clears_them_all() {
+    let (_, router) = dashboard(StoreKind::Memory).await;
+    let user = 21;
+    let mut pages = Vec::new();
+    for page in 1..=3 {
+        let uri = format!("/api/chat/sessions?page={page}");
+        let miss = get(&router, &uri, user).await;
+        assert!(miss.is_miss(), "page {page} starts as a miss");
+        assert!(
+            get(&router, &uri, user).await.is_hit(),
+            "page {page} is then a hit"
+        );
+        pages.push(miss.body["sessions"].clone());
+    }
+    assert_ne!(pages[0], pages[1]);
+    assert_ne!(pages[1], pages[2]);
+    // `page=1` and no page parameter are one entry.
+    assert!(get(&router, "/api/chat/sessions", user).await.is_hit());
+    assert!(
+        get(&router, "/api/chat/sessions?page=1&per_page=10", user)
+            .await
+            .is_hit()
+    );
+
+    let w = send(
+        &router,
+        Method::POST,
+        "/api/chat/sessions",
+        user,
+        json!({ "title": "New" }),
+    )
+    .await;
+    assert_eq!(w.status, StatusCode::CREATED);
+    for page in 1..=3 {
+        let uri = format!("/api/chat/sessions?page={page}");
+        let fresh = get(&router, &uri, user).await;
+        assert!(fresh.is_miss(), "page {page} was cleared by the write");
+    }
+    // The new session leads page 1 and pushes one session to the next page.
+    let page1 = get(&router, "/api/chat/sessions?page=1", user).await.body;
+    assert_eq!(page1["sessions"][0]["id"], w.body["id"]);
+    let page2 = get(&router, "/api/chat/sessions?page=2", user).await.body;
+    assert_eq!(page2["sessions"][0], pages[0][9]);
+}
+
+#[tokio::test]
+async fn the_dashboard_reads_its_parts_in_one_batch_and_writes_reach_it() {
+    let (state, router) = dashboard(StoreKind::Memory).await;
+    let user = 31;
+    let first = get(&router, "/api/dashboard", user).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(first.is_miss());
+    assert!(
+        first
+            .cache_status
+            .as_deref()
+            .unwrap()
+            .contains("9 of 9 parts")
+    );
+    for part in [
+        "profile",
+        "connectors",
+        "metrics",
+        "chat_stats",
+        "recent_sessions",
+    ] {
+        assert!(!first.body[part].is_null(), "the dashboard has {part}");
+    }
+    assert_eq!(first.body["metrics"].as_object().unwrap().len(), 5);
+    let queries = state.db.stats().queries;
+    let second = get(&router, "/api/dashboard", user).await;
+    assert!(second.is_hit());
+    assert_eq!(second.body, first.body);
+    assert_eq!(
+        state.db.stats().queries,
+        queries,
+        "a dashboard hit makes no query"
+    );
+
+    // A message spends credits and changes stats: those two parts reload, the rest hit.
+    let sid = first.body["recent_sessions"]["sessions"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let w = send(
+        &router,
+        Method::POST,
+        &format!("/api/chat/sessions/{sid}/messages"),
+        user,
+        json!({ "content": "hi" }),
+    )
+    .await;
+    assert_eq!(w.status, StatusCode::CREATED);
+    let third = get(&router, "/api/dashboard", user).await;
+    assert!(third.is_miss());
+    assert!(
+        third
+            .cache_status
+            .as_deref()
+            .unwrap()
+            .contains("2 of 9 parts"),
+        "{:?}",
+        third.cache_status
+    );
+    assert_eq!(
+        third.body["profile"]["credits"],
+        w.body["credits_remaining"]
+    );
+    assert_eq!(
+        third.body["chat_stats"]["messages"],
+        first.body["chat_stats"]["messages"].as_i64().unwrap() + 2
+    );
+}

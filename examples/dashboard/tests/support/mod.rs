@@ -1,0 +1,107 @@
+//! Drives the dashboard router with `oneshot`, as a client would over HTTP.
+
+#![allow(dead_code)]
+
+use axum::{
+    Router,
+    body::Body,
+    http::{Method, Request, StatusCode, header},
+};
+use example_dashboard::{Config, Dashboard, StoreKind, app, connect};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub const ADMIN: &str = "admin-secret";
+
+/// A dashboard on an in-memory SQLite database with no added latency.
+pub async fn dashboard(store: StoreKind) -> (Dashboard, Router) {
+    dashboard_with(Config {
+        store,
+        database_url: Some("sqlite::memory:".into()),
+        db_latency_ms: 0,
+        admin_token: Some(ADMIN.into()),
+        ..Config::defaults()
+    })
+    .await
+}
+
+pub async fn dashboard_with(config: Config) -> (Dashboard, Router) {
+    let state = connect(&config).await.expect("the dashboard starts");
+    let router = app(state.clone());
+    (state, router)
+}
+
+/// One answer: status, `Cache-Status`, `X-Cache` and the JSON body (`Null` if empty).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub cache_status: Option<String>,
+    pub x_cache: Option<String>,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn is_hit(&self) -> bool {
+        self.x_cache.as_deref() == Some("HIT")
+    }
+
+    pub fn is_miss(&self) -> bool {
+        self.x_cache.as_deref() == Some("MISS")
+    }
+}
+
+pub async fn call(
+    router: &Router,
+    method: Method,
+    uri: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> Answer {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(token) = bearer {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = match body {
+        Some(json) => request
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json.to_string())),
+        None => request.body(Body::empty()),
+    }
+    .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let cache_status = header("cache-status");
+    let x_cache = header("x-cache");
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{uri}: not JSON ({e}): {bytes:?}"))
+    };
+    Answer {
+        status,
+        cache_status,
+        x_cache,
+        body,
+    }
+}
+
+pub fn key(user: i64) -> String {
+    format!("demo-key-{user}")
+}
+
+pub async fn get(router: &Router, uri: &str, user: i64) -> Answer {
+    call(router, Method::GET, uri, Some(&key(user)), None).await
+}
+
+pub async fn send(router: &Router, method: Method, uri: &str, user: i64, body: Value) -> Answer {
+    call(router, method, uri, Some(&key(user)), Some(body)).await
+}
