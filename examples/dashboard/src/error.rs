@@ -56,3 +56,39 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// Middleware: every error answer is JSON, including axum's own rejections (a malformed
+/// JSON body, a bad query or path parameter, a wrong method, an unknown route), which are
+/// plain text or empty otherwise. Bodies of answers it rewrites are small (at most 64 KiB
+/// are read).
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, 64 * 1024))
+        .await
+    {
+        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes())
+            .trim()
+            .to_owned(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let body = serde_json::to_vec(&json!({ "error": message })).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}

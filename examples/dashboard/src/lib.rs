@@ -170,5 +170,7 @@ pub fn app(dashboard: Dashboard) -> Router {
         .route("/metrics", get(ops::prometheus))
         .route("/_origin/stats", get(ops::origin_stats))
         .route("/_origin/stats/reset", post(ops::reset_origin_stats))
+        .fallback(|| async { error::ApiError::NotFound("route") })
+        .layer(middleware::map_response(error::json_errors))
         .with_state(dashboard)
 }

@@ -12,10 +12,10 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
 
-pub const ADMIN: &str = "admin-secret";
+pub(crate) const ADMIN: &str = "admin-secret";
 
 /// A dashboard on an in-memory SQLite database with no added latency.
-pub async fn dashboard(store: StoreKind) -> (Dashboard, Router) {
+pub(crate) async fn dashboard(store: StoreKind) -> (Dashboard, Router) {
     dashboard_with(Config {
         store,
         database_url: Some("sqlite::memory:".into()),
@@ -26,7 +26,7 @@ pub async fn dashboard(store: StoreKind) -> (Dashboard, Router) {
     .await
 }
 
-pub async fn dashboard_with(config: Config) -> (Dashboard, Router) {
+pub(crate) async fn dashboard_with(config: Config) -> (Dashboard, Router) {
     let state = connect(&config).await.expect("the dashboard starts");
     let router = app(state.clone());
     (state, router)
@@ -34,24 +34,24 @@ pub async fn dashboard_with(config: Config) -> (Dashboard, Router) {
 
 /// One answer: status, `Cache-Status`, `X-Cache` and the JSON body (`Null` if empty).
 #[derive(Debug)]
-pub struct Answer {
-    pub status: StatusCode,
-    pub cache_status: Option<String>,
-    pub x_cache: Option<String>,
-    pub body: Value,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) cache_status: Option<String>,
+    pub(crate) x_cache: Option<String>,
+    pub(crate) body: Value,
 }
 
 impl Answer {
-    pub fn is_hit(&self) -> bool {
+    pub(crate) fn is_hit(&self) -> bool {
         self.x_cache.as_deref() == Some("HIT")
     }
 
-    pub fn is_miss(&self) -> bool {
+    pub(crate) fn is_miss(&self) -> bool {
         self.x_cache.as_deref() == Some("MISS")
     }
 }
 
-pub async fn call(
+pub(crate) async fn call(
     router: &Router,
     method: Method,
     uri: &str,
@@ -94,14 +94,20 @@ pub async fn call(
     }
 }
 
-pub fn key(user: i64) -> String {
+pub(crate) fn key(user: i64) -> String {
     format!("demo-key-{user}")
 }
 
-pub async fn get(router: &Router, uri: &str, user: i64) -> Answer {
+pub(crate) async fn get(router: &Router, uri: &str, user: i64) -> Answer {
     call(router, Method::GET, uri, Some(&key(user)), None).await
 }
 
-pub async fn send(router: &Router, method: Method, uri: &str, user: i64, body: Value) -> Answer {
+pub(crate) async fn send(
+    router: &Router,
+    method: Method,
+    uri: &str,
+    user: i64,
+    body: Value,
+) -> Answer {
     call(router, method, uri, Some(&key(user)), Some(body)).await
 }
