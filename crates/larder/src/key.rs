@@ -1,7 +1,8 @@
 //! Cache keys: what makes two requests share a stored response.
 //!
 //! A key is a BLAKE3 digest over length-prefixed parts (namespace, format version, method,
-//! authority, path, query, varying headers, user scope), so distinct inputs cannot collide by
+//! authority, path, query, varying headers, user scope, and the request body's digest under
+//! [`Rule::cache_posts_by_body`](crate::Rule::cache_posts_by_body)), so distinct inputs cannot collide by
 //! concatenation (`("a:b", "c")` against `("a", "b:c")`) and a huge URL still gives a 32-byte
 //! key. A short readable label (method and path, sanitized) travels with the digest for logs and
 //! Redis key prefixes; it never decides equality.
@@ -266,8 +267,8 @@ impl KeyOptions {
             Some(s) => h.some(s.as_bytes()),
             None => h.none(),
         }
-        match input.extra {
-            Some(e) => h.some(e),
+        match input.body {
+            Some(d) => h.some(d),
             None => h.none(),
         }
         let mut label = String::with_capacity(LABEL_MAX);
@@ -338,7 +339,8 @@ pub(crate) struct KeyInput<'a> {
     pub(crate) query: Option<&'a str>,
     pub(crate) headers: &'a HeaderMap,
     pub(crate) scope: Option<&'a str>,
-    pub(crate) extra: Option<&'a [u8]>,
+    /// The digest of the request body, for rules that cache POSTs by their body.
+    pub(crate) body: Option<&'a [u8; 32]>,
 }
 
 fn is_tracking(name: &str) -> bool {
@@ -471,16 +473,41 @@ mod tests {
     use proptest::prelude::*;
 
     fn key(opts: &KeyOptions, path: &str, query: Option<&str>, scope: Option<&str>) -> CacheKey {
+        key_with_body(opts, &Method::GET, path, query, scope, None)
+    }
+
+    fn key_with_body(
+        opts: &KeyOptions,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        scope: Option<&str>,
+        body: Option<&[u8; 32]>,
+    ) -> CacheKey {
         opts.build(&KeyInput {
             namespace: "t",
-            method: &Method::GET,
+            method,
             authority: Some("example.com"),
             path,
             query,
             headers: &HeaderMap::new(),
             scope,
-            extra: None,
+            body,
         })
+    }
+
+    #[test]
+    fn body_digests_are_a_part_of_their_own() {
+        let o = KeyOptions::new();
+        let empty = *blake3::hash(b"").as_bytes();
+        let post = |body| key_with_body(&o, &Method::POST, "/rpc", None, None, body);
+        // No body, the empty body's digest, and a GET are three different keys.
+        assert_ne!(post(None), post(Some(&empty)));
+        assert_ne!(
+            post(Some(&empty)),
+            key_with_body(&o, &Method::GET, "/rpc", None, None, Some(&empty))
+        );
+        assert_ne!(key(&o, "/rpc", None, None), post(None));
     }
 
     #[test]
@@ -589,7 +616,7 @@ mod tests {
             query: None,
             headers: &HeaderMap::new(),
             scope: None,
-            extra: None,
+            body: None,
         });
         assert_ne!(key(&o, "/me", None, None), other_host);
     }
@@ -613,7 +640,7 @@ mod tests {
                 query: None,
                 headers: &h,
                 scope: None,
-                extra: None,
+                body: None,
             })
         };
         let keys = [
@@ -644,19 +671,35 @@ mod tests {
         fn distinct_inputs_give_distinct_keys(
             a in proptest::collection::vec(".{0,12}", 3),
             b in proptest::collection::vec(".{0,12}", 3),
+            bodies in proptest::collection::vec(proptest::option::of(proptest::collection::vec(0u8..4, 0..3)), 2),
         ) {
             let o = KeyOptions::new().keep_tracking_params();
-            let mk = |p: &[String]| {
+            let mk = |p: &[String], body: &Option<Vec<u8>>| {
                 let path = format!("/{}", p[0]);
                 // The query is compared as decoded pairs, so build it from encoded parts.
                 let q: String = form_urlencoded::Serializer::new(String::new()).append_pair("k", &p[1]).finish();
-                (key(&o, &path, Some(&q), Some(&p[2])), (path, p[1].clone(), p[2].clone()))
+                let digest = body.as_deref().map(|b| *blake3::hash(b).as_bytes());
+                let k = key_with_body(&o, &Method::POST, &path, Some(&q), Some(&p[2]), digest.as_ref());
+                (k, (path, p[1].clone(), p[2].clone()))
             };
-            let (ka, ia) = mk(&a);
-            let (kb, ib) = mk(&b);
+            let (ka, ia) = mk(&a, &bodies[0]);
+            let (kb, ib) = mk(&b, &bodies[1]);
             // Paths differing only in percent-hex case are the same resource.
-            let same = normalize_percent(&ia.0) == normalize_percent(&ib.0) && ia.1 == ib.1 && ia.2 == ib.2;
+            let same = normalize_percent(&ia.0) == normalize_percent(&ib.0)
+                && ia.1 == ib.1
+                && ia.2 == ib.2
+                && bodies[0] == bodies[1];
             prop_assert_eq!(ka == kb, same);
+        }
+
+        #[test]
+        fn body_digests_distinguish_keys(a in proptest::collection::vec(any::<u8>(), 0..16), b in proptest::collection::vec(any::<u8>(), 0..16)) {
+            let o = KeyOptions::new();
+            let mk = |body: &[u8]| {
+                let digest = *blake3::hash(body).as_bytes();
+                key_with_body(&o, &Method::POST, "/catalog.v1.Catalog/GetItem", None, None, Some(&digest))
+            };
+            prop_assert_eq!(mk(&a) == mk(&b), a == b);
         }
 
         #[test]

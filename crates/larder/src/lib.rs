@@ -63,6 +63,15 @@
 //! and are not stored; trailers are stored and replayed (gRPC). A failing store never fails a
 //! request: lookups that fail are misses, and the error is counted in [`CacheHandle::stats`].
 //!
+//! # gRPC and other `POST` reads
+//!
+//! Every gRPC call is a `POST` to `/package.Service/Method`. A rule with
+//! [`Rule::cache_posts_by_body`] caches such a read keyed by its request message, once a
+//! [`BodyKeyLayer`] in front of the cache has read and hashed the body (see [`body_key`]).
+//! Only responses whose `grpc-status` is 0 are stored, whether it comes in the trailers or in
+//! the headers of a Trailers-Only response; hits replay the trailers. Write methods stay under
+//! rules without the setting and invalidate the tags their handler names in [`TAGS_HEADER`].
+//!
 //! # Visible status
 //!
 //! Every response through a layer carries `Cache-Status` (RFC 9211), such as
@@ -70,6 +79,7 @@
 //! `X-Cache: HIT | MISS | STALE | BYPASS`.
 
 mod body;
+pub mod body_key;
 mod breaker;
 mod clock;
 pub mod codec;
@@ -93,6 +103,7 @@ pub mod store;
 mod typed;
 
 pub use body::CacheBody;
+pub use body_key::{BodyKey, BodyKeyLayer, KeyedBody, RequestBodyDigest};
 pub use entry::Entry;
 pub use future::ResponseFuture;
 pub use handle::{CacheHandle, CacheHandleBuilder, TAGS_HEADER};

@@ -334,7 +334,7 @@ impl Exchange {
             return Err("too-big");
         }
         // A Trailers-Only gRPC error carries grpc-status in the headers, with HTTP 200.
-        if parts.headers.get("grpc-status").is_some_and(|s| s != "0") {
+        if grpc_failed(&parts.headers) {
             return Err("grpc-status");
         }
         Ok(())
@@ -408,6 +408,11 @@ fn strip_validators(headers: &mut HeaderMap) {
     headers.remove(header::IF_MODIFIED_SINCE);
 }
 
+/// Whether the headers carry a gRPC status other than OK (a Trailers-Only response).
+fn grpc_failed(headers: &HeaderMap) -> bool {
+    headers.get("grpc-status").is_some_and(|s| s != "0")
+}
+
 /// Removes the handler's tag header and returns its tags.
 fn take_tags(headers: &mut HeaderMap) -> Vec<String> {
     let mut tags = Vec::new();
@@ -459,8 +464,13 @@ impl Write {
         let (mut parts, body) = response.into_parts();
         let handler_tags = take_tags(&mut parts.headers);
         let mut detail = None;
-        // RFC 9111 §4.4: only a successful (2xx or 3xx) response invalidates.
-        if parts.status.is_success() || parts.status.is_redirection() {
+        // RFC 9111 §4.4: only a successful (2xx or 3xx) response invalidates. A gRPC call
+        // fails with HTTP 200: a Trailers-Only error (grpc-status in the headers, how tonic
+        // answers a handler's `Err`) invalidates nothing. A status that arrives in trailers
+        // is known only after the response has left, so such a failure still invalidates:
+        // one refill too many, never a stale read.
+        let succeeded = parts.status.is_success() || parts.status.is_redirection();
+        if succeeded && !grpc_failed(&parts.headers) {
             let mut tags = handler_tags;
             for t in &self.route.rule.invalidates {
                 match t.render(self.scope.as_deref(), &self.params) {

@@ -97,6 +97,20 @@ impl RouteSet {
     }
 }
 
+impl RouteSet {
+    /// The rule for `path`, as [`find`](Self::find) picks it, without collecting parameters.
+    pub(crate) fn rule(&self, path: &str) -> Option<&Rule> {
+        match self {
+            RouteSet::One(route, Some(m)) if route.needs_params => {
+                m.at(path).ok()?;
+                Some(&route.rule)
+            }
+            RouteSet::One(route, _) => Some(&route.rule),
+            RouteSet::Many(router, routes) => Some(&routes[*router.at(path).ok()?.value].rule),
+        }
+    }
+}
+
 fn collect(params: &matchit::Params<'_, '_>) -> Params {
     params
         .iter()

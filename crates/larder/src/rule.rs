@@ -74,8 +74,11 @@ impl fmt::Debug for UserScope {
 ///
 /// A rule applies to every method that reaches it: `GET` and `HEAD` are served from the cache,
 /// and any other method that succeeds (2xx or 3xx) invalidates the tags named with
-/// [`invalidates`](Self::invalidates), plus the stored responses for its own path
-/// (RFC 9111 §4.4), before its response is returned.
+/// [`invalidates`](Self::invalidates), the tags its handler names in the
+/// [`TAGS_HEADER`](crate::TAGS_HEADER) response header, and the stored responses for its own
+/// path (RFC 9111 §4.4), before its response is returned. With
+/// [`cache_posts_by_body`](Self::cache_posts_by_body), `POST` is a read instead, keyed by its
+/// body (gRPC unary calls, GraphQL queries).
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub(crate) name: Arc<str>,
@@ -90,6 +93,7 @@ pub struct Rule {
     pub(crate) key: KeyOptions,
     pub(crate) max_body_size: Option<usize>,
     pub(crate) early_refresh: Option<f64>,
+    pub(crate) posts_by_body: bool,
 }
 
 impl Rule {
@@ -109,6 +113,7 @@ impl Rule {
             key: KeyOptions::new(),
             max_body_size: None,
             early_refresh: None,
+            posts_by_body: false,
         }
     }
 
@@ -205,6 +210,22 @@ impl Rule {
     /// [`early_refresh`](Self::early_refresh) with another `beta`: above 1 refreshes earlier.
     pub fn early_refresh_beta(mut self, beta: f64) -> Self {
         self.early_refresh = Some(beta.max(0.0));
+        self
+    }
+
+    /// Makes `POST` a read: a `POST` whose body was read and hashed by a
+    /// [`BodyKeyLayer`](crate::BodyKeyLayer) in front of the cache (it carries a
+    /// [`RequestBodyDigest`](crate::RequestBodyDigest)) is looked up and stored like a `GET`,
+    /// with the digest as part of its key, single-flighted, counted and marked with
+    /// `Cache-Status` the same way. A `POST` without a digest (no body key layer, a body over
+    /// its limit, a body that failed) goes to the service uncached, marked
+    /// `fwd=bypass; detail=body-not-keyed`, and invalidates nothing. Other methods are unchanged.
+    ///
+    /// This is how gRPC unary reads are cached: every gRPC call is a `POST` to
+    /// `/package.Service/Method` whose body is the request message. Give such rules only to
+    /// methods that read; a write must stay under a rule without this setting to invalidate.
+    pub fn cache_posts_by_body(mut self) -> Self {
+        self.posts_by_body = true;
         self
     }
 

@@ -12,7 +12,7 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use crate::{
-    CacheHandle, CacheKey, Entry,
+    CacheHandle, CacheKey, Entry, RequestBodyDigest,
     body::CacheBody,
     entry::Freshness,
     future::ResponseFuture,
@@ -26,9 +26,10 @@ use crate::{
 
 /// A response cache in front of a service. Built by a [`CacheLayer`](crate::CacheLayer).
 ///
-/// `GET` and `HEAD` requests that a rule covers are answered from the store when a usable
-/// entry exists; other requests go to the service, and successful writes invalidate their
-/// rule's tags. Every response carries `Cache-Status`. Failures of the cache itself never
+/// `GET` and `HEAD` requests that a rule covers (and `POST`s keyed by their body, see
+/// [`Rule::cache_posts_by_body`](crate::Rule::cache_posts_by_body)) are answered from the store
+/// when a usable entry exists; other requests go to the service, and successful writes
+/// invalidate their rule's tags. Every response carries `Cache-Status`. Failures of the cache itself never
 /// become errors: the service answers instead.
 #[derive(Debug, Clone)]
 pub struct Cache<S> {
@@ -99,7 +100,24 @@ where
         let route = Arc::clone(route);
         let (parts, body) = req.into_parts();
 
-        if parts.method != Method::GET && parts.method != Method::HEAD {
+        // Under `cache_posts_by_body`, a POST is a read keyed by the digest of its body.
+        let digest = if parts.method == Method::POST && route.rule.posts_by_body {
+            match parts.extensions.get::<RequestBodyDigest>() {
+                Some(digest) => Some(*digest),
+                None => {
+                    route.stats.record(Outcome::Bypass);
+                    return ResponseFuture::forward(
+                        inner.call(Request::from_parts(parts, body)),
+                        CacheStatus::bypass("body-not-keyed"),
+                        x_cache,
+                    );
+                }
+            }
+        } else {
+            None
+        };
+
+        if digest.is_none() && parts.method != Method::GET && parts.method != Method::HEAD {
             route.stats.record(Outcome::Bypass);
             if !is_write(&parts.method) {
                 let req = Request::from_parts(parts, body);
@@ -136,7 +154,7 @@ where
             );
         }
         // A GET with content ("fat GET") could change the response without changing the key.
-        if has_content(&parts.headers) {
+        if digest.is_none() && has_content(&parts.headers) {
             let status = bypass(&route, "request-body");
             return ResponseFuture::forward(
                 inner.call(Request::from_parts(parts, body)),
@@ -185,14 +203,19 @@ where
         let shared = &self.handle.shared;
         let key = route.rule.key.build(&KeyInput {
             namespace: &shared.namespace,
-            // A stored GET answers HEAD (RFC 9110 §9.3.2); a HEAD never stores.
-            method: &Method::GET,
+            // A stored GET answers HEAD (RFC 9110 §9.3.2); a HEAD never stores. A POST's
+            // entry answers only the same POST.
+            method: if digest.is_some() {
+                &Method::POST
+            } else {
+                &Method::GET
+            },
             authority: authority(&parts),
             path: parts.uri.path(),
             query: parts.uri.query(),
             headers: &parts.headers,
             scope: scope.as_deref(),
-            extra: None,
+            body: digest.as_ref().map(RequestBodyDigest::as_bytes),
         });
         let exchange = Exchange {
             handle: self.handle.clone(),
