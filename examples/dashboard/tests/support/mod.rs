@@ -71,14 +71,8 @@ pub(crate) async fn call(
     .unwrap();
     let response = router.clone().oneshot(request).await.unwrap();
     let status = response.status();
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .map(|v| v.to_str().unwrap().to_owned())
-    };
-    let cache_status = header("cache-status");
-    let x_cache = header("x-cache");
+    let cache_status = header(response.headers(), "cache-status");
+    let x_cache = header(response.headers(), "x-cache");
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     let body = if bytes.is_empty() {
         Value::Null
@@ -110,4 +104,26 @@ pub(crate) async fn send(
     body: Value,
 ) -> Answer {
     call(router, method, uri, Some(&key(user)), Some(body)).await
+}
+
+fn header(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// Reads `uri` until it is a hit (a network store writes after the response is sent, so
+/// the first read after a miss may come before the write lands). Panics after 5 s.
+pub(crate) async fn get_hit(router: &Router, uri: &str, user: i64) -> Answer {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let answer = get(router, uri, user).await;
+        if answer.is_hit() {
+            return answer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{uri} for user {user} never became a hit: {:?}",
+            answer.cache_status
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

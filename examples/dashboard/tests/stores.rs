@@ -1,0 +1,288 @@
+//! The dashboard on Redis, on the tiered store, and on PostgreSQL: the same contract, with
+//! real servers (Redis started by the test kit; PostgreSQL from the machine, see below).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use axum::http::{Method, StatusCode};
+use example_dashboard::{Config, StoreKind};
+use larder_testkit::RedisServer;
+use serde_json::json;
+use sqlx::{Connection, Executor};
+use support::{dashboard_with, get, get_hit, send};
+
+fn on_redis(store: StoreKind, server: &RedisServer, namespace: &str) -> Config {
+    Config {
+        store,
+        redis_url: server.url(),
+        namespace: namespace.into(),
+        database_url: Some("sqlite::memory:".into()),
+        db_latency_ms: 0,
+        ..Config::defaults()
+    }
+}
+
+#[tokio::test]
+async fn on_redis_entries_are_shared_by_instances_and_writes_invalidate_them_everywhere() {
+    let server = RedisServer::start();
+    let (_, a) = dashboard_with(on_redis(StoreKind::Redis, &server, "shared")).await;
+    // A second instance with its own database file would disagree on data; share the
+    // cache only, and check entries and invalidations cross instances.
+    let (_, b) = dashboard_with(on_redis(StoreKind::Redis, &server, "shared")).await;
+    let user = 101;
+    assert!(get(&a, "/api/chat/stats", user).await.is_miss());
+    get_hit(&a, "/api/chat/stats", user).await;
+    assert!(
+        get(&b, "/api/chat/stats", user).await.is_hit(),
+        "instance B hits instance A's entry"
+    );
+    assert!(get(&b, "/api/dashboard", user).await.is_miss());
+    get_hit(&a, "/api/dashboard", user).await;
+
+    let w = send(
+        &a,
+        Method::POST,
+        "/api/chat/sessions",
+        user,
+        json!({ "title": "From A" }),
+    )
+    .await;
+    assert_eq!(w.status, StatusCode::CREATED);
+    assert!(
+        get(&b, "/api/chat/stats", user).await.is_miss(),
+        "A's write invalidated B's view at once"
+    );
+    let dash = get(&b, "/api/dashboard", user).await;
+    assert!(
+        dash.cache_status.unwrap().contains("2 of 9 parts"),
+        "stats and sessions reload"
+    );
+}
+
+#[tokio::test]
+async fn on_redis_a_dead_redis_costs_the_cache_not_the_answers() {
+    let mut server = RedisServer::start();
+    let (_, router) = dashboard_with(on_redis(StoreKind::Redis, &server, "outage")).await;
+    let user = 102;
+    get(&router, "/api/user/me", user).await;
+    get_hit(&router, "/api/user/me", user).await;
+    server.stop();
+    for _ in 0..20 {
+        for uri in [
+            "/api/user/me",
+            "/api/dashboard",
+            "/api/chat/sessions?page=2",
+        ] {
+            let answer = get(&router, uri, user).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "{uri} while Redis is down: {:?}",
+                answer.body
+            );
+            assert_eq!(answer.body["error"], serde_json::Value::Null);
+        }
+    }
+    let health = support::call(&router, Method::GET, "/_cache/health", None, None).await;
+    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(health.body["status"], "degraded");
+    // A write while Redis is down is not forgotten.
+    let sid = get(&router, "/api/chat/sessions", user).await.body["sessions"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let w = send(
+        &router,
+        Method::POST,
+        &format!("/api/chat/sessions/{sid}/messages"),
+        user,
+        json!({ "content": "hi" }),
+    )
+    .await;
+    assert_eq!(w.status, StatusCode::CREATED);
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let me = get(&router, "/api/user/me", user).await;
+        assert_eq!(
+            me.body["credits"], w.body["credits_remaining"],
+            "the pre-outage entry is never served again"
+        );
+        if me.is_hit() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hits did not resume after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn on_the_tiered_store_a_write_on_one_instance_reaches_the_others_l1() {
+    let server = RedisServer::start();
+    let (_, a) = dashboard_with(on_redis(StoreKind::Tiered, &server, "tiered")).await;
+    let (_, b) = dashboard_with(on_redis(StoreKind::Tiered, &server, "tiered")).await;
+    let user = 103;
+    get(&a, "/api/user/me", user).await;
+    get_hit(&b, "/api/user/me", user).await;
+    assert!(
+        get(&b, "/api/user/me", user).await.is_hit(),
+        "now from B's L1"
+    );
+    let sid = get(&a, "/api/chat/sessions", user).await.body["sessions"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let w = send(
+        &a,
+        Method::POST,
+        &format!("/api/chat/sessions/{sid}/messages"),
+        user,
+        json!({ "content": "hello" }),
+    )
+    .await;
+    assert_eq!(w.status, StatusCode::CREATED);
+    // B's database is its own (an in-memory SQLite per instance), so compare cache status,
+    // not data: B's L1 copy must be gone within the pub/sub delivery time (well under a
+    // second on loopback; the tiered store's docs state this bound).
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let me = get(&b, "/api/user/me", user).await;
+        if me.is_miss() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A's invalidation never reached B's L1: {:?}",
+            me.cache_status
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// PostgreSQL from the machine (`LARDER_TEST_POSTGRES_URL`, default
+/// `postgres://postgres@127.0.0.1:5432/postgres`). Each run creates and drops its own
+/// database. If the server cannot be reached the test says so and passes, unless
+/// `LARDER_REQUIRE_POSTGRES` is set (CI sets it).
+#[tokio::test]
+async fn on_postgres_the_contract_holds() {
+    sqlx::any::install_default_drivers();
+    let admin_url = std::env::var("LARDER_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let mut admin = match sqlx::AnyConnection::connect(&admin_url).await {
+        Ok(c) => c,
+        Err(e) if std::env::var_os("LARDER_REQUIRE_POSTGRES").is_none() => {
+            eprintln!("skipping the PostgreSQL test: cannot connect to {admin_url}: {e}");
+            return;
+        }
+        Err(e) => panic!("LARDER_REQUIRE_POSTGRES is set but {admin_url} is unreachable: {e}"),
+    };
+    let name = format!(
+        "larder_dashboard_{}_{}",
+        std::process::id(),
+        fastrand_suffix()
+    );
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    let base = admin_url.rsplit_once('/').unwrap().0;
+    let url = format!("{base}/{name}");
+    let result = tokio::spawn(async move {
+        let (state, router) = dashboard_with(Config {
+            database_url: Some(url),
+            db_latency_ms: 0,
+            ..Config::defaults()
+        })
+        .await;
+        assert_eq!(state.db.backend(), example_dashboard::db::Backend::Postgres);
+        let user = 104;
+        assert!(
+            get(&router, "/api/chat/sessions?page=3", user)
+                .await
+                .is_miss()
+        );
+        let me = get(&router, "/api/user/me", user).await;
+        assert_eq!(me.body["credits"], 1000);
+        let stats = get(&router, "/api/chat/stats", user).await.body;
+        assert!(
+            stats["sessions"].as_i64().unwrap() >= 30,
+            "three pages of sessions: {stats}"
+        );
+        let found = get(&router, "/api/chat/search?q=CHURN", user).await.body;
+        assert!(
+            !found["sessions"].as_array().unwrap().is_empty(),
+            "search is case-insensitive"
+        );
+        let metrics = get(&router, "/api/metrics/strategy", user).await.body;
+        assert_eq!(metrics["metrics"].as_array().unwrap().len(), 4);
+        let sid = get(&router, "/api/chat/sessions", user).await.body["sessions"][0]["id"]
+            .as_i64()
+            .unwrap();
+        let w = send(
+            &router,
+            Method::POST,
+            &format!("/api/chat/sessions/{sid}/messages"),
+            user,
+            json!({ "content": "pg" }),
+        )
+        .await;
+        assert_eq!(w.status, StatusCode::CREATED, "{:?}", w.body);
+        let me = get(&router, "/api/user/me", user).await;
+        assert!(me.is_miss());
+        assert_eq!(me.body["credits"], 999);
+        let created = send(
+            &router,
+            Method::POST,
+            "/api/chat/sessions",
+            user,
+            json!({ "title": "pg session" }),
+        )
+        .await;
+        assert_eq!(created.status, StatusCode::CREATED);
+        let id = created.body["id"].as_i64().unwrap();
+        let renamed = send(
+            &router,
+            Method::PUT,
+            &format!("/api/chat/sessions/{id}"),
+            user,
+            json!({ "title": "renamed" }),
+        )
+        .await;
+        assert_eq!(renamed.body["title"], "renamed");
+        let deleted = send(
+            &router,
+            Method::DELETE,
+            &format!("/api/chat/sessions/{id}"),
+            user,
+            json!({}),
+        )
+        .await;
+        assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+        let connected = send(
+            &router,
+            Method::POST,
+            "/api/connectors/stripe",
+            user,
+            json!({}),
+        )
+        .await;
+        assert_eq!(connected.status, StatusCode::OK, "{:?}", connected.body);
+        state.db.stats().queries
+    })
+    .await;
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await
+        .unwrap();
+    let queries = result.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    assert!(queries > 0);
+}
+
+fn fastrand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+}
