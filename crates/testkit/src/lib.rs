@@ -8,7 +8,9 @@
 //!   temporary directory, no persistence (`--save "" --appendonly no`) and a log file that is
 //!   quoted in the panic message if the server does not come up. It can be stopped,
 //!   restarted on the same port, paused (`SIGSTOP`) and resumed (`SIGCONT`). Optional ACL
-//!   users, `requirepass` and cluster mode come from [`RedisServerBuilder`].
+//!   users, `requirepass`, cluster mode and TLS come from [`RedisServerBuilder`]; with
+//!   [`RedisServerBuilder::tls`] the server also listens for `rediss://` on a second port,
+//!   with a certificate from a throwaway CA generated in process.
 //! * [`RedisCluster`] — three cluster-enabled masters (no replicas) covering all 16384 slots,
 //!   ready (`cluster_state:ok` on every node) when [`RedisCluster::start`] returns.
 //! * [`Proxy`] — a loopback TCP proxy in front of any address, for fault injection: added
@@ -43,6 +45,7 @@
 mod cluster;
 mod proxy;
 mod server;
+mod tls;
 
 pub use cluster::RedisCluster;
 pub use proxy::{Proxy, ProxyMode};

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::free_port;
+use crate::tls::{CA_FILE, CERT_FILE, KEY_FILE, TlsMaterial};
 
 /// How long a server gets to answer `PING` after it was spawned.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,6 +70,7 @@ pub struct RedisServerBuilder {
     requirepass: Option<String>,
     disable_default_user: bool,
     cluster_enabled: bool,
+    tls: bool,
 }
 
 impl RedisServerBuilder {
@@ -127,6 +129,29 @@ impl RedisServerBuilder {
         self
     }
 
+    /// Also serves TLS on a second free port.
+    ///
+    /// A throwaway CA and a server certificate it signed (for IP `127.0.0.1` and DNS
+    /// `localhost`) are generated for this server and written into its temporary directory;
+    /// `redis-server` then runs with `--tls-port`, `--tls-cert-file`, `--tls-key-file`,
+    /// `--tls-ca-cert-file` and `--tls-auth-clients no` (clients need no certificate). The plain
+    /// port stays open, so [`url`](RedisServer::url), [`cli`](RedisServer::cli) and the
+    /// readiness check work as before. Connect over TLS with [`RedisServer::tls_url`], trusting
+    /// [`RedisServer::ca_cert_pem`]; every TLS server has its own CA.
+    ///
+    /// ```no_run
+    /// use larder_testkit::RedisServer;
+    ///
+    /// let server = RedisServer::builder().tls().start();
+    /// let url = server.tls_url().unwrap(); // rediss://127.0.0.1:PORT/
+    /// let ca = server.ca_cert_pem().unwrap(); // PEM, for the client's root store
+    /// # let _ = (url, ca);
+    /// ```
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Starts the server on a free port and waits until it answers `PING`.
     ///
     /// # Panics
@@ -136,6 +161,8 @@ impl RedisServerBuilder {
     /// if the server does not answer within 10 s (the message includes its log).
     pub fn start(self) -> RedisServer {
         let admin = self.admin();
+        // One set of certificates, whatever the number of attempts.
+        let material = self.tls.then(TlsMaterial::generate);
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
             let dir = tempfile::Builder::new()
@@ -143,18 +170,28 @@ impl RedisServerBuilder {
                 .tempdir()
                 .expect("create a temporary directory for redis-server");
             let port = free_port();
-            let bus_port = self.cluster_enabled.then(|| {
-                loop {
-                    let bus = free_port();
-                    if bus != port {
-                        break bus;
-                    }
+            let other_port = |taken: &[u16]| loop {
+                let candidate = free_port();
+                if !taken.contains(&candidate) {
+                    break candidate;
+                }
+            };
+            let bus_port = self.cluster_enabled.then(|| other_port(&[port]));
+            let tls = material.as_ref().map(|material| {
+                material
+                    .write_to(dir.path())
+                    .expect("write the TLS certificates into the server's directory");
+                let taken: Vec<u16> = std::iter::once(port).chain(bus_port).collect();
+                Tls {
+                    port: other_port(&taken),
+                    ca_pem: material.ca_pem.clone().into_bytes(),
                 }
             });
-            let args = self.command_line(&dir, port, bus_port);
+            let args = self.command_line(&dir, port, bus_port, tls.as_ref().map(|t| t.port));
             let mut server = RedisServer {
                 port,
                 bus_port,
+                tls,
                 args,
                 admin: admin.clone(),
                 child: Mutex::new(None),
@@ -189,7 +226,13 @@ impl RedisServerBuilder {
         }
     }
 
-    fn command_line(&self, dir: &TempDir, port: u16, bus_port: Option<u16>) -> Vec<String> {
+    fn command_line(
+        &self,
+        dir: &TempDir,
+        port: u16,
+        bus_port: Option<u16>,
+        tls_port: Option<u16>,
+    ) -> Vec<String> {
         let dir_path = dir
             .path()
             .to_str()
@@ -229,6 +272,27 @@ impl RedisServerBuilder {
                 .map(|s| (*s).to_owned()),
             );
         }
+        if let Some(tls_port) = tls_port {
+            let file = |name: &str| {
+                dir.path()
+                    .join(name)
+                    .to_str()
+                    .expect("temporary directory path is UTF-8")
+                    .to_owned()
+            };
+            args.extend([
+                "--tls-port".to_owned(),
+                tls_port.to_string(),
+                "--tls-cert-file".to_owned(),
+                file(CERT_FILE),
+                "--tls-key-file".to_owned(),
+                file(KEY_FILE),
+                "--tls-ca-cert-file".to_owned(),
+                file(CA_FILE),
+                "--tls-auth-clients".to_owned(),
+                "no".to_owned(),
+            ]);
+        }
         if let Some(password) = &self.requirepass {
             args.push("--requirepass".to_owned());
             args.push(password.clone());
@@ -267,6 +331,13 @@ impl Running {
     }
 }
 
+/// The TLS side of a server built with [`RedisServerBuilder::tls`].
+#[derive(Debug)]
+struct Tls {
+    port: u16,
+    ca_pem: Vec<u8>,
+}
+
 /// One `redis-server` process on a free loopback port, with its own temporary directory and
 /// no persistence. It is killed when dropped.
 ///
@@ -275,6 +346,7 @@ impl Running {
 pub struct RedisServer {
     port: u16,
     bus_port: Option<u16>,
+    tls: Option<Tls>,
     args: Vec<String>,
     admin: Admin,
     child: Mutex<Option<Running>>,
@@ -293,7 +365,7 @@ impl RedisServer {
         Self::builder().start()
     }
 
-    /// A builder for a server with extra arguments, ACL users, a password or cluster mode.
+    /// A builder for a server with extra arguments, ACL users, a password, TLS or cluster mode.
     pub fn builder() -> RedisServerBuilder {
         RedisServerBuilder::default()
     }
@@ -321,16 +393,46 @@ impl RedisServer {
     /// [`disable_default_user`](RedisServerBuilder::disable_default_user) it carries the
     /// first ACL user's credentials. For any ACL user use [`url_for`](Self::url_for).
     pub fn url(&self) -> String {
+        self.admin_url("redis", self.port)
+    }
+
+    /// The TLS port (`--tls-port`) of a server built with [`tls`](RedisServerBuilder::tls),
+    /// else `None`. Like [`port`](Self::port), it is the same across [`restart`](Self::restart).
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls.as_ref().map(|tls| tls.port)
+    }
+
+    /// The TLS connection URL of a server built with [`tls`](RedisServerBuilder::tls):
+    /// `rediss://127.0.0.1:TLSPORT/`, with the same credentials as [`url`](Self::url); `None`
+    /// without TLS. A client must trust [`ca_cert_pem`](Self::ca_cert_pem) to connect.
+    pub fn tls_url(&self) -> Option<String> {
+        let port = self.tls_port()?;
+        Some(self.admin_url("rediss", port))
+    }
+
+    /// The PEM certificate of the throwaway CA that signed the TLS certificate of a server
+    /// built with [`tls`](RedisServerBuilder::tls) (the same across
+    /// [`restart`](Self::restart)); `None` without TLS. No other server's certificate is
+    /// signed by it.
+    pub fn ca_cert_pem(&self) -> Option<&[u8]> {
+        self.tls.as_ref().map(|tls| tls.ca_pem.as_slice())
+    }
+
+    /// A URL with `scheme` and `port` and the credentials [`url`](Self::url) documents.
+    fn admin_url(&self, scheme: &str, port: u16) -> String {
         match &self.admin {
-            Admin::Default => format!("redis://127.0.0.1:{}/", self.port),
+            Admin::Default => format!("{scheme}://127.0.0.1:{port}/"),
             Admin::Password(password) => {
                 format!(
-                    "redis://:{}@127.0.0.1:{}/",
-                    encode_userinfo(password),
-                    self.port
+                    "{scheme}://:{}@127.0.0.1:{port}/",
+                    encode_userinfo(password)
                 )
             }
-            Admin::User { name, password } => self.url_for(name, password),
+            Admin::User { name, password } => format!(
+                "{scheme}://{}:{}@127.0.0.1:{port}/",
+                encode_userinfo(name),
+                encode_userinfo(password)
+            ),
         }
     }
 
@@ -354,7 +456,8 @@ impl RedisServer {
     }
 
     /// Starts the server again on the **same** port with the same arguments and temporary
-    /// directory (a cluster node keeps its `nodes.conf`), and waits until it answers `PING`.
+    /// directory (a cluster node keeps its `nodes.conf`, a TLS server its TLS port and
+    /// certificates), and waits until it answers `PING`.
     /// A running server is stopped first.
     ///
     /// # Panics
@@ -403,7 +506,8 @@ impl RedisServer {
             .map(|running| running.server.id())
     }
 
-    /// The server's temporary directory (its working directory, log and `nodes.conf`).
+    /// The server's temporary directory (its working directory, log, `nodes.conf` and TLS
+    /// certificates).
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
