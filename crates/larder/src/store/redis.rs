@@ -146,7 +146,7 @@ impl Conn {
 }
 
 /// Builds a [`RedisStore`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisStoreBuilder {
     urls: Vec<String>,
     cluster: bool,
@@ -154,11 +154,36 @@ pub struct RedisStoreBuilder {
     response_timeout: Duration,
     connection_timeout: Duration,
     max_ttl: Duration,
+    /// PEM root certificates that replace the public roots for `rediss://`.
+    #[cfg(feature = "redis-tls")]
+    root_certificates: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("RedisStoreBuilder");
+        d.field("urls", &self.urls)
+            .field("cluster", &self.cluster)
+            .field("namespace", &self.namespace)
+            .field("response_timeout", &self.response_timeout)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("max_ttl", &self.max_ttl);
+        #[cfg(feature = "redis-tls")]
+        d.field(
+            "root_certificates",
+            &self.root_certificates.as_ref().map(|_| "<pem>"),
+        );
+        d.finish()
+    }
 }
 
 impl RedisStore {
     /// A builder for one Redis node at `url` (`redis://[user:password@]host:port/db`; with the
-    /// `redis-tls` feature also `rediss://`). AUTH and ACL users come from the URL.
+    /// `redis-tls` feature also `rediss://`, verified against the public roots unless
+    /// `tls_root_certificate` names a private CA). AUTH and ACL users come from the URL.
+    ///
+    /// For `rediss://`, [`build`](RedisStoreBuilder::build) installs rustls's `ring` crypto
+    /// provider as the process default unless the application has installed one before.
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
         RedisStoreBuilder {
             urls: vec![url.into()],
@@ -167,6 +192,8 @@ impl RedisStore {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
             max_ttl: DEFAULT_MAX_TTL,
+            #[cfg(feature = "redis-tls")]
+            root_certificates: None,
         }
     }
 
@@ -378,6 +405,40 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Trusts the CA certificate(s) in `pem` (PEM, one or more certificates) for `rediss://`
+    /// connections, **instead of** the public roots (webpki roots) used without it: for a
+    /// Redis whose certificate comes from a private CA. It applies to the store's connection,
+    /// the tiered store's backplane and every Cluster node.
+    ///
+    /// [`build`](Self::build) fails if `pem` holds no PEM certificate, if one cannot be parsed,
+    /// or if a URL is not `rediss://`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), larder::StoreError> {
+    /// use larder::store::RedisStore;
+    ///
+    /// let ca = std::fs::read("/etc/redis/ca.crt").expect("the CA certificate");
+    /// let store = RedisStore::builder("rediss://:secret@redis.internal:6380/")
+    ///     .tls_root_certificate(ca)
+    ///     .build()
+    ///     .await?;
+    /// # let _ = store; Ok(()) }
+    /// ```
+    #[cfg(feature = "redis-tls")]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificates = Some(pem.into());
+        self
+    }
+
+    /// A client for one node at `url`, trusting the configured root certificates if any.
+    fn client(&self, url: &str) -> Result<Client, StoreError> {
+        #[cfg(feature = "redis-tls")]
+        if let Some(pem) = &self.root_certificates {
+            return Client::build_with_tls(url, certificates(pem)).map_err(backend);
+        }
+        Client::open(url).map_err(backend)
+    }
+
     /// Connects. A single node is connected lazily (a service starts even while Redis is down,
     /// and the connection is re-established in the background); a Cluster needs one node up to
     /// learn the slot map.
@@ -388,21 +449,48 @@ impl RedisStoreBuilder {
                 "the namespace may not contain `{` or `}`",
             ));
         }
+        #[cfg(feature = "redis-tls")]
+        {
+            if let Some(pem) = &self.root_certificates {
+                // The redis crate would accept a PEM without certificates as an empty root
+                // store, and every connection would then fail.
+                const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
+                if !pem.windows(BEGIN.len()).any(|w| w == BEGIN) {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Backend,
+                        "the TLS root certificate holds no PEM certificate",
+                    ));
+                }
+                if !self.urls.iter().all(|u| is_tls_url(u)) {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Backend,
+                        "a TLS root certificate was given for a URL that is not `rediss://`",
+                    ));
+                }
+            }
+            if self.urls.iter().any(|u| is_tls_url(u)) {
+                ensure_crypto_provider();
+            }
+        }
         let first = self.urls.first().cloned().unwrap_or_default();
         let (conn, pubsub_url) = if self.cluster {
-            let client = ClusterClient::builder(self.urls.clone())
+            let builder = ClusterClient::builder(self.urls.clone())
                 .connection_timeout(self.connection_timeout)
                 .response_timeout(self.response_timeout)
-                .retries(1)
-                .build()
-                .map_err(backend)?;
+                .retries(1);
+            #[cfg(feature = "redis-tls")]
+            let builder = match &self.root_certificates {
+                Some(pem) => builder.certs(certificates(pem)),
+                None => builder,
+            };
+            let client = builder.build().map_err(backend)?;
             (
                 Conn::Cluster(client.get_async_connection().await.map_err(backend)?),
                 first.clone(),
             )
         } else {
-            let url = self.urls.first().cloned().unwrap_or_default();
-            let client = Client::open(url.as_str()).map_err(backend)?;
+            let url = first.clone();
+            let client = self.client(&url)?;
             let config = ConnectionManagerConfig::new()
                 .set_response_timeout(Some(self.response_timeout))
                 .set_connection_timeout(Some(self.connection_timeout))
@@ -415,7 +503,7 @@ impl RedisStoreBuilder {
                 url,
             )
         };
-        let pubsub = Client::open(pubsub_url.as_str()).map_err(backend)?;
+        let pubsub = self.client(&pubsub_url)?;
         let prefix = format!("{}:", self.namespace);
         Ok(RedisStore {
             shared: Arc::new(Shared {
@@ -440,6 +528,36 @@ impl RedisStoreBuilder {
                 tokens: AtomicU64::new(0),
             }),
         })
+    }
+}
+
+/// Root certificates for the redis crate's TLS clients (no client certificate).
+#[cfg(feature = "redis-tls")]
+fn certificates(pem: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.to_vec()),
+    }
+}
+
+/// Whether `url` asks for TLS (`rediss://`).
+#[cfg(feature = "redis-tls")]
+fn is_tls_url(url: &str) -> bool {
+    url.get(..9)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("rediss://"))
+}
+
+/// Makes sure rustls has a process-level crypto provider before the redis crate builds a TLS
+/// configuration: it calls `rustls::ClientConfig::builder()`, which panics (inside the
+/// connection task) when no provider is installed and the enabled rustls features do not name
+/// exactly one. This crate enables `ring`; an application whose other dependencies also
+/// enable `aws-lc-rs` would hit that panic, so `ring` is installed here unless the
+/// application installed a provider first (which it can, to choose another).
+#[cfg(feature = "redis-tls")]
+fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: a provider is installed either way.
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 
