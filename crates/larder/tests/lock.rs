@@ -52,7 +52,7 @@ async fn load(app: Router) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_with_200_concurrent_misses_make_one_origin_call() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::restricted();
     let calls = Arc::new(AtomicUsize::new(0));
     let a = instance(&redis.url(), &calls, true).await;
     let b = instance(&redis.url(), &calls, true).await;
@@ -70,7 +70,7 @@ async fn two_instances_with_200_concurrent_misses_make_one_origin_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_lock_each_instance_calls_once() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::restricted();
     let calls = Arc::new(AtomicUsize::new(0));
     let a = instance(&redis.url(), &calls, false).await;
     let b = instance(&redis.url(), &calls, false).await;
@@ -89,7 +89,7 @@ async fn without_the_lock_each_instance_calls_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_holder_costs_at_most_the_bounded_wait() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::restricted();
     let calls = Arc::new(AtomicUsize::new(0));
     let store = RedisStore::builder(redis.url())
         .namespace("t")

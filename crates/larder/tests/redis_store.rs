@@ -70,7 +70,7 @@ async fn settle() {
 
 #[tokio::test]
 async fn two_instances_share_entries_and_invalidations() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::restricted();
     let a = handle(store(&redis.url()).await);
     let b = handle(store(&redis.url()).await);
     let calls = Arc::new(AtomicUsize::new(0));
@@ -101,7 +101,7 @@ async fn two_instances_share_entries_and_invalidations() {
 
 #[tokio::test]
 async fn typed_values_batch_reads_and_tags() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::restricted();
     let cache = handle(store(&redis.url()).await);
     let opts = EntryOptions::new(Duration::from_secs(60)).tag("user:1");
     for (k, v) in [("a", 1u32), ("b", 2), ("c", 3)] {
@@ -135,7 +135,7 @@ async fn typed_values_batch_reads_and_tags() {
 
 #[tokio::test]
 async fn garbage_truncated_foreign_and_old_values_are_misses() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::restricted();
     let cache = handle(store(&redis.url()).await);
     cache
         .insert("k", &"value", &EntryOptions::new(Duration::from_secs(60)))
@@ -228,7 +228,7 @@ async fn an_acl_user_without_dangerous_commands_runs_the_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_traffic_never_fails_a_request_and_hits_resume_after_restart() {
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::restricted();
     let cache = handle(store(&redis.url()).await);
     let calls = Arc::new(AtomicUsize::new(0));
     let app = app(&cache, &calls);
@@ -308,9 +308,9 @@ async fn cluster_spreads_keys_and_keeps_tags_and_batches_working() {
 
 /// Redis behind a fault proxy, a cache over it, and one entry already a hit.
 async fn warm_behind_proxy() -> (RedisServer, larder_testkit::Proxy, CacheHandle, Router) {
-    let redis = RedisServer::start();
+    let redis = RedisServer::restricted();
     let proxy = larder_testkit::Proxy::start(redis.addr()).await;
-    let cache = handle(store(&proxy.url()).await);
+    let cache = handle(store(&redis.url_via(proxy.addr())).await);
     let app = app(&cache, &Arc::new(AtomicUsize::new(0)));
     get_once(&app, "/api/metrics/finance").await;
     settle().await;

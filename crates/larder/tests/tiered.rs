@@ -36,10 +36,10 @@ async fn settle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l1_hits_do_not_touch_redis_and_invalidations_reach_every_l1() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::restricted();
     let proxy = Proxy::start(redis.addr()).await;
     let a = handle(tiered(&redis.url()).await);
-    let b_store = tiered(&proxy.url()).await;
+    let b_store = tiered(&redis.url_via(proxy.addr())).await;
     let b = handle(b_store.clone());
     let opts = EntryOptions::new(Duration::from_secs(60)).tag("user:7");
 
@@ -92,9 +92,9 @@ async fn l1_hits_do_not_touch_redis_and_invalidations_reach_every_l1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_backplane_takes_the_l1_out_of_use_and_clears_it() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::restricted();
     let proxy = Proxy::start(redis.addr()).await;
-    let store = tiered(&proxy.url()).await;
+    let store = tiered(&redis.url_via(proxy.addr())).await;
     let cache = handle(store.clone());
     let opts = EntryOptions::new(Duration::from_secs(60));
     cache.insert("k", &1u32, &opts).await;

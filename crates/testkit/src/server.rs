@@ -338,6 +338,11 @@ struct Tls {
     ca_pem: Vec<u8>,
 }
 
+/// The user of [`RedisServer::restricted`].
+pub const RESTRICTED_USER: &str = "larder";
+/// The password of [`RESTRICTED_USER`].
+pub const RESTRICTED_PASSWORD: &str = "larder-s3cret";
+
 /// One `redis-server` process on a free loopback port, with its own temporary directory and
 /// no persistence. It is killed when dropped.
 ///
@@ -363,6 +368,25 @@ impl RedisServer {
     /// [`RedisServerBuilder::start`].
     pub fn start() -> RedisServer {
         Self::builder().start()
+    }
+
+    /// Starts a server locked down as a production Redis often is: the default user is off
+    /// and the only user, `larder` (password [`RESTRICTED_PASSWORD`]), may run everything
+    /// but `@dangerous` commands (no `KEYS`, `FLUSHALL`, `FLUSHDB`, `DEBUG`, `CONFIG`, ...).
+    /// [`url`](Self::url) and [`cli`](Self::cli) connect as that user.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start) does.
+    pub fn restricted() -> RedisServer {
+        Self::builder()
+            .acl_user(
+                RESTRICTED_USER,
+                RESTRICTED_PASSWORD,
+                "~* &* +@all -@dangerous",
+            )
+            .disable_default_user()
+            .start()
     }
 
     /// A builder for a server with extra arguments, ACL users, a password, TLS or cluster mode.
@@ -434,6 +458,13 @@ impl RedisServer {
                 encode_userinfo(password)
             ),
         }
+    }
+
+    /// [`url`](Self::url) (with its credentials) pointing at `addr` instead, e.g. a
+    /// [`Proxy`](crate::Proxy) in front of this server.
+    pub fn url_via(&self, addr: SocketAddr) -> String {
+        self.url()
+            .replace(&format!("127.0.0.1:{}", self.port), &addr.to_string())
     }
 
     /// A connection URL that authenticates as `user`:

@@ -202,3 +202,13 @@ fn free_port_is_bindable() {
     assert_ne!(port, 0);
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the free port");
 }
+
+#[test]
+fn restricted_servers_refuse_dangerous_commands_and_connect_as_their_user() {
+    let server = RedisServer::restricted();
+    assert!(server.url().contains("larder:"), "{}", server.url());
+    assert_eq!(server.cli(&["SET", "k", "v"]).trim(), "OK");
+    assert!(server.cli(&["KEYS", "*"]).contains("NOPERM"));
+    assert!(server.cli(&["FLUSHALL"]).contains("NOPERM"));
+    assert_eq!(server.cli(&["ACL", "WHOAMI"]).trim(), "larder");
+}

@@ -25,7 +25,7 @@ fn on_redis(store: StoreKind, server: &RedisServer, namespace: &str) -> Config {
 
 #[tokio::test]
 async fn on_redis_entries_are_shared_by_instances_and_writes_invalidate_them_everywhere() {
-    let server = RedisServer::start();
+    let server = RedisServer::restricted();
     let (_, a) = dashboard_with(on_redis(StoreKind::Redis, &server, "shared")).await;
     // A second instance with its own database file would disagree on data; share the
     // cache only, and check entries and invalidations cross instances.
@@ -62,7 +62,7 @@ async fn on_redis_entries_are_shared_by_instances_and_writes_invalidate_them_eve
 
 #[tokio::test]
 async fn on_redis_a_dead_redis_costs_the_cache_not_the_answers() {
-    let mut server = RedisServer::start();
+    let mut server = RedisServer::restricted();
     let (_, router) = dashboard_with(on_redis(StoreKind::Redis, &server, "outage")).await;
     let user = 102;
     get(&router, "/api/user/me", user).await;
@@ -121,7 +121,7 @@ async fn on_redis_a_dead_redis_costs_the_cache_not_the_answers() {
 
 #[tokio::test]
 async fn on_the_tiered_store_a_write_on_one_instance_reaches_the_others_l1() {
-    let server = RedisServer::start();
+    let server = RedisServer::restricted();
     let (_, a) = dashboard_with(on_redis(StoreKind::Tiered, &server, "tiered")).await;
     let (_, b) = dashboard_with(on_redis(StoreKind::Tiered, &server, "tiered")).await;
     let user = 103;
