@@ -270,7 +270,7 @@ async fn redis_killed_mid_traffic_never_fails_a_request_and_hits_resume_after_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_spreads_keys_and_keeps_tags_and_batches_working() {
     let cluster = RedisCluster::start();
-    let store = RedisStore::cluster(cluster.urls())
+    let store = RedisStore::cluster(cluster.restricted_urls())
         .namespace("t")
         .build()
         .await

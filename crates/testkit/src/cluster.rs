@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::RedisServer;
+use crate::{RESTRICTED_PASSWORD, RESTRICTED_RULES, RESTRICTED_USER, RedisServer};
 
 /// How long the nodes get to agree on `cluster_state:ok`.
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -36,7 +36,12 @@ impl RedisCluster {
     pub fn start() -> RedisCluster {
         let nodes: Vec<RedisServer> = SLOT_RANGES
             .iter()
-            .map(|_| RedisServer::builder().cluster_enabled(true).start())
+            .map(|_| {
+                RedisServer::builder()
+                    .cluster_enabled(true)
+                    .acl_user(RESTRICTED_USER, RESTRICTED_PASSWORD, RESTRICTED_RULES)
+                    .start()
+            })
             .collect();
 
         for (node, (first, last)) in nodes.iter().zip(SLOT_RANGES) {
@@ -94,6 +99,15 @@ impl RedisCluster {
     /// cluster client.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Each node's URL as the restricted user ([`RESTRICTED_USER`], who may run everything
+    /// but `@dangerous` commands, as on [`RedisServer::restricted`]), in slot order.
+    pub fn restricted_urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| n.url_for(RESTRICTED_USER, RESTRICTED_PASSWORD))
+            .collect()
     }
 
     /// Waits until every running node reports `cluster_state:ok`, three known nodes and

@@ -49,7 +49,9 @@ mod tls;
 
 pub use cluster::RedisCluster;
 pub use proxy::{Proxy, ProxyMode};
-pub use server::{RESTRICTED_PASSWORD, RESTRICTED_USER, RedisServer, RedisServerBuilder};
+pub use server::{
+    RESTRICTED_PASSWORD, RESTRICTED_RULES, RESTRICTED_USER, RedisServer, RedisServerBuilder,
+};
 
 /// A free TCP port on `127.0.0.1`: binds port 0, reads the port the kernel chose and
 /// releases it.

@@ -342,6 +342,8 @@ struct Tls {
 pub const RESTRICTED_USER: &str = "larder";
 /// The password of [`RESTRICTED_USER`].
 pub const RESTRICTED_PASSWORD: &str = "larder-s3cret";
+/// The ACL rules of [`RESTRICTED_USER`]: all keys and channels, all commands but `@dangerous`.
+pub const RESTRICTED_RULES: &str = "~* &* +@all -@dangerous";
 
 /// One `redis-server` process on a free loopback port, with its own temporary directory and
 /// no persistence. It is killed when dropped.
