@@ -8,8 +8,7 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 use example_grpc::{Catalog, router};
 use larder::{CacheHandle, MemoryStore};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Server, server::TcpIncoming};
 
 const USAGE: &str = "usage: example-grpc [--addr 127.0.0.1:50051] [--latency-ms 100]";
 
@@ -63,6 +62,9 @@ async fn main() -> ExitCode {
 async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind(args.addr).await?;
     println!("listening on http://{}", listener.local_addr()?);
+    // Small HTTP/2 frames (a hit's headers, message and trailers) go out at once, not after
+    // the client's delayed ACK.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let cache = CacheHandle::builder(MemoryStore::default())
         .x_cache(true)
         .build();
@@ -71,7 +73,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let _ = tokio::signal::ctrl_c().await;
     };
     router(Server::builder(), catalog, &cache)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }

@@ -20,11 +20,10 @@ use example_grpc::{
 use http_body::{Body, Frame, SizeHint};
 use larder::{CacheHandle, MemoryStore};
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{
     Code,
     metadata::MetadataMap,
-    transport::{Channel, Server},
+    transport::{Channel, Server, server::TcpIncoming},
 };
 use tower_layer::layer_fn;
 use tower_service::Service;
@@ -49,16 +48,14 @@ fn cache() -> CacheHandle {
 }
 
 /// Serves `catalog` with `serve` (which builds the server) on a free port and connects.
-async fn start_on<F>(
-    catalog: Catalog,
-    serve: impl FnOnce(TcpListenerStream, Catalog) -> F,
-) -> Running
+async fn start_on<F>(catalog: Catalog, serve: impl FnOnce(TcpIncoming, Catalog) -> F) -> Running
 where
     F: Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let serving = serve(TcpListenerStream::new(listener), catalog.clone());
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let serving = serve(incoming, catalog.clone());
     let server = tokio::spawn(async move { serving.await.unwrap() });
     let client = CatalogClient::connect(format!("http://{addr}"))
         .await

@@ -65,13 +65,13 @@ async fn main() -> ExitCode {
     let elapsed = started.elapsed();
     match result {
         Ok(()) => {
-            println!("  took            {} ms", elapsed.as_millis());
+            println!("  took            {:.1} ms", elapsed.as_secs_f64() * 1e3);
             ExitCode::SUCCESS
         }
         Err(status) => {
             println!("-> error {:?}: {}", status.code(), status.message());
             print_cache_metadata(status.metadata());
-            println!("  took            {} ms", elapsed.as_millis());
+            println!("  took            {:.1} ms", elapsed.as_secs_f64() * 1e3);
             if status.code() == Code::NotFound {
                 ExitCode::from(3)
             } else {
