@@ -169,6 +169,20 @@ impl Predicate for KeyedRoutes {
 }
 
 /// Applies [`BodyKey`] to a service.
+///
+/// In front of a cache, use [`CacheLayer::body_key_layer`](crate::CacheLayer::body_key_layer);
+/// this form is for other setups:
+///
+/// ```
+/// use http::request::Parts;
+/// use larder::BodyKeyLayer;
+///
+/// // The bodies of the calls to one gRPC service, up to 16 KiB.
+/// let layer = BodyKeyLayer::new()
+///     .max_size(16 * 1024)
+///     .predicate(|p: &Parts| p.uri.path().starts_with("/catalog.v1.Catalog/"));
+/// # let _ = layer;
+/// ```
 #[derive(Debug, Clone)]
 pub struct BodyKeyLayer<P = GrpcRequests> {
     predicate: P,

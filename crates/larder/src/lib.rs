@@ -25,7 +25,7 @@
 //! # What is stored
 //!
 //! The rules of RFC 9111 for a shared cache: only `GET` (a stored `GET` also answers
-//! `HEAD`), only statuses cacheable by default (error statuses only with explicit
+//! `HEAD`; a `POST` is a read only under [`Rule::cache_posts_by_body`]), only statuses cacheable by default (error statuses only with explicit
 //! freshness), never a response with `Set-Cookie`, `no-store`, `no-cache`, `Vary: *`, or
 //! `private` unless the rule has a [`UserScope`]. A request with `Authorization` or
 //! `Cookie` is not cached unless the rule has a user scope, and then its entries are keyed by
