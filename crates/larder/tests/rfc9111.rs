@@ -825,7 +825,8 @@ fn head_aware_service(
     cache.layer(rule).layer(svc)
 }
 
-#[tokio::test]
+// A paused clock: the compared headers include `Age` and the TTL, which tick with time.
+#[tokio::test(start_paused = true)]
 async fn head_after_a_stored_get_is_a_hit_without_content() {
     let origin = Origin::new(
         200,
@@ -847,7 +848,8 @@ async fn head_after_a_stored_get_is_a_hit_without_content() {
     assert_eq!(origin.calls(), 1);
 }
 
-#[tokio::test]
+// A paused clock: the compared headers include `Age` and the TTL, which tick with time.
+#[tokio::test(start_paused = true)]
 async fn head_after_a_stored_get_through_axum_keeps_the_get_headers() {
     let origin = Origin::new(
         200,

@@ -107,6 +107,7 @@ impl MemoryStore {
 
     /// Records an invalidation stamped by another store's clock (the tiered store's L2), so
     /// entries born from that clock compare against it.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // used by the tiered store
     pub(crate) fn invalidate_at(&self, tags: &[String], stamp: u64) {
         for tag in tags {
             // Keep the highest stamp: two invalidations may arrive out of order.
@@ -122,6 +123,7 @@ impl MemoryStore {
     }
 
     /// Hides every entry born before `stamp` (a purge stamped by another store's clock).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // used by the tiered store
     pub(crate) fn purge_at(&self, stamp: u64) {
         self.shared.floor.fetch_max(stamp, Ordering::AcqRel);
     }
@@ -138,6 +140,7 @@ impl MemoryStore {
     }
 
     /// Drops every entry (the tag records stay).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // used by the tiered store
     pub(crate) fn clear(&self) {
         self.shared.entries.invalidate_all();
     }
