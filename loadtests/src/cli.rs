@@ -1,0 +1,209 @@
+//! The command line: the workload, where to run it, and the targets to check.
+
+use std::{path::PathBuf, time::Duration};
+
+use crate::workload::Distribution;
+
+/// The load test of the dashboard example: the seeds' "100 concurrent dashboard loads",
+/// without the cache and with it, checked against the seeds' targets.
+///
+/// With no arguments: starts the dashboard in-process (embedded SQLite, 200 ms per query),
+/// runs the `dashboard` scenario with 100 users once with no cache and once with the
+/// in-process store, each after a warm-up that is not counted, prints the table, writes the
+/// reports, and exits 1 when a target is missed.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "loadtests", version)]
+pub(crate) struct Args {
+    /// Concurrent users, each one account loading its dashboard on a fixed schedule.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) users: usize,
+    /// Length of each measured run (`45s`, `2m`, `1m30s`, or seconds).
+    #[arg(long, default_value = "45s", value_parser = parse_duration)]
+    pub(crate) run_time: Duration,
+    /// Warm-up before each run, not counted (its first loads are reported as the cold load).
+    #[arg(long, default_value = "8s", value_parser = parse_duration)]
+    pub(crate) warm_up: Duration,
+    /// Time between two dashboard loads of one user: every user starts a load at the same
+    /// instants (`--users` concurrent loads), whether or not the previous one was slow.
+    #[arg(long, default_value = "4s", value_parser = parse_duration)]
+    pub(crate) period: Duration,
+    /// The scenario: `dashboard` (the benchmark), `pagination` (pages stay fresh after
+    /// writes) or `outage` (the dashboard while Redis is stopped and started again).
+    #[arg(long, value_enum, default_value_t = ScenarioName::Dashboard)]
+    pub(crate) scenario: ScenarioName,
+    /// The cached run's store; `redis` and `tiered` start a redis-server of their own
+    /// unless `--redis-url` is given.
+    #[arg(long, value_enum, default_value_t = Store::Memory)]
+    pub(crate) store: Store,
+    /// Redis for `--store redis|tiered` (instead of starting one).
+    #[arg(long)]
+    pub(crate) redis_url: Option<String>,
+    /// Latency added to every database round trip of the in-process dashboard.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) db_latency_ms: u64,
+    /// Database connections of the in-process dashboard, the same in both runs (the seed's
+    /// baseline had 100).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) db_pool: u32,
+    /// Share of all requests that are writes (post a message, rename a session, connect a
+    /// platform), each invalidating what it changed; at most 0.5.
+    #[arg(long, default_value_t = 0.01)]
+    pub(crate) write_share: f64,
+    /// Accounts the users are drawn from (`demo-key-1` .. `demo-key-N`).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) accounts: u64,
+    /// How users are spread over the accounts.
+    #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
+    pub(crate) distribution: Distribution,
+    /// Exponent of `--distribution zipf`.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) zipf_s: f64,
+    /// Seed of the workload (accounts, writes and their timing): the same seed gives the
+    /// same requests.
+    #[arg(long, default_value_t = 42)]
+    pub(crate) seed: u64,
+    /// Where to write the reports (default `target/loadtests/<timestamp>/`).
+    #[arg(long)]
+    pub(crate) report_dir: Option<PathBuf>,
+    /// Run against a deployed dashboard instead of an in-process one (`https://...`).
+    #[arg(long)]
+    pub(crate) host: Option<String>,
+    /// With `--host`: a deployed dashboard without the cache, for the baseline run.
+    #[arg(long, requires = "host")]
+    pub(crate) baseline_host: Option<String>,
+    /// Bearer key of account `{n}`.
+    #[arg(long, default_value = "demo-key-{n}")]
+    pub(crate) key_pattern: String,
+    /// With `--host`: the admin token, to reset `/_origin/stats` before each run.
+    #[arg(long, env = "LARDER_ADMIN_TOKEN", hide_env_values = true)]
+    pub(crate) admin_token: Option<String>,
+    /// The cache's name in `Cache-Status`.
+    #[arg(long, default_value = "larder")]
+    pub(crate) cache_name: String,
+    /// Skip the baseline run (in-process `dashboard` only; the other scenarios never have one).
+    #[arg(long)]
+    pub(crate) no_baseline: bool,
+    /// Target: hit rate of the cached run's reads, at least.
+    #[arg(long, default_value_t = 0.90)]
+    pub(crate) target_hit_rate: f64,
+    /// Target: average read latency of the cached run, in ms, at most.
+    #[arg(long, default_value_t = 8.0)]
+    pub(crate) target_avg_ms: f64,
+    /// Target: 95th percentile read latency of the cached run, in ms, at most.
+    #[arg(long, default_value_t = 15.0)]
+    pub(crate) target_p95_ms: f64,
+    /// Target: 99th percentile latency of hits, in ms, at most ("a hit under 20 ms").
+    #[arg(long, default_value_t = 20.0)]
+    pub(crate) target_hit_p99_ms: f64,
+    /// Target: most database connections held at once in the cached run, at most.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) target_max_connections: u64,
+    /// Target: baseline average over cached average, at least.
+    #[arg(long, default_value_t = 26.0)]
+    pub(crate) target_speedup: f64,
+    /// Target: fewer database queries than the baseline by this share, at least.
+    #[arg(long, default_value_t = 0.95)]
+    pub(crate) target_db_reduction: f64,
+    /// Target: share of failed requests in any run, at most.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) target_error_rate: f64,
+}
+
+/// The scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ScenarioName {
+    /// Users load their dashboards (11 reads) with a share of writes.
+    Dashboard,
+    /// Users walk pages 1..3 of their sessions, create one, and check every page is fresh.
+    Pagination,
+    /// The dashboard workload while Redis is stopped and started again (local runs only).
+    Outage,
+}
+
+impl ScenarioName {
+    /// The name goose reports.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ScenarioName::Dashboard => "dashboard",
+            ScenarioName::Pagination => "pagination",
+            ScenarioName::Outage => "outage",
+        }
+    }
+}
+
+/// The cached run's store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Store {
+    /// The in-process store.
+    Memory,
+    /// Redis.
+    Redis,
+    /// In-process L1 in front of Redis.
+    Tiered,
+}
+
+/// Parses `45s`, `2m`, `1m30s`, `500ms` or a bare number of seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("{s:?}: a number needs a unit (ms, s, m, h)"))?;
+        let (number, tail) = rest.split_at(digits);
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let n: f64 = number
+            .parse()
+            .map_err(|_| format!("{s:?}: {number:?} is not a number"))?;
+        let secs = match unit {
+            "ms" => n / 1e3,
+            "s" => n,
+            "m" => n * 60.0,
+            "h" => n * 3600.0,
+            other => return Err(format!("{s:?}: unknown unit {other:?} (ms, s, m, h)")),
+        };
+        total += Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())?;
+        rest = tail;
+    }
+    if total.is_zero() {
+        return Err(format!("{s:?}: must be more than zero"));
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn durations_read_like_goose_run_times() {
+        assert_eq!(parse_duration("45s"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn no_arguments_is_the_seed_benchmark() {
+        let args = Args::parse_from(["loadtests"]);
+        assert_eq!(args.users, 100);
+        assert_eq!(args.scenario, ScenarioName::Dashboard);
+        assert_eq!(args.store, Store::Memory);
+        assert_eq!(args.db_latency_ms, 200);
+        assert!(args.host.is_none() && !args.no_baseline);
+        // Warm-up and two runs fit the three minutes with room for the database seeding.
+        assert!((args.warm_up + args.run_time) * 2 <= Duration::from_secs(120));
+    }
+}
