@@ -23,10 +23,16 @@ pub(crate) struct Args {
     /// Warm-up before each run, not counted (its first loads are reported as the cold load).
     #[arg(long, default_value = "8s", value_parser = parse_duration)]
     pub(crate) warm_up: Duration,
-    /// Time between two dashboard loads of one user: every user starts a load at the same
-    /// instants (`--users` concurrent loads), whether or not the previous one was slow.
+    /// Time between two dashboard loads of one user, on a fixed schedule: a load starts when
+    /// it is due, whether or not the previous one was slow. Users' schedules are spread
+    /// evenly over the period (one load starts every `period / users`).
     #[arg(long, default_value = "4s", value_parser = parse_duration)]
     pub(crate) period: Duration,
+    /// Start every user's loads at the same instants instead (`--users` loads at once, each
+    /// period): the literal "100 concurrent dashboard loads", which on a 2-core machine
+    /// that also runs the load generator measures mostly the generator's CPU queue.
+    #[arg(long)]
+    pub(crate) burst: bool,
     /// The scenario: `dashboard` (the benchmark), `pagination` (pages stay fresh after
     /// writes) or `outage` (the dashboard while Redis is stopped and started again).
     #[arg(long, value_enum, default_value_t = ScenarioName::Dashboard)]

@@ -363,7 +363,7 @@ fn report_dir(args: &Args) -> anyhow::Result<PathBuf> {
         }
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    Ok(dir)
+    Ok(std::fs::canonicalize(&dir).unwrap_or(dir))
 }
 
 /// What the numbers mean: the workload, stated, since a hit rate means nothing without it.
@@ -383,13 +383,24 @@ fn describe(args: &Args, workload: &Workload) -> String {
         ),
     };
     let mut text = format!(
-        "scenario {}: {} users over {} accounts ({distribution}, {} distinct, seed {}); every {:.1}s each user {reads}.\n",
+        "scenario {}: {} users over {} accounts ({distribution}, {} distinct, seed {}); every {:.1}s each user {reads}.\n{}\n",
         args.scenario.as_str(),
         args.users,
         args.accounts,
         workload.distinct_accounts(),
         args.seed,
         args.period.as_secs_f64(),
+        if args.burst {
+            format!(
+                "--burst: all {} users start their loads at the same instants.",
+                args.users
+            )
+        } else {
+            format!(
+                "users' schedules are spread evenly: a load starts every {:.0} ms.",
+                args.period.as_secs_f64() * 1e3 / args.users as f64
+            )
+        },
     );
     text.push_str(&format!(
         "warm-up {:.0}s then {:.0}s measured, per run. TTLs: profile, connectors, sessions pages 5 min; chat stats 10 min; metrics 15 min (no entry expires within a run).\n",
@@ -415,6 +426,7 @@ fn workload_json(args: &Args, workload: &Workload) -> serde_json::Value {
         "distinct_accounts": workload.distinct_accounts(),
         "seed": args.seed,
         "period_s": args.period.as_secs_f64(),
+        "burst": args.burst,
         "reads_per_load": DASHBOARD_READS,
         "write_share": args.write_share,
         "writes_per_load": workload.writes_per_load,

@@ -68,6 +68,8 @@ pub(crate) struct Workload {
     pub(crate) key_pattern: String,
     /// Time between two loads of one user.
     pub(crate) period: Duration,
+    /// Whether every user's loads are due at the same instants (else spread evenly).
+    pub(crate) burst: bool,
     /// Writes per dashboard load, on average (from the write share).
     pub(crate) writes_per_load: f64,
     /// The seed of everything random.
@@ -112,6 +114,7 @@ impl Workload {
             sharing,
             key_pattern: args.key_pattern.clone(),
             period: args.period,
+            burst: args.burst,
             writes_per_load: DASHBOARD_READS as f64 * share / (1.0 - share),
             seed,
         }
@@ -121,6 +124,17 @@ impl Workload {
     pub(crate) fn key(&self, user: usize) -> String {
         self.key_pattern
             .replace("{n}", &self.accounts[user].to_string())
+    }
+
+    /// When `user`'s first load is due, after the phase's start: all at once with
+    /// `--burst`, else spread evenly over one period (one load starts every
+    /// `period / users`, a constant arrival rate).
+    pub(crate) fn offset(&self, user: usize) -> Duration {
+        if self.burst || self.accounts.is_empty() {
+            return Duration::ZERO;
+        }
+        self.period
+            .mul_f64(user as f64 / self.accounts.len() as f64)
     }
 
     /// How many distinct accounts the users are.
@@ -219,6 +233,19 @@ mod tests {
         assert!(a.accounts.iter().all(|n| (1..=1000).contains(n)));
         assert!(a.sharing.iter().all(|s| *s == 1));
         assert_eq!(a.key(0), format!("demo-key-{}", a.accounts[0]));
+    }
+
+    #[test]
+    fn loads_are_spread_over_the_period_unless_in_bursts() {
+        let w = workload(100, 1000, Distribution::Uniform, 0.01);
+        assert_eq!(w.offset(0), Duration::ZERO);
+        assert_eq!(w.offset(50), w.period / 2);
+        assert!(w.offset(99) < w.period);
+        let burst = Workload {
+            burst: true,
+            ..w.clone()
+        };
+        assert_eq!(burst.offset(99), Duration::ZERO);
     }
 
     #[test]

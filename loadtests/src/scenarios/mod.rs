@@ -2,9 +2,9 @@
 //! workload, schedule and records), each user's state, pacing, and one helper that sends a
 //! named request and records it.
 //!
-//! Users are paced on a fixed schedule: load `k` of every user is due at `epoch + k *
-//! period`, so `--users` dashboard loads start together, and a slow server cannot delay the
-//! next load's start time. A load's latency is measured from when it was due (as wrk2 does),
+//! Users are paced on a fixed schedule: load `k` of user `u` is due at `epoch + offset(u) +
+//! k * period` (offsets spread evenly over one period, or all zero with `--burst`), and a
+//! slow server cannot delay the next load's start time. A load's latency is measured from when it was due (as wrk2 does),
 //! so coordinated omission is accounted for: a load that starts late because the previous
 //! one was slow carries that wait in its latency.
 
@@ -79,6 +79,8 @@ pub(crate) struct UserState {
     pub(crate) wake_at: Instant,
     /// When the current iteration's load was due.
     pub(crate) due: Instant,
+    /// When this user's first load was due.
+    pub(crate) first_due: Instant,
     /// Ids of the sessions on the last page 1 read.
     pub(crate) session_ids: Vec<i64>,
     /// The writes to make before the next load.
@@ -99,7 +101,7 @@ pub(crate) struct Expectations {
 impl UserState {
     /// The due time of iteration `k`.
     pub(crate) fn due_time(&self, k: u64) -> Instant {
-        self.phase.epoch + self.phase.workload.period * u32::try_from(k).unwrap_or(u32::MAX)
+        self.first_due + self.phase.workload.period * u32::try_from(k).unwrap_or(u32::MAX)
     }
 }
 
@@ -116,6 +118,7 @@ pub(crate) async fn login(user: &mut GooseUser) -> TransactionResult {
         ))));
     }
     let rng = workload.rng(index, phase.salt);
+    let first_due = phase.epoch + workload.offset(index);
     let state = UserState {
         auth: format!("Bearer {}", workload.key(index)),
         account: workload.accounts[index],
@@ -123,8 +126,9 @@ pub(crate) async fn login(user: &mut GooseUser) -> TransactionResult {
         user: index,
         rng,
         iteration: 0,
-        wake_at: phase.epoch,
-        due: phase.epoch,
+        wake_at: first_due,
+        due: first_due,
+        first_due,
         session_ids: Vec::new(),
         planned: Vec::new(),
         expect: Expectations::default(),
