@@ -16,12 +16,15 @@ pub(crate) struct Series {
     pub(crate) ms: Vec<f64>,
     /// Which panel: reads (false) or whole loads (true).
     pub(crate) loads: bool,
+    /// Index into the palette (the same run keeps its colour in both panels).
+    pub(crate) color: usize,
 }
 
 impl Series {
     /// The curve of the samples of `kind` in `samples` that `keep` keeps.
     pub(crate) fn of(
         label: impl Into<String>,
+        color: usize,
         samples: &[Sample],
         kind: Kind,
         keep: impl Fn(&Sample) -> bool,
@@ -34,6 +37,7 @@ impl Series {
                 .map(|s| ms(s.latency))
                 .collect(),
             loads: kind == Kind::Load,
+            color,
         }
     }
 }
@@ -57,19 +61,18 @@ pub(crate) fn draw(path: &Path, title: &str, series: &[Series]) -> anyhow::Resul
     let root = root.titled(title, ("sans-serif", 18))?;
     let panels = root.split_evenly((1, 2));
     for (panel, loads) in panels.iter().zip([false, true]) {
-        let mine: Vec<(usize, &Series)> = series
+        let mine: Vec<&Series> = series
             .iter()
-            .enumerate()
-            .filter(|(_, s)| s.loads == loads && !s.ms.is_empty())
+            .filter(|s| s.loads == loads && !s.ms.is_empty())
             .collect();
         let max = mine
             .iter()
-            .flat_map(|(_, s)| s.ms.iter().copied())
+            .flat_map(|s| s.ms.iter().copied())
             .fold(1.0_f64, f64::max)
             * 1.2;
         let min = mine
             .iter()
-            .flat_map(|(_, s)| s.ms.iter().copied())
+            .flat_map(|s| s.ms.iter().copied())
             .fold(max, f64::min)
             .max(0.01)
             * 0.8;
@@ -89,7 +92,7 @@ pub(crate) fn draw(path: &Path, title: &str, series: &[Series]) -> anyhow::Resul
             .x_desc("latency, ms (log scale)")
             .y_desc("% of requests at most")
             .draw()?;
-        for (i, s) in mine {
+        for s in mine {
             let mut sorted = s.ms.clone();
             sorted.sort_by(f64::total_cmp);
             let n = sorted.len() as f64;
@@ -101,7 +104,7 @@ pub(crate) fn draw(path: &Path, title: &str, series: &[Series]) -> anyhow::Resul
                 .filter(|(k, _)| k % step == 0 || *k + 1 == sorted.len())
                 .map(|(k, v)| (*v, (k + 1) as f64 / n * 100.0))
                 .collect();
-            let color = COLORS[i % COLORS.len()];
+            let color = COLORS[s.color % COLORS.len()];
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))?
                 .label(format!("{} (n={})", s.label, s.ms.len()))

@@ -424,7 +424,7 @@ pub(crate) fn table(baseline: Option<&RunFigures>, cached: &RunFigures) -> Strin
     );
     line(
         &mut out,
-        "  reads sent to the database",
+        "  reads not from the cache",
         baseline.map(|b| &b.read_misses),
         Some(&cached.read_misses),
         None,
@@ -571,6 +571,7 @@ fn short(target: &str) -> String {
         .strip_prefix("in-process dashboard, ")
         .unwrap_or(target);
     let t = t.split(';').next().unwrap_or(t);
+    let t = t.split(" (").next().unwrap_or(t);
     t.chars().take(30).collect()
 }
 

@@ -107,31 +107,39 @@ pub(crate) async fn run(args: Args, scenario: ScenarioFactory) -> anyhow::Result
 
     let chart_path = dir.join("latency.svg");
     let mut series = Vec::new();
+    // The baseline red, the cached run blue, in both panels.
+    let color = |run: &RunOutput| usize::from(run.label != "baseline");
     for run in &runs {
         series.push(Series::of(
             format!("{}: all reads", run.label),
+            color(run),
             &run.samples,
             Kind::Read,
             |_| true,
         ));
-        if run.samples.iter().any(|s| s.cache.is_hit()) {
-            series.push(Series::of(
-                format!("{}: hits", run.label),
-                &run.samples,
-                Kind::Read,
-                |s| s.cache.is_hit(),
-            ));
-            series.push(Series::of(
-                format!("{}: misses", run.label),
-                &run.samples,
-                Kind::Read,
-                |s| !s.cache.is_hit(),
-            ));
-        }
+    }
+    if let Some(cached) = runs.last()
+        && cached.samples.iter().any(|s| s.cache.is_hit())
+    {
+        series.push(Series::of(
+            "cached: hits",
+            2,
+            &cached.samples,
+            Kind::Read,
+            |s| s.cache.is_hit(),
+        ));
+        series.push(Series::of(
+            "cached: misses",
+            3,
+            &cached.samples,
+            Kind::Read,
+            |s| !s.cache.is_hit(),
+        ));
     }
     for run in &runs {
         series.push(Series::of(
             format!("{}: loads", run.label),
+            color(run),
             &run.samples,
             Kind::Load,
             |_| true,
