@@ -140,3 +140,39 @@ fn pagination_pages_stay_fresh_after_writes() {
     assert_eq!(cached["errors"], 0);
     assert!(cached["writes"]["latency"]["count"].as_u64().unwrap() >= 12);
 }
+
+#[test]
+fn an_outage_of_redis_fails_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, summary) = run(
+        &[
+            "--scenario=outage",
+            "--users=3",
+            "--period=500ms",
+            "--warm-up=1s",
+            "--run-time=3s",
+            "--db-latency-ms=10",
+        ],
+        dir.path(),
+    );
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let cached = &summary["runs"][0];
+    assert!(
+        cached["target"].as_str().unwrap().contains("Redis"),
+        "{}",
+        cached["target"]
+    );
+    assert_eq!(
+        cached["events"].as_array().unwrap().len(),
+        2,
+        "{}",
+        cached["events"]
+    );
+    assert_eq!(cached["errors"], 0);
+    assert!(cached["reads"]["bypasses"].as_u64().unwrap() > 0);
+}
