@@ -46,6 +46,11 @@ pub(crate) async fn run(args: Args, scenario: ScenarioFactory) -> anyhow::Result
     println!("{}", describe(&args, &workload));
     println!("reports: {}\n", dir.display());
 
+    if args.host.is_some() && args.scenario == ScenarioName::Outage {
+        bail!(
+            "--scenario outage stops a redis-server this runner starts: it runs locally only, not with --host"
+        );
+    }
     let mut runs = Vec::new();
     match &args.host {
         Some(host) => {
