@@ -325,6 +325,17 @@ async fn phase(
         argv.push("--report-file".into());
         argv.push(report.clone());
     }
+    if !reports.is_empty() {
+        // Labels goose's reports: which run, against what, and the workload's seed.
+        argv.push("--notes".into());
+        argv.push(format!(
+            "{} users, scenario {}, seed {}: {}",
+            args.users,
+            args.scenario.as_str(),
+            args.seed,
+            target.description
+        ));
+    }
     let config = GooseConfiguration::parse_args_default(&argv)
         .map_err(|e| anyhow::anyhow!("goose options {argv:?}: {e}"))?;
     let started = Instant::now();
