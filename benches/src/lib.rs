@@ -1,0 +1,195 @@
+//! Set-up shared by Larder's criterion benches: the runtime, the criterion settings, the
+//! router with its 2 KiB JSON route, and the Redis-backed stores.
+//!
+//! Everything here runs outside the timed loops. The benches themselves are in `benches/`,
+//! one file per subject; `README.md` beside this crate has the command and the figures.
+
+use std::time::Duration;
+
+use axum::{
+    Router,
+    body::Body,
+    http::{Request, Uri, header},
+    routing::{MethodRouter, get},
+};
+use bytes::Bytes;
+use criterion::Criterion;
+use http_body_util::BodyExt;
+use larder::{
+    CacheLayer,
+    store::{RedisStore, TieredStore},
+};
+use tower::ServiceExt;
+
+/// The size of the benchmark route's JSON body.
+pub const BODY_LEN: usize = 2 * 1024;
+
+/// The path of the benchmark route.
+pub const ROUTE: &str = "/api/report";
+
+/// Criterion settings that keep the whole suite to a few minutes on a 2-core machine:
+/// 1 s of warm-up, 2 s of measurement and 30 samples per bench.
+pub fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30)
+        .configure_from_args()
+}
+
+/// The runtime the benches drive their futures on, built once outside every timed loop:
+/// multi-threaded with two workers, as an axum server on this machine would run.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("build the tokio runtime")
+}
+
+/// A JSON document of exactly `len` bytes (an array of report rows, padded with spaces),
+/// shaped like the dashboard's responses.
+pub fn json_body(len: usize) -> Bytes {
+    let mut out = String::with_capacity(len + 64);
+    out.push('[');
+    let mut i = 0u32;
+    loop {
+        let row = format!(
+            "{}{{\"id\":{i},\"account\":\"acct-{:04}\",\"revenue\":{}.{:02},\"status\":\"settled\"}}",
+            if i == 0 { "" } else { "," },
+            i * 7 % 1000,
+            1000 + i * 37,
+            i % 100
+        );
+        if out.len() + row.len() + 1 > len {
+            break;
+        }
+        out.push_str(&row);
+        i += 1;
+    }
+    out.push(']');
+    while out.len() < len {
+        out.push(' ');
+    }
+    debug_assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok());
+    Bytes::from(out)
+}
+
+/// The handler of the benchmark route: `200` with `body` as `application/json`.
+pub fn origin(body: Bytes) -> MethodRouter {
+    get(move || {
+        let body = body.clone();
+        async move { ([(header::CONTENT_TYPE, "application/json")], body) }
+    })
+}
+
+/// A router with one route at [`ROUTE`] returning `body`, behind `layer` when given.
+pub fn app(body: Bytes, layer: Option<CacheLayer>) -> Router {
+    let route = origin(body);
+    let route = match layer {
+        Some(layer) => route.layer(layer),
+        None => route,
+    };
+    Router::new().route(ROUTE, route)
+}
+
+/// Sends `GET uri` through `app` with `oneshot` and reads the whole body; returns its length.
+/// This is what every timed iteration of the HTTP benches does.
+pub async fn fetch(app: &Router, uri: Uri) -> usize {
+    let req = Request::get(uri)
+        .body(Body::empty())
+        .expect("a GET request");
+    let res = app.clone().oneshot(req).await.expect("infallible router");
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    body.len()
+}
+
+/// Sends `GET uri` through `app` and returns the `Cache-Status` header (empty when absent)
+/// and the body: for the checks the set-up makes before timing anything.
+pub async fn probe(app: &Router, uri: Uri) -> (String, Bytes) {
+    let req = Request::get(uri)
+        .body(Body::empty())
+        .expect("a GET request");
+    let res = app.clone().oneshot(req).await.expect("infallible router");
+    let status = res
+        .headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    (status, body)
+}
+
+/// Sends `uri` until the cache answers it with a hit, and panics if it never does: a hit
+/// bench must time hits.
+pub async fn warm(app: &Router, uri: &Uri) {
+    for _ in 0..50 {
+        let (status, _) = probe(app, uri.clone()).await;
+        if status.contains("; hit") {
+            return;
+        }
+        // The Redis store writes after the response; give the write time to land.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{uri} never became a hit");
+}
+
+/// A Redis store at `url` under `namespace`.
+pub async fn redis_store(url: &str, namespace: &str) -> RedisStore {
+    RedisStore::builder(url)
+        .namespace(namespace)
+        .build()
+        .await
+        .expect("connect the Redis store")
+}
+
+/// A tiered store (default L1) over a Redis store at `url`, once its backplane is subscribed
+/// (before that the L1 is not used).
+pub async fn tiered_store(url: &str, namespace: &str) -> TieredStore {
+    let store = TieredStore::builder(redis_store(url, namespace).await).build();
+    for _ in 0..250 {
+        if store.is_coherent() {
+            return store;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the tiered store's backplane never subscribed to {url}");
+}
+
+/// A plain multiplexed connection to `url` with the same client crate the Redis store uses,
+/// for the raw `GET` floor.
+pub async fn redis_connection(url: &str) -> redis::aio::ConnectionManager {
+    let client = redis::Client::open(url).expect("a Redis URL");
+    redis::aio::ConnectionManager::new(client)
+        .await
+        .expect("connect to Redis")
+}
+
+/// The one key under `pattern` in the Redis at `conn` (`KEYS` is fine here: set-up only, on
+/// a server the bench started).
+pub async fn only_key(conn: &mut redis::aio::ConnectionManager, pattern: &str) -> String {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(conn)
+        .await
+        .expect("KEYS");
+    match keys.as_slice() {
+        [key] => key.clone(),
+        _ => panic!("expected one key under {pattern}, found {keys:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_body_is_valid_json_of_the_exact_length() {
+        for len in [200, BODY_LEN, 64 * 1024] {
+            let body = json_body(len);
+            assert_eq!(body.len(), len);
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap();
+        }
+    }
+}
