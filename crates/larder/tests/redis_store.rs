@@ -2,6 +2,8 @@
 
 #![cfg(feature = "redis")]
 
+mod support;
+
 use std::{
     sync::{
         Arc,
@@ -10,12 +12,11 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, body::Body, routing::get};
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use larder::{CacheHandle, EntryOptions, Rule, codec, store::RedisStore};
+use axum::Router;
+use http::StatusCode;
+use larder::{CacheHandle, EntryOptions, codec, store::RedisStore};
 use larder_testkit::{RedisCluster, RedisServer};
-use tower::ServiceExt;
+use support::metrics_app::{app, get_once, handle};
 
 async fn store(url: &str) -> RedisStore {
     RedisStore::builder(url)
@@ -23,44 +24,6 @@ async fn store(url: &str) -> RedisStore {
         .build()
         .await
         .unwrap()
-}
-
-fn handle(store: RedisStore) -> CacheHandle {
-    CacheHandle::builder(store)
-        .x_cache(true)
-        .namespace("t")
-        .store_timeout(Duration::from_millis(300))
-        .build()
-}
-
-fn app(cache: &CacheHandle, calls: &Arc<AtomicUsize>) -> Router {
-    let c = Arc::clone(calls);
-    Router::new().route(
-        "/api/metrics/{category}",
-        get(move || {
-            let n = c.fetch_add(1, Ordering::SeqCst);
-            async move { format!("{{\"revenue\":42,\"n\":{n}}}") }
-        })
-        .layer(
-            cache.layer(
-                Rule::new("metrics")
-                    .ttl(Duration::from_secs(900))
-                    .tag("metrics"),
-            ),
-        ),
-    )
-}
-
-async fn get_once(app: &Router, uri: &str) -> (StatusCode, String, String) {
-    let res = app
-        .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    let x = res.headers()["x-cache"].to_str().unwrap().to_owned();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, x, String::from_utf8(body.to_vec()).unwrap())
 }
 
 /// Waits until a spawned store write has landed (writes do not hold up the response).
@@ -78,14 +41,14 @@ async fn two_instances_share_entries_and_invalidations() {
 
     assert_eq!(get_once(&app_a, "/api/metrics/finance").await.1, "MISS");
     settle().await;
-    let (_, x, body) = get_once(&app_b, "/api/metrics/finance").await;
+    let (_, x, _, body) = get_once(&app_b, "/api/metrics/finance").await;
     assert_eq!(
         (x.as_str(), body.as_str()),
         ("HIT", "{\"revenue\":42,\"n\":0}")
     );
 
     b.invalidate_tags(["metrics"]).await.unwrap();
-    let (_, x, body) = get_once(&app_a, "/api/metrics/finance").await;
+    let (_, x, _, body) = get_once(&app_a, "/api/metrics/finance").await;
     assert_eq!(
         x, "MISS",
         "an invalidation through one instance is seen by the other at once"
@@ -240,7 +203,7 @@ async fn redis_killed_mid_traffic_never_fails_a_request_and_hits_resume_after_re
         if i == 200 {
             redis.stop();
         }
-        let (status, _, body) = get_once(
+        let (status, _, _, body) = get_once(
             &app,
             &format!("/api/metrics/{}", ["finance", "sales"][i % 2]),
         )
@@ -320,7 +283,7 @@ async fn warm_behind_proxy() -> (RedisServer, larder_testkit::Proxy, CacheHandle
 
 async fn timed_get(app: &Router, uri: &str) -> (Duration, StatusCode, String) {
     let started = std::time::Instant::now();
-    let (status, x, _) = get_once(app, uri).await;
+    let (status, x, _, _) = get_once(app, uri).await;
     (started.elapsed(), status, x)
 }
 
@@ -380,13 +343,13 @@ async fn a_tag_invalidated_while_redis_is_unreachable_is_not_served_after_recove
         cache.invalidate_tags(["metrics"]).await.is_err(),
         "the caller learns it was deferred"
     );
-    let (_, x, _) = get_once(&app, "/api/metrics/finance").await;
+    let (_, x, _, _) = get_once(&app, "/api/metrics/finance").await;
     assert_eq!(x, "BYPASS", "nothing is read while an invalidation waits");
 
     proxy.set_mode(larder_testkit::ProxyMode::Pass);
     let mut recovered = false;
     for _ in 0..100 {
-        let (_, x, body) = get_once(&app, "/api/metrics/finance").await;
+        let (_, x, _, body) = get_once(&app, "/api/metrics/finance").await;
         assert_ne!(
             x, "HIT",
             "served the entry invalidated during the outage: {body}"

@@ -3,8 +3,9 @@
 
 #![cfg(feature = "redis-tls")]
 
+mod support;
+
 use std::{
-    future::Future,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -12,36 +13,13 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, body::Body, routing::get};
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use http::StatusCode;
 use larder::{
-    CacheHandle, EntryOptions, Rule, Store,
+    EntryOptions, Store,
     store::{RedisStore, TieredStore},
 };
 use larder_testkit::{Proxy, RedisServer};
-use tower::ServiceExt;
-
-/// How long a condition polled by [`eventually`] may take.
-const DEADLINE: Duration = Duration::from_secs(5);
-
-/// Polls `check` until it returns `Some`, at most [`DEADLINE`]; `None` if it never did.
-async fn eventually<T, F, Fut>(mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return Some(value);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+use support::metrics_app::{app, eventually, get_once, handle};
 
 /// A TLS server's `rediss://` URL and the PEM of its CA.
 fn tls_of(redis: &RedisServer) -> (String, Vec<u8>) {
@@ -58,51 +36,6 @@ async fn store(url: &str, ca: &[u8]) -> RedisStore {
         .build()
         .await
         .unwrap()
-}
-
-fn handle(store: impl Store) -> CacheHandle {
-    CacheHandle::builder(store)
-        .x_cache(true)
-        .namespace("t")
-        .store_timeout(Duration::from_millis(300))
-        .build()
-}
-
-fn app(cache: &CacheHandle, calls: &Arc<AtomicUsize>) -> Router {
-    let c = Arc::clone(calls);
-    Router::new().route(
-        "/api/metrics/{category}",
-        get(move || {
-            let n = c.fetch_add(1, Ordering::SeqCst);
-            async move { format!("{{\"revenue\":42,\"n\":{n}}}") }
-        })
-        .layer(
-            cache.layer(
-                Rule::new("metrics")
-                    .ttl(Duration::from_secs(900))
-                    .tag("metrics"),
-            ),
-        ),
-    )
-}
-
-/// Status, `X-Cache`, `Cache-Status` and body of one GET.
-async fn get_once(app: &Router, uri: &str) -> (StatusCode, String, String, String) {
-    let res = app
-        .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    let header = |name: &str| res.headers()[name].to_str().unwrap().to_owned();
-    let (x, cache_status) = (header("x-cache"), header("cache-status"));
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        x,
-        cache_status,
-        String::from_utf8(body.to_vec()).unwrap(),
-    )
 }
 
 /// Waits until Redis holds `n` entries of namespace `t` (writes do not hold up responses).

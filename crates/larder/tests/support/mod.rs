@@ -2,6 +2,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod metrics_app;
+
 use std::{
     pin::Pin,
     task::{Context, Poll},
