@@ -6,7 +6,7 @@ mod support;
 use axum::http::{Method, StatusCode};
 use example_dashboard::{Config, StoreKind};
 use serde_json::json;
-use support::{ADMIN, call, dashboard, dashboard_with, get, send};
+use support::{ADMIN, call, dashboard, dashboard_with, first_session, get, post_message};
 
 #[tokio::test]
 async fn a_missing_or_unknown_key_gets_401_and_nothing_is_cached() {
@@ -158,34 +158,17 @@ async fn bad_input_gets_a_clear_error_and_is_not_cached() {
 async fn credits_run_out_with_402_and_the_profile_says_so() {
     let (state, router) = dashboard(StoreKind::Memory).await;
     let user = 50;
-    let sid = get(&router, "/api/chat/sessions", user).await.body["sessions"][0]["id"]
-        .as_i64()
-        .unwrap();
+    let sid = first_session(&router, user).await;
     let mut conn = state.db.lease().await.unwrap();
     sqlx::query("UPDATE users SET credits = 1 WHERE id = 50")
         .execute(&mut *conn)
         .await
         .unwrap();
     drop(conn);
-    let uri = format!("/api/chat/sessions/{sid}/messages");
-    let ok = send(
-        &router,
-        Method::POST,
-        &uri,
-        user,
-        json!({ "content": "last one" }),
-    )
-    .await;
+    let ok = post_message(&router, user, sid, "last one").await;
     assert_eq!(ok.status, StatusCode::CREATED);
     assert_eq!(ok.body["credits_remaining"], 0);
-    let refused = send(
-        &router,
-        Method::POST,
-        &uri,
-        user,
-        json!({ "content": "one more" }),
-    )
-    .await;
+    let refused = post_message(&router, user, sid, "one more").await;
     assert_eq!(refused.status, StatusCode::PAYMENT_REQUIRED);
     assert_eq!(get(&router, "/api/user/me", user).await.body["credits"], 0);
 }

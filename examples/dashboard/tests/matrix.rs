@@ -7,7 +7,7 @@ mod support;
 use axum::http::{Method, StatusCode};
 use example_dashboard::StoreKind;
 use serde_json::json;
-use support::{dashboard, get, send};
+use support::{dashboard, first_session, get, post_message, send};
 
 /// Every cached read of the contract.
 const READS: [&str; 7] = [
@@ -57,13 +57,6 @@ async fn expect_invalidated(router: &axum::Router, user: i64, invalidated: &[&st
             );
         }
     }
-}
-
-/// A first session of `user` (most recently updated first, so page 1's first row).
-async fn first_session(router: &axum::Router, user: i64) -> i64 {
-    get(router, "/api/chat/sessions", user).await.body["sessions"][0]["id"]
-        .as_i64()
-        .unwrap()
 }
 
 #[tokio::test]
@@ -197,12 +190,11 @@ async fn every_write_route_invalidates_exactly_its_tags_and_the_next_read_shows_
     let messages = get(&router, "/api/chat/stats", a).await.body["messages"]
         .as_i64()
         .unwrap();
-    let w = send(
+    let w = post_message(
         &router,
-        Method::POST,
-        &format!("/api/chat/sessions/{created}/messages"),
         a,
-        json!({ "content": "What drives churn in the enterprise tier?" }),
+        created,
+        "What drives churn in the enterprise tier?",
     )
     .await;
     assert_eq!(w.status, StatusCode::CREATED);
@@ -350,14 +342,7 @@ async fn the_dashboard_reads_its_parts_in_one_batch_and_writes_reach_it() {
     let sid = first.body["recent_sessions"]["sessions"][0]["id"]
         .as_i64()
         .unwrap();
-    let w = send(
-        &router,
-        Method::POST,
-        &format!("/api/chat/sessions/{sid}/messages"),
-        user,
-        json!({ "content": "hi" }),
-    )
-    .await;
+    let w = post_message(&router, user, sid, "hi").await;
     assert_eq!(w.status, StatusCode::CREATED);
     let third = get(&router, "/api/dashboard", user).await;
     assert!(third.is_miss());

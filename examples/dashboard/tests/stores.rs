@@ -3,14 +3,14 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use example_dashboard::{Config, StoreKind};
 use larder_testkit::RedisServer;
 use serde_json::json;
 use sqlx::{Connection, Executor};
-use support::{dashboard_with, get, get_hit, send};
+use support::{dashboard_with, first_session, get, get_hit, get_until, post_message, send};
 
 fn on_redis(store: StoreKind, server: &RedisServer, namespace: &str) -> Config {
     Config {
@@ -88,35 +88,22 @@ async fn on_redis_a_dead_redis_costs_the_cache_not_the_answers() {
     assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(health.body["status"], "degraded");
     // A write while Redis is down is not forgotten.
-    let sid = get(&router, "/api/chat/sessions", user).await.body["sessions"][0]["id"]
-        .as_i64()
-        .unwrap();
-    let w = send(
-        &router,
-        Method::POST,
-        &format!("/api/chat/sessions/{sid}/messages"),
-        user,
-        json!({ "content": "hi" }),
-    )
-    .await;
+    let sid = first_session(&router, user).await;
+    let w = post_message(&router, user, sid, "hi").await;
     assert_eq!(w.status, StatusCode::CREATED);
     server.restart();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let me = get(&router, "/api/user/me", user).await;
-        assert_eq!(
-            me.body["credits"], w.body["credits_remaining"],
-            "the pre-outage entry is never served again"
-        );
-        if me.is_hit() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "hits did not resume after Redis came back"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Hits resume, and the pre-outage entry is never served again.
+    get_until(
+        &router,
+        "/api/user/me",
+        user,
+        Duration::from_secs(10),
+        |me| {
+            assert_eq!(me.body["credits"], w.body["credits_remaining"]);
+            me.is_hit()
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -131,34 +118,20 @@ async fn on_the_tiered_store_a_write_on_one_instance_reaches_the_others_l1() {
         get(&b, "/api/user/me", user).await.is_hit(),
         "now from B's L1"
     );
-    let sid = get(&a, "/api/chat/sessions", user).await.body["sessions"][0]["id"]
-        .as_i64()
-        .unwrap();
-    let w = send(
-        &a,
-        Method::POST,
-        &format!("/api/chat/sessions/{sid}/messages"),
-        user,
-        json!({ "content": "hello" }),
-    )
-    .await;
+    let sid = first_session(&a, user).await;
+    let w = post_message(&a, user, sid, "hello").await;
     assert_eq!(w.status, StatusCode::CREATED);
     // B's database is its own (an in-memory SQLite per instance), so compare cache status,
     // not data: B's L1 copy must be gone within the pub/sub delivery time (well under a
     // second on loopback; the tiered store's docs state this bound).
-    let deadline = Instant::now() + Duration::from_secs(1);
-    loop {
-        let me = get(&b, "/api/user/me", user).await;
-        if me.is_miss() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "A's invalidation never reached B's L1: {:?}",
-            me.cache_status
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    get_until(
+        &b,
+        "/api/user/me",
+        user,
+        Duration::from_secs(1),
+        support::Answer::is_miss,
+    )
+    .await;
 }
 
 /// PostgreSQL from the machine (`LARDER_TEST_POSTGRES_URL`, default
@@ -217,17 +190,8 @@ async fn on_postgres_the_contract_holds() {
         );
         let metrics = get(&router, "/api/metrics/strategy", user).await.body;
         assert_eq!(metrics["metrics"].as_array().unwrap().len(), 4);
-        let sid = get(&router, "/api/chat/sessions", user).await.body["sessions"][0]["id"]
-            .as_i64()
-            .unwrap();
-        let w = send(
-            &router,
-            Method::POST,
-            &format!("/api/chat/sessions/{sid}/messages"),
-            user,
-            json!({ "content": "pg" }),
-        )
-        .await;
+        let sid = first_session(&router, user).await;
+        let w = post_message(&router, user, sid, "pg").await;
         assert_eq!(w.status, StatusCode::CREATED, "{:?}", w.body);
         let me = get(&router, "/api/user/me", user).await;
         assert!(me.is_miss());

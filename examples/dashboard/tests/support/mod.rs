@@ -110,20 +110,57 @@ fn header(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
     headers.get(name).map(|v| v.to_str().unwrap().to_owned())
 }
 
-/// Reads `uri` until it is a hit (a network store writes after the response is sent, so
-/// the first read after a miss may come before the write lands). Panics after 5 s.
-pub(crate) async fn get_hit(router: &Router, uri: &str, user: i64) -> Answer {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+/// Reads `uri` until `done` says so (a network store writes after the response is sent, and
+/// the tiered store's invalidations travel over pub/sub). Panics after `within`.
+pub(crate) async fn get_until(
+    router: &Router,
+    uri: &str,
+    user: i64,
+    within: std::time::Duration,
+    mut done: impl FnMut(&Answer) -> bool,
+) -> Answer {
+    let deadline = std::time::Instant::now() + within;
     loop {
         let answer = get(router, uri, user).await;
-        if answer.is_hit() {
+        if done(&answer) {
             return answer;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{uri} for user {user} never became a hit: {:?}",
+            "{uri} for user {user}: the expected answer never came within {within:?}; last {:?}",
             answer.cache_status
         );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+/// Reads `uri` until it is a hit (at most 5 s).
+pub(crate) async fn get_hit(router: &Router, uri: &str, user: i64) -> Answer {
+    get_until(
+        router,
+        uri,
+        user,
+        std::time::Duration::from_secs(5),
+        Answer::is_hit,
+    )
+    .await
+}
+
+/// The id of `user`'s most recently updated session (page 1's first row).
+pub(crate) async fn first_session(router: &Router, user: i64) -> i64 {
+    get(router, "/api/chat/sessions", user).await.body["sessions"][0]["id"]
+        .as_i64()
+        .expect("a session id")
+}
+
+/// `POST /api/chat/sessions/{sid}/messages` with `content`.
+pub(crate) async fn post_message(router: &Router, user: i64, sid: i64, content: &str) -> Answer {
+    send(
+        router,
+        Method::POST,
+        &format!("/api/chat/sessions/{sid}/messages"),
+        user,
+        serde_json::json!({ "content": content }),
+    )
+    .await
 }
