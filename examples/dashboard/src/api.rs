@@ -251,16 +251,7 @@ pub async fn dashboard(
         let parts = load_parts(&app, id, (0..PARTS).collect()).await?;
         return Ok(Json(compose(parts)).into_response());
     };
-    let parts = dashboard_parts(id);
-    let items: Vec<(&str, &larder::EntryOptions)> =
-        parts.iter().map(|(k, o)| (k.as_str(), o)).collect();
-    let mut missed = 0;
-    let values = cache
-        .get_many_or_insert_with(&items, |missing| {
-            missed = missing.len();
-            load_parts(&app, id, missing)
-        })
-        .await?;
+    let (values, missed) = read_dashboard(&app, cache, id).await?;
     let mut response = Json(compose(values)).into_response();
     let (status, x_cache) = if missed == 0 {
         ("larder; hit".to_owned(), "HIT")
@@ -279,6 +270,26 @@ pub async fn dashboard(
         HeaderValue::from_static(x_cache),
     );
     Ok(response)
+}
+
+/// Reads `user`'s nine dashboard parts through the cache in one batch and loads the missing
+/// ones from the database. Returns the parts and how many were loaded.
+pub(crate) async fn read_dashboard(
+    app: &Dashboard,
+    cache: &larder::CacheHandle,
+    user: i64,
+) -> Result<(Vec<Value>, usize), ApiError> {
+    let parts = dashboard_parts(user);
+    let items: Vec<(&str, &larder::EntryOptions)> =
+        parts.iter().map(|(k, o)| (k.as_str(), o)).collect();
+    let mut missed = 0;
+    let values = cache
+        .get_many_or_insert_with(&items, |missing| {
+            missed = missing.len();
+            load_parts(app, user, missing)
+        })
+        .await?;
+    Ok((values, missed))
 }
 
 /// Profile, connectors, five metric categories, stats, sessions page 1.

@@ -12,9 +12,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::{
-    Dashboard, api::load_parts, auth, cache::dashboard_parts, error::ApiError, seed::USERS,
-};
+use crate::{Dashboard, api::read_dashboard, auth, error::ApiError, seed::USERS};
 
 /// `GET /_cache/health`: 200 while the cache uses its store, 503 while it bypasses it
 /// (the service still answers; only the cache is degraded).
@@ -231,22 +229,11 @@ pub async fn warmup(
     let Some(cache) = &app.cache else {
         return Json(json!({ "warmed": 0, "reason": "no cache (--store none)" })).into_response();
     };
-    let warm = body.users.iter().map(|&user| {
-        let app = &app;
-        async move {
-            let parts = dashboard_parts(user);
-            let items: Vec<(&str, &larder::EntryOptions)> =
-                parts.iter().map(|(k, o)| (k.as_str(), o)).collect();
-            let mut loaded = 0;
-            cache
-                .get_many_or_insert_with(&items, |missing| {
-                    loaded = missing.len();
-                    load_parts(app, user, missing)
-                })
-                .await?;
-            Ok::<_, ApiError>(loaded)
-        }
-    });
+    let app = &app;
+    let warm = body
+        .users
+        .iter()
+        .map(|&user| async move { Ok::<_, ApiError>(read_dashboard(app, cache, user).await?.1) });
     match futures_util::future::try_join_all(warm).await {
         Ok(loaded) => Json(
             json!({ "warmed": body.users.len(), "parts_loaded": loaded.iter().sum::<usize>() }),
