@@ -131,9 +131,14 @@ impl Target {
 
     /// `GET /_origin/stats`, or `None` when the target has no such route.
     pub(crate) async fn origin_stats(&self) -> Option<OriginStats> {
+        self.get_json("/_origin/stats").await
+    }
+
+    /// `GET path` decoded as JSON; `None` when it fails, is not a success, or does not decode.
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Option<T> {
         let response = self
             .client
-            .get(format!("{}/_origin/stats", self.url))
+            .get(format!("{}{path}", self.url))
             .send()
             .await
             .ok()?;
@@ -158,16 +163,7 @@ impl Target {
 
     /// `GET /_cache/stats`, as it is.
     pub(crate) async fn cache_stats(&self) -> Option<serde_json::Value> {
-        let response = self
-            .client
-            .get(format!("{}/_cache/stats", self.url))
-            .send()
-            .await
-            .ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        response.json().await.ok()
+        self.get_json("/_cache/stats").await
     }
 
     /// Stops the in-process server (a deployed one is left alone).
