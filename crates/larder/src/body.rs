@@ -28,8 +28,10 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<B> {
-        Stream { #[pin] body: B, recorder: Option<Recorder> },
-        Replay { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        // Boxed: what a miss records is large, and a small body keeps every move of the
+        // response cheap.
+        Stream { #[pin] body: B, recorder: Option<Box<Recorder>> },
+        Replay { data: Option<Bytes>, trailers: Option<Box<HeaderMap>> },
     }
 }
 
@@ -68,17 +70,17 @@ impl<B> CacheBody<B> {
         CacheBody {
             kind: Kind::Stream {
                 body,
-                recorder: Some(recorder),
+                recorder: Some(Box::new(recorder)),
             },
         }
     }
 
     /// A stored body and its trailers.
-    pub(crate) fn replay(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+    pub(crate) fn replay(data: Bytes, trailers: Option<&HeaderMap>) -> Self {
         CacheBody {
             kind: Kind::Replay {
                 data: (!data.is_empty()).then_some(data),
-                trailers,
+                trailers: trailers.map(|t| Box::new(t.clone())),
             },
         }
     }
@@ -110,7 +112,7 @@ where
                 if let Some(d) = data.take() {
                     return Poll::Ready(Some(Ok(Frame::data(d))));
                 }
-                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t))))
             }
             KindProj::Stream { mut body, recorder } => {
                 let frame = ready!(body.as_mut().poll_frame(cx));

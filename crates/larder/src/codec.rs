@@ -176,6 +176,7 @@ pub fn decode(key: &CacheKey, value: &[u8]) -> Result<Entry, StoreError> {
         fill_time,
         tags: tags.into_boxed_slice(),
         vary,
+        served: Default::default(),
     })
 }
 
@@ -273,6 +274,7 @@ mod tests {
                 vec![http::header::ACCEPT_LANGUAGE].into_boxed_slice(),
                 [9; 32],
             )),
+            served: Default::default(),
         }
     }
 

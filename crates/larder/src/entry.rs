@@ -1,6 +1,6 @@
 //! The stored form of a response: status, headers, body, trailers and freshness.
 
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -33,6 +33,10 @@ pub struct Entry {
     /// Request header names from the response's `Vary`, and the digest of the values the
     /// storing request had for them (RFC 9111 §4.1).
     pub(crate) vary: Option<(Box<[HeaderName]>, [u8; 32])>,
+    /// The headers a hit starts from, made when an in-process store takes the entry: `headers`
+    /// followed by `Age` and a `Cache-Status` placeholder, so each hit clones them without
+    /// growing and overwrites the placeholders in place (see `respond::from_entry`).
+    pub(crate) served: OnceLock<HeaderMap>,
 }
 
 /// How usable an entry is at a given time.

@@ -2,7 +2,8 @@
 //!
 //! A key is a BLAKE3 digest over length-prefixed parts (namespace, format version, method,
 //! authority, path, query, varying headers, user scope, and the request body's digest under
-//! [`Rule::cache_posts_by_body`](crate::Rule::cache_posts_by_body)), so distinct inputs cannot collide by
+//! [`Rule::cache_posts_by_body`](crate::Rule::cache_posts_by_body)), each prefixed by a kind
+//! byte and its length as an LEB128 varint, so distinct inputs cannot collide by
 //! concatenation (`("a:b", "c")` against `("a", "b:c")`) and a huge URL still gives a 32-byte
 //! key. A short readable label (method and path, sanitized) travels with the digest for logs and
 //! Redis key prefixes; it never decides equality.
@@ -13,13 +14,23 @@
 
 use std::fmt;
 
+use arrayvec::{ArrayString, ArrayVec};
 use http::{HeaderMap, HeaderName, Method};
 
 /// The version of the key format. Bumping it makes every stored entry unreachable.
-pub(crate) const KEY_FORMAT: u8 = 1;
+///
+/// 2: lengths and counts are LEB128 varints, so a usual request's key is one BLAKE3 block.
+pub(crate) const KEY_FORMAT: u8 = 2;
 
 /// Longest readable label kept beside the digest.
 const LABEL_MAX: usize = 64;
+
+/// A key's readable label, kept inline: building a key allocates nothing.
+type Label = ArrayString<LABEL_MAX>;
+
+/// How many bytes of key parts are gathered before they go to BLAKE3: a usual request's parts
+/// fit, so its key is one call to `blake3::hash` over one buffer.
+const HASH_BUFFER: usize = 256;
 
 /// Query parameters dropped by default: click and campaign trackers that never change a response.
 const TRACKING: &[&str] = &[
@@ -32,7 +43,7 @@ const TRACKING: &[&str] = &[
 #[derive(Clone)]
 pub struct CacheKey {
     digest: [u8; 32],
-    label: Box<str>,
+    label: Label,
 }
 
 impl CacheKey {
@@ -70,7 +81,7 @@ impl CacheKey {
         }
         CacheKey {
             digest: h.finish_digest(),
-            label: self.label.clone(),
+            label: self.label,
         }
     }
 }
@@ -271,11 +282,11 @@ impl KeyOptions {
             Some(d) => h.some(d),
             None => h.none(),
         }
-        let mut label = String::with_capacity(LABEL_MAX);
-        label.push_str(input.method.as_str());
-        label.push(':');
+        let mut label = Label::new();
+        push_sanitized(&mut label, input.method.as_str());
+        push_sanitized(&mut label, ":");
         push_sanitized(&mut label, input.path);
-        h.finish(label.into_boxed_str())
+        h.finish(label)
     }
 
     fn hash_query(&self, h: &mut PartHasher, query: Option<&str>) {
@@ -348,43 +359,93 @@ fn is_tracking(name: &str) -> bool {
 }
 
 /// Hashes a sequence of parts, each prefixed by a kind byte and its length.
-struct PartHasher(blake3::Hasher);
+///
+/// The parts are gathered in a buffer on the stack and hashed in one call when they fit
+/// (BLAKE3 gives the same digest however its input is split); longer inputs stream through a
+/// `blake3::Hasher`.
+struct PartHasher {
+    buf: ArrayVec<u8, HASH_BUFFER>,
+    /// Boxed: it is large, and only long inputs need it.
+    spill: Option<Box<blake3::Hasher>>,
+}
 
 impl PartHasher {
     fn new(namespace: &str, kind: &[u8]) -> Self {
-        let mut h = PartHasher(blake3::Hasher::new());
+        let mut h = PartHasher {
+            buf: ArrayVec::new(),
+            spill: None,
+        };
         h.part(b"larder");
-        h.0.update(&[KEY_FORMAT]);
+        h.write(&[KEY_FORMAT]);
         h.part(namespace.as_bytes());
         h.part(kind);
         h
     }
 
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        if self.buf.try_extend_from_slice(bytes).is_ok() {
+            return;
+        }
+        let hasher = self
+            .spill
+            .get_or_insert_with(|| Box::new(blake3::Hasher::new()));
+        hasher.update(&self.buf);
+        self.buf.clear();
+        if self.buf.try_extend_from_slice(bytes).is_err() {
+            hasher.update(bytes);
+        }
+    }
+
+    /// A kind byte then `n` as an LEB128 varint (a prefix code, so the parts stay
+    /// unambiguous), in one write.
+    #[inline]
+    fn head(&mut self, kind: u8, n: usize) {
+        let mut head = [kind; 11];
+        let mut n = n as u64;
+        let mut len = 1;
+        loop {
+            let low = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                head[len] = low;
+                len += 1;
+                break;
+            }
+            head[len] = low | 0x80;
+            len += 1;
+        }
+        self.write(&head[..len]);
+    }
+
+    #[inline]
     fn part(&mut self, bytes: &[u8]) {
-        self.0.update(&[1]);
-        self.0.update(&(bytes.len() as u64).to_le_bytes());
-        self.0.update(bytes);
+        self.head(1, bytes.len());
+        self.write(bytes);
     }
 
     fn some(&mut self, bytes: &[u8]) {
-        self.0.update(&[2]);
+        self.write(&[2]);
         self.part(bytes);
     }
 
     fn none(&mut self) {
-        self.0.update(&[3]);
+        self.write(&[3]);
     }
 
     fn count(&mut self, n: usize) {
-        self.0.update(&[4]);
-        self.0.update(&(n as u64).to_le_bytes());
+        self.head(4, n);
     }
 
     fn finish_digest(self) -> [u8; 32] {
-        *self.0.finalize().as_bytes()
+        let rest = self.buf.as_slice();
+        match self.spill {
+            None => *blake3::hash(rest).as_bytes(),
+            Some(mut hasher) => *hasher.update(rest).finalize().as_bytes(),
+        }
     }
 
-    fn finish(self, label: Box<str>) -> CacheKey {
+    fn finish(self, label: Label) -> CacheKey {
         CacheKey {
             digest: self.finish_digest(),
             label,
@@ -448,21 +509,27 @@ fn normalize_percent(path: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
-fn label(text: &str) -> Box<str> {
-    let mut s = String::with_capacity(LABEL_MAX.min(text.len()));
-    push_sanitized(&mut s, text);
-    s.into_boxed_str()
+fn label(text: &str) -> Label {
+    let mut label = Label::new();
+    push_sanitized(&mut label, text);
+    label
 }
 
-fn push_sanitized(out: &mut String, text: &str) {
-    for c in text.chars() {
-        if out.len() >= LABEL_MAX {
-            break;
-        }
-        out.push(match c {
-            'a'..='z' | 'A'..='Z' | '0'..='9' | '/' | '.' | '_' | ':' | '-' => c,
-            _ => '_',
-        });
+/// Appends `text` to `out` with every character outside `[A-Za-z0-9/._:-]` replaced by `_`,
+/// until the label is full.
+fn push_sanitized(out: &mut Label, text: &str) {
+    let mut buf = [0u8; LABEL_MAX];
+    let take = text.len().min(out.remaining_capacity());
+    for (to, &b) in buf.iter_mut().zip(&text.as_bytes()[..take]) {
+        *to = match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'.' | b'_' | b':' | b'-' => b,
+            // Every other byte, including each byte of a multi-byte character.
+            _ => b'_',
+        };
+    }
+    // Only ASCII was written.
+    if let Ok(sanitized) = std::str::from_utf8(&buf[..take]) {
+        let _ = out.try_push_str(sanitized);
     }
 }
 
@@ -664,6 +731,70 @@ mod tests {
         assert!(k.label().len() <= LABEL_MAX);
         assert!(!k.label().contains('{') && !k.label().contains('}'));
         assert_eq!(k.hex().len(), 64);
+    }
+
+    /// The same parts encoded the obvious way, into one `Vec`, for comparison.
+    fn reference_digest(parts: &[Vec<u8>]) -> [u8; 32] {
+        let mut out = Vec::new();
+        for p in parts {
+            out.push(1);
+            let mut n = p.len() as u64;
+            loop {
+                let low = (n & 0x7f) as u8;
+                n >>= 7;
+                if n == 0 {
+                    out.push(low);
+                    break;
+                }
+                out.push(low | 0x80);
+            }
+            out.extend_from_slice(p);
+        }
+        *blake3::hash(&out).as_bytes()
+    }
+
+    #[test]
+    fn buffered_and_spilled_parts_hash_like_one_buffer() {
+        // Around the buffer's size and the varint's byte boundaries (127/128, 16383/16384).
+        for sizes in [
+            vec![0, 1, 127],
+            vec![128, 100, 27],
+            vec![HASH_BUFFER - 2, 1],
+            vec![HASH_BUFFER - 1, HASH_BUFFER, HASH_BUFFER + 1],
+            vec![16_383, 16_384, 3],
+            vec![5, 100_000, 5],
+        ] {
+            let parts: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| (0..n).map(|j| (i * 31 + j) as u8).collect())
+                .collect();
+            let mut h = PartHasher {
+                buf: ArrayVec::new(),
+                spill: None,
+            };
+            for p in &parts {
+                h.part(p);
+            }
+            assert_eq!(
+                h.finish_digest(),
+                reference_digest(&parts),
+                "sizes {sizes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_usual_request_key_fits_one_blake3_block() {
+        let mut h = PartHasher::new("", b"http");
+        h.part(b"GET");
+        h.some(b"example.com");
+        h.part(b"/api/report");
+        h.count(0);
+        h.none();
+        h.none();
+        assert!(h.spill.is_none());
+        assert!(h.buf.len() <= 64, "{} bytes", h.buf.len());
     }
 
     proptest! {

@@ -38,17 +38,29 @@ pub(crate) struct Exchange {
 type Reply<B, E> = Result<Response<CacheBody<B>>, E>;
 
 impl Exchange {
+    /// Serves `entry` now.
     pub(crate) fn serve<B>(
         &self,
         entry: &Entry,
         parts: &Parts,
         status: CacheStatus,
     ) -> Response<CacheBody<B>> {
+        self.serve_at(entry, parts, status, self.handle.now_ms())
+    }
+
+    /// Serves `entry` as of `now_ms` (the time its lookup was judged at).
+    pub(crate) fn serve_at<B>(
+        &self,
+        entry: &Entry,
+        parts: &Parts,
+        status: CacheStatus,
+        now_ms: u64,
+    ) -> Response<CacheBody<B>> {
         respond::from_entry(
             entry,
             &parts.method,
             &parts.headers,
-            self.handle.now_ms(),
+            now_ms,
             status,
             self.handle.shared.x_cache,
         )
@@ -297,6 +309,7 @@ impl Exchange {
             fill_time: Duration::ZERO,
             tags,
             vary,
+            served: Default::default(),
         };
         let limit = self.route.max_body_size;
         // Say `stored` only when the length is known to fit; a stream of unknown length may

@@ -253,6 +253,9 @@ fn arg_seconds(arg: &Arg) -> Option<Duration> {
 /// Parses request Cache-Control, falling back to `Pragma: no-cache` only when Cache-Control is absent (§5.4).
 pub(crate) fn request_directives(headers: &HeaderMap) -> RequestDirectives {
     let mut rd = RequestDirectives::default();
+    if headers.is_empty() {
+        return rd;
+    }
     let mut seen_max_age = false;
     for d in directives(headers, &CACHE_CONTROL) {
         match d.name.as_str() {
@@ -557,6 +560,9 @@ fn entity_tag(s: &[u8], i: usize) -> Option<(&[u8], usize)> {
 /// If-None-Match evaluation with weak comparison (RFC 9110 §13.1.2) over every request line.
 /// `*` matches any; malformed lists (including `*` mixed with tags) never match.
 pub(crate) fn if_none_match(if_none_match: &HeaderMap, etag: &HeaderValue) -> bool {
+    if !if_none_match.contains_key(IF_NONE_MATCH) {
+        return false;
+    }
     let stored = etag.as_bytes().trim_ascii();
     let ours = match entity_tag(stored, 0) {
         Some((opaque, end)) if end == stored.len() => opaque,

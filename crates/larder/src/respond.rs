@@ -2,7 +2,12 @@
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
-use crate::{Entry, body::CacheBody, policy, status::CacheStatus};
+use crate::{
+    Entry,
+    body::CacheBody,
+    policy,
+    status::{CACHE_STATUS, CacheStatus},
+};
 
 /// The fields a 304 carries: those a 200 would have that describe the representation
 /// (RFC 9110 §15.4.5).
@@ -15,6 +20,24 @@ const NOT_MODIFIED_FIELDS: [header::HeaderName; 6] = [
     header::VARY,
 ];
 
+/// `Age` values below 100 s, which need no allocation; older entries format theirs.
+const SMALL_AGES: [&str; 100] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31", "32",
+    "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46", "47", "48",
+    "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59", "60", "61", "62", "63", "64",
+    "65", "66", "67", "68", "69", "70", "71", "72", "73", "74", "75", "76", "77", "78", "79", "80",
+    "81", "82", "83", "84", "85", "86", "87", "88", "89", "90", "91", "92", "93", "94", "95", "96",
+    "97", "98", "99",
+];
+
+fn age_value(secs: u64) -> HeaderValue {
+    match SMALL_AGES.get(secs as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(secs),
+    }
+}
+
 /// Serves `entry` to a request with `method` and `headers`.
 pub(crate) fn from_entry<B>(
     entry: &Entry,
@@ -25,7 +48,7 @@ pub(crate) fn from_entry<B>(
     x_cache: bool,
 ) -> Response<CacheBody<B>> {
     // RFC 9111 §5.1: Age is generated on reuse, replacing any upstream value.
-    let age = HeaderValue::from(entry.age(now_ms).as_secs());
+    let age = age_value(entry.age(now_ms).as_secs());
     // RFC 9111 §4.3.2: answer If-None-Match from a stored 200.
     if entry.status == StatusCode::OK && policy::if_none_match(headers, &entry.etag) {
         let mut out = HeaderMap::with_capacity(8);
@@ -44,19 +67,42 @@ pub(crate) fn from_entry<B>(
         *response.headers_mut() = out;
         return response;
     }
-    let mut out = entry.headers.clone();
+    let mut out = match entry.served.get() {
+        Some(template) => template.clone(),
+        // An entry read from a network store serves once: no template for it.
+        None => template(entry),
+    };
+    // Both overwrite the template's placeholders in place.
     out.insert(header::AGE, age);
-    status.apply(&mut out, x_cache);
+    status.fill(&mut out, x_cache);
     // RFC 9110 §9.3.2: HEAD gets the GET response's fields and no content.
     let body = if method == Method::HEAD {
         CacheBody::empty()
     } else {
-        CacheBody::replay(entry.body.clone(), entry.trailers.clone())
+        CacheBody::replay(entry.body.clone(), entry.trailers.as_ref())
     };
     let mut response = Response::new(body);
     *response.status_mut() = entry.status;
     *response.headers_mut() = out;
     response
+}
+
+/// Makes the headers template of an entry that an in-process store holds, so its hits clone
+/// it instead of building their headers one by one.
+pub(crate) fn prepare(entry: &Entry) {
+    entry.served.get_or_init(|| template(entry));
+}
+
+/// The headers every full response from `entry` starts from: the stored headers, then `Age`
+/// and this cache's `Cache-Status` member as placeholders, last.
+fn template(entry: &Entry) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(entry.headers.len() + 2);
+    for (name, value) in &entry.headers {
+        out.append(name.clone(), value.clone());
+    }
+    out.insert(header::AGE, HeaderValue::from_static("0"));
+    out.append(CACHE_STATUS, HeaderValue::from_static("larder"));
+    out
 }
 
 /// A response with no body, for `only-if-cached` misses (RFC 9111 §5.2.1.7).

@@ -18,7 +18,7 @@ use crate::{
     future::ResponseFuture,
     key::KeyInput,
     miss::{self, Exchange},
-    policy,
+    policy, respond,
     route::RouteSet,
     stats::Outcome,
     status::CacheStatus,
@@ -85,19 +85,21 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // Use the service that was made ready; leave a fresh clone in its place.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // A request that goes to the service takes the one that was made ready and leaves a
+        // fresh clone in its place; a hit never touches it (nor pays for the clone).
+        let mut take_inner = || {
+            let clone = self.inner.clone();
+            std::mem::replace(&mut self.inner, clone)
+        };
         let x_cache = self.handle.shared.x_cache;
 
         let Some((route, params)) = self.routes.find(req.uri().path()) else {
             return ResponseFuture::forward(
-                inner.call(req),
+                take_inner().call(req),
                 CacheStatus::bypass("no-rule"),
                 x_cache,
             );
         };
-        let route = Arc::clone(route);
         let (parts, body) = req.into_parts();
 
         // Under `cache_posts_by_body`, a POST is a read keyed by the digest of its body.
@@ -107,7 +109,7 @@ where
                 None => {
                     route.stats.record(Outcome::Bypass);
                     return ResponseFuture::forward(
-                        inner.call(Request::from_parts(parts, body)),
+                        take_inner().call(Request::from_parts(parts, body)),
                         CacheStatus::bypass("body-not-keyed"),
                         x_cache,
                     );
@@ -122,7 +124,7 @@ where
             if !is_write(&parts.method) {
                 let req = Request::from_parts(parts, body);
                 return ResponseFuture::forward(
-                    inner.call(req),
+                    take_inner().call(req),
                     CacheStatus::bypass("method"),
                     x_cache,
                 );
@@ -130,14 +132,14 @@ where
             let scope = route.rule.scope.as_ref().and_then(|s| s.scope(&parts));
             let write = miss::Write {
                 handle: self.handle.clone(),
-                route,
+                route: Arc::clone(route),
                 scope,
                 params,
                 path: parts.uri.path().to_owned(),
             };
             let req = Request::from_parts(parts, body);
             let span = tracing::debug_span!("larder.write", route = %write.route.rule.name);
-            return ResponseFuture::boxed(Box::pin(write.run(inner, req).instrument(span)));
+            return ResponseFuture::boxed(Box::pin(write.run(take_inner(), req).instrument(span)));
         }
 
         let bypass = |route: &crate::route::Route, detail| {
@@ -146,18 +148,18 @@ where
         };
         // A Range request wants part of a representation, and 206s are never stored.
         if parts.headers.contains_key(header::RANGE) {
-            let status = bypass(&route, "range");
+            let status = bypass(route, "range");
             return ResponseFuture::forward(
-                inner.call(Request::from_parts(parts, body)),
+                take_inner().call(Request::from_parts(parts, body)),
                 status,
                 x_cache,
             );
         }
         // A GET with content ("fat GET") could change the response without changing the key.
         if digest.is_none() && has_content(&parts.headers) {
-            let status = bypass(&route, "request-body");
+            let status = bypass(route, "request-body");
             return ResponseFuture::forward(
-                inner.call(Request::from_parts(parts, body)),
+                take_inner().call(Request::from_parts(parts, body)),
                 status,
                 x_cache,
             );
@@ -166,9 +168,9 @@ where
             Some(s) => match s.scope(&parts) {
                 Some(user) => Some(user),
                 None => {
-                    let status = bypass(&route, "no-user");
+                    let status = bypass(route, "no-user");
                     return ResponseFuture::forward(
-                        inner.call(Request::from_parts(parts, body)),
+                        take_inner().call(Request::from_parts(parts, body)),
                         status,
                         x_cache,
                     );
@@ -178,9 +180,9 @@ where
             None if parts.headers.contains_key(header::AUTHORIZATION)
                 || parts.headers.contains_key(header::COOKIE) =>
             {
-                let status = bypass(&route, "credentials");
+                let status = bypass(route, "credentials");
                 return ResponseFuture::forward(
-                    inner.call(Request::from_parts(parts, body)),
+                    take_inner().call(Request::from_parts(parts, body)),
                     status,
                     x_cache,
                 );
@@ -191,9 +193,9 @@ where
         // The store is failing (or invalidations wait to be replayed): go straight to the
         // service, with no store call and no wait.
         if !self.handle.store_available() {
-            let status = bypass(&route, "store-unavailable");
+            let status = bypass(route, "store-unavailable");
             return ResponseFuture::forward(
-                inner.call(Request::from_parts(parts, body)),
+                take_inner().call(Request::from_parts(parts, body)),
                 status,
                 x_cache,
             );
@@ -217,9 +219,9 @@ where
             scope: scope.as_deref(),
             body: digest.as_ref().map(RequestBodyDigest::as_bytes),
         });
-        let exchange = Exchange {
+        let exchange = |key| Exchange {
             handle: self.handle.clone(),
-            route,
+            route: Arc::clone(route),
             key,
             scope,
             params,
@@ -235,47 +237,69 @@ where
                 stale: None,
                 fwd: "request",
             };
-            return exchange.resolve(found, inner, parts, body);
+            return exchange(key).resolve(found, self.handle.now_ms(), take_inner(), parts, body);
         }
 
-        let mut lookup = shared.store.get(&exchange.key);
-        match lookup.try_ready() {
-            // An in-process store answered at once: a hit is ready without allocating.
-            Some(result) => {
-                let entry = result.unwrap_or_else(|e| {
-                    exchange.route.stats.error();
-                    tracing::warn!(error = %e, "cache lookup failed");
-                    None
-                });
-                let found = evaluate(entry, &exchange.key, &parts.headers, self.handle.now_ms());
-                exchange.resolve(found, inner, parts, body)
+        let mut lookup = shared.store.get(&key);
+        let Some(result) = lookup.try_ready() else {
+            let exchange = exchange(key);
+            let inner = take_inner();
+            let span = tracing::debug_span!("larder.lookup", route = %exchange.route.rule.name);
+            return ResponseFuture::boxed(Box::pin(
+                async move {
+                    let stats = &exchange.route.stats;
+                    let entry = exchange
+                        .handle
+                        .run(stats, "get", lookup)
+                        .await
+                        .unwrap_or(None);
+                    let now = exchange.handle.now_ms();
+                    let found = evaluate(entry, &exchange.key, &parts.headers, now);
+                    exchange.resolve(found, now, inner, parts, body).await
+                }
+                .instrument(span),
+            ));
+        };
+        // An in-process store answered at once.
+        let entry = result.unwrap_or_else(|e| {
+            route.stats.error();
+            tracing::warn!(error = %e, "cache lookup failed");
+            None
+        });
+        let now = self.handle.now_ms();
+        match evaluate(entry, &key, &parts.headers, now) {
+            // The hit path: served from borrowed state, nothing cloned but the entry's parts.
+            Found::Fresh(entry, ttl) => {
+                route.stats.record(Outcome::Hit);
+                tracing::trace!(route = %route.rule.name, key = %key, ttl, "cache hit");
+                let response = respond::from_entry(
+                    &entry,
+                    &parts.method,
+                    &parts.headers,
+                    now,
+                    CacheStatus::Hit { ttl },
+                    x_cache,
+                );
+                if route
+                    .rule
+                    .early_refresh
+                    .is_some_and(|beta| entry.refresh_early(now, beta))
+                {
+                    exchange(key).refresh(take_inner(), parts, body);
+                }
+                ResponseFuture::ready(response)
             }
-            None => {
-                let span = tracing::debug_span!("larder.lookup", route = %exchange.route.rule.name);
-                ResponseFuture::boxed(Box::pin(
-                    async move {
-                        let stats = &exchange.route.stats;
-                        let entry = exchange
-                            .handle
-                            .run(stats, "get", lookup)
-                            .await
-                            .unwrap_or(None);
-                        let now = exchange.handle.now_ms();
-                        let found = evaluate(entry, &exchange.key, &parts.headers, now);
-                        exchange.resolve(found, inner, parts, body).await
-                    }
-                    .instrument(span),
-                ))
-            }
+            found => exchange(key).resolve(found, now, take_inner(), parts, body),
         }
     }
 }
 
 impl Exchange {
-    /// Serves what the lookup found, or goes to the service.
+    /// Serves what the lookup found at `now_ms`, or goes to the service.
     fn resolve<S, ReqBody, B>(
         self,
         found: Found,
+        now_ms: u64,
         inner: S,
         parts: Parts,
         body: ReqBody,
@@ -291,13 +315,12 @@ impl Exchange {
             Found::Fresh(entry, ttl) => {
                 self.route.stats.record(Outcome::Hit);
                 tracing::trace!(route = %self.route.rule.name, key = %self.key, ttl, "cache hit");
-                let response = self.serve(&entry, &parts, CacheStatus::Hit { ttl });
-                let now = self.handle.now_ms();
+                let response = self.serve_at(&entry, &parts, CacheStatus::Hit { ttl }, now_ms);
                 if self
                     .route
                     .rule
                     .early_refresh
-                    .is_some_and(|beta| entry.refresh_early(now, beta))
+                    .is_some_and(|beta| entry.refresh_early(now_ms, beta))
                 {
                     self.refresh(inner, parts, body);
                 }
@@ -309,7 +332,7 @@ impl Exchange {
                     by: by.as_secs(),
                     detail: "stale-while-revalidate",
                 };
-                let response = self.serve(&entry, &parts, status);
+                let response = self.serve_at(&entry, &parts, status, now_ms);
                 self.refresh(inner, parts, body);
                 ResponseFuture::ready(response)
             }

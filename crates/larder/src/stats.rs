@@ -3,13 +3,14 @@
 //! Every outcome is counted twice: in lock-free per-route counters that
 //! [`CacheHandle::stats`](crate::CacheHandle::stats) reads, and as
 //! `larder_requests_total{route, outcome}` through the [`metrics`] facade, so any recorder
-//! (Prometheus, StatsD) sees them. Store call latency is the histogram
+//! (Prometheus, StatsD) sees them. A route registers its outcome counters with the recorder
+//! once, at its first request, and keeps the handles: install the recorder before serving. Store call latency is the histogram
 //! `larder_store_seconds{store, op}` (network stores only; in-process calls are not timed).
 
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
 };
@@ -28,6 +29,14 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
+    const ALL: [Outcome; 5] = [
+        Outcome::Hit,
+        Outcome::Stale,
+        Outcome::Miss,
+        Outcome::Collapsed,
+        Outcome::Bypass,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Outcome::Hit => "hit",
@@ -51,6 +60,9 @@ pub(crate) struct RouteStats {
     stored: AtomicU64,
     errors: AtomicU64,
     invalidations: AtomicU64,
+    /// `larder_requests_total{route, outcome}` per outcome (in [`Outcome::ALL`]'s order),
+    /// registered at the first request so the hit path does not build a metric key each time.
+    outcomes: OnceLock<[metrics::Counter; 5]>,
 }
 
 impl RouteStats {
@@ -63,8 +75,12 @@ impl RouteStats {
             Outcome::Bypass => &self.bypasses,
         };
         counter.fetch_add(1, Relaxed);
-        metrics::counter!("larder_requests_total", "route" => Arc::clone(&self.name), "outcome" => outcome.label())
-            .increment(1);
+        let counters = self.outcomes.get_or_init(|| {
+            Outcome::ALL.map(|o| {
+                metrics::counter!("larder_requests_total", "route" => Arc::clone(&self.name), "outcome" => o.label())
+            })
+        });
+        counters[outcome as usize].increment(1);
     }
 
     pub(crate) fn stored(&self) {

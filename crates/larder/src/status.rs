@@ -1,7 +1,6 @@
 //! The `Cache-Status` (RFC 9211) and `X-Cache` headers that tell a client what the cache did.
 
-use std::fmt::Write;
-
+use arrayvec::ArrayString;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -54,33 +53,66 @@ impl CacheStatus {
         })
     }
 
+    /// The `Cache-Status` member, written on the stack: the only allocation is the header
+    /// value's own copy.
     fn value(self) -> HeaderValue {
-        let mut s = String::with_capacity(48);
-        s.push_str("larder; ");
-        // Writing to a String cannot fail.
-        let _ = match self {
-            CacheStatus::Hit { ttl } => write!(s, "hit; ttl={ttl}"),
-            CacheStatus::Stale { by, detail } => write!(s, "hit; ttl=-{by}; detail={detail}"),
+        let mut s = ArrayString::<128>::new();
+        let mut num = itoa::Buffer::new();
+        // Every member fits: the longest is about 80 bytes. A failed push only shortens it.
+        let mut push = |part: &str| {
+            let _ = s.try_push_str(part);
+        };
+        push("larder; ");
+        match self {
+            CacheStatus::Hit { ttl } => {
+                push("hit; ttl=");
+                push(num.format(ttl));
+            }
+            CacheStatus::Stale { by, detail } => {
+                push("hit; ttl=-");
+                push(num.format(by));
+                push("; detail=");
+                push(detail);
+            }
             CacheStatus::Forward {
                 fwd,
                 stored,
                 collapsed,
                 detail,
             } => {
-                let _ = write!(s, "fwd={fwd}");
+                push("fwd=");
+                push(fwd);
                 if stored {
-                    s.push_str("; stored");
+                    push("; stored");
                 }
                 if collapsed {
-                    s.push_str("; collapsed");
+                    push("; collapsed");
                 }
-                match detail {
-                    Some(d) => write!(s, "; detail={d}"),
-                    None => Ok(()),
+                if let Some(d) = detail {
+                    push("; detail=");
+                    push(d);
                 }
             }
-        };
-        HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static("larder"))
+        }
+        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("larder"))
+    }
+
+    /// Writes this cache's `Cache-Status` member over the last one in `headers` (the
+    /// placeholder a served-headers template ends with) and, when enabled, sets `X-Cache`.
+    pub(crate) fn fill(self, headers: &mut HeaderMap, x_cache: bool) {
+        match headers.entry(&CACHE_STATUS) {
+            http::header::Entry::Occupied(mut members) => {
+                if let Some(ours) = members.iter_mut().last() {
+                    *ours = self.value();
+                }
+            }
+            http::header::Entry::Vacant(slot) => {
+                slot.insert(self.value());
+            }
+        }
+        if x_cache {
+            headers.insert(&X_CACHE, self.x_cache());
+        }
     }
 
     /// Appends `Cache-Status` after any upstream cache's (RFC 9211 §2: the last member is the
@@ -122,6 +154,44 @@ mod tests {
             "larder; hit; ttl=-3; detail=stale-while-revalidate"
         );
         assert_eq!(h[&X_CACHE], "STALE");
+    }
+
+    #[test]
+    fn fill_overwrites_only_our_placeholder() {
+        let mut h = HeaderMap::new();
+        h.append(&CACHE_STATUS, HeaderValue::from_static("origin-cache; hit"));
+        h.append(&CACHE_STATUS, HeaderValue::from_static("larder"));
+        CacheStatus::Hit { ttl: 9 }.fill(&mut h, true);
+        let all: Vec<_> = h.get_all(&CACHE_STATUS).iter().collect();
+        assert_eq!(all, ["origin-cache; hit", "larder; hit; ttl=9"]);
+        assert_eq!(h[&X_CACHE], "HIT");
+        // Without a placeholder, fill adds the member.
+        let mut h = HeaderMap::new();
+        CacheStatus::Hit { ttl: 1 }.fill(&mut h, false);
+        assert_eq!(h[&CACHE_STATUS], "larder; hit; ttl=1");
+        assert!(!h.contains_key(&X_CACHE));
+    }
+
+    #[test]
+    fn the_longest_member_is_written_whole() {
+        let status = CacheStatus::Forward {
+            fwd: "request",
+            stored: true,
+            collapsed: true,
+            detail: Some("stale-while-revalidate"),
+        };
+        assert_eq!(
+            status.value(),
+            "larder; fwd=request; stored; collapsed; detail=stale-while-revalidate"
+        );
+        let stale = CacheStatus::Stale {
+            by: u64::MAX,
+            detail: "stale-while-revalidate",
+        };
+        assert_eq!(
+            stale.value(),
+            "larder; hit; ttl=-18446744073709551615; detail=stale-while-revalidate"
+        );
     }
 
     #[test]

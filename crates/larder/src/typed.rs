@@ -278,6 +278,7 @@ impl CacheHandle {
             fill_time: Duration::ZERO,
             tags: options.tags.iter().map(|t| t.as_str().into()).collect(),
             vary: None,
+            served: Default::default(),
         })
     }
 }

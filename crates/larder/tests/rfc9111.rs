@@ -644,6 +644,46 @@ async fn age_on_a_hit_includes_the_upstream_age() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn hits_keep_upstream_cache_status_members_and_age_past_100_seconds() {
+    // RFC 9211 §2: members of caches nearer the origin come first; ours is last, once.
+    let origin = Origin::new(
+        200,
+        &[
+            ("cache-control", "max-age=600"),
+            ("cache-status", "origin-cache; hit"),
+        ],
+    );
+    let cache = cache();
+    let app = origin.router(&cache, Rule::new("r"));
+    let miss = send(&app, get_req("/r", &[])).await;
+    let members = |r: &Reply| -> Vec<String> {
+        r.headers
+            .get_all("cache-status")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        members(&miss),
+        ["origin-cache; hit", "larder; fwd=miss; stored"]
+    );
+    for (wait, age, ttl) in [(3, 3, 597), (97, 100, 500), (150, 250, 350)] {
+        tokio::time::advance(secs(wait)).await;
+        let hit = send(&app, get_req("/r", &[])).await;
+        assert_eq!(
+            members(&hit),
+            [
+                "origin-cache; hit".to_owned(),
+                format!("larder; hit; ttl={ttl}")
+            ]
+        );
+        assert_eq!(hit.age(), age, "{hit:?}");
+        assert_eq!(hit.headers.get_all("age").iter().count(), 1);
+    }
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_entry_expires_after_its_ttl() {
     let origin = Origin::new(200, &[]);
     let cache = cache();

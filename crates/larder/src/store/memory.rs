@@ -39,7 +39,9 @@ pub struct MemoryStore {
 }
 
 struct Shared {
-    entries: Cache<[u8; 32], Arc<Entry>>,
+    /// Keys are BLAKE3 digests already: a fast hash seeded per process spreads them (SipHash
+    /// would cost more than the rest of the lookup).
+    entries: Cache<[u8; 32], Arc<Entry>, foldhash::fast::RandomState>,
     /// Tag -> stamp of its last invalidation. Records outlive every entry they could hide
     /// (`max_ttl` plus a margin); one evicted for space raises `floor` instead, so no entry
     /// it hid becomes visible again.
@@ -131,6 +133,8 @@ impl MemoryStore {
     /// Stores an entry unless its tags were invalidated after it was born.
     pub(crate) fn insert(&self, key: &CacheKey, entry: Arc<Entry>) {
         if self.visible(&entry) {
+            // Held here, it will be served many times: make its hits' headers template now.
+            crate::respond::prepare(&entry);
             self.shared.entries.insert(*key.digest(), entry);
         }
     }
@@ -183,7 +187,7 @@ impl MemoryStoreBuilder {
             .max_capacity(self.capacity)
             .weigher(|_k: &[u8; 32], e: &Arc<Entry>| e.weight())
             .expire_after(KeepFor { max_ttl })
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         let floor = Arc::new(AtomicU64::new(0));
         let raise = Arc::clone(&floor);
         let tags = Cache::builder()
