@@ -89,7 +89,15 @@ pub fn encode(key: &CacheKey, entry: &Entry) -> Bytes {
 }
 
 /// Decodes a value read under `key`. Errors say why it is not a usable entry.
+///
+/// This copies `value` once; [`decode_bytes`] takes an owned buffer and copies nothing.
 pub fn decode(key: &CacheKey, value: &[u8]) -> Result<Entry, StoreError> {
+    decode_bytes(key, Bytes::copy_from_slice(value))
+}
+
+/// Decodes a value read under `key` without copying it: the body and the header values of the
+/// entry are slices of `value` (or of its decompressed payload).
+pub fn decode_bytes(key: &CacheKey, value: Bytes) -> Result<Entry, StoreError> {
     if value.len() < HEADER_LEN || &value[..4] != MAGIC {
         return Err(corrupt("not a larder entry"));
     }
@@ -103,9 +111,8 @@ pub fn decode(key: &CacheKey, value: &[u8]) -> Result<Entry, StoreError> {
     if value[6..HEADER_LEN] != key.digest()[..] {
         return Err(corrupt("entry belongs to another key"));
     }
-    let raw = &value[HEADER_LEN..];
-    let payload;
-    let mut r: &[u8] = if flags & FLAG_LZ4 != 0 {
+    let payload = if flags & FLAG_LZ4 != 0 {
+        let raw = &value[HEADER_LEN..];
         if raw.len() < 4 {
             return Err(corrupt("truncated"));
         }
@@ -113,51 +120,51 @@ pub fn decode(key: &CacheKey, value: &[u8]) -> Result<Entry, StoreError> {
         if claimed > MAX_PAYLOAD {
             return Err(corrupt("claims an oversized payload"));
         }
-        payload = lz4_flex::decompress_size_prepended(raw).map_err(|e| corrupt(e.to_string()))?;
-        &payload
+        Bytes::from(lz4_flex::decompress_size_prepended(raw).map_err(|e| corrupt(e.to_string()))?)
     } else if flags == 0 {
-        raw
+        value.slice(HEADER_LEN..)
     } else {
         return Err(corrupt("unknown flags"));
     };
-
-    let status = StatusCode::from_u16(get_u16(&mut r)?).map_err(|_| corrupt("bad status"))?;
-    let stored_at = get_u64(&mut r)?;
-    let born = get_u64(&mut r)?;
-    let mut ms = || get_u64(&mut r).map(Duration::from_millis);
-    let (lifetime, initial_age, swr, sie) = (ms()?, ms()?, ms()?, ms()?);
-    let must_revalidate = get_u8(&mut r)? != 0;
-    let fill_time = Duration::from_millis(get_u64(&mut r)?);
-    let etag = HeaderValue::from_bytes(get_bytes(&mut r)?).map_err(|_| corrupt("bad etag"))?;
-    let headers = get_headers(&mut r)?;
-    let trailers = match get_u8(&mut r)? {
-        0 => None,
-        _ => Some(get_headers(&mut r)?),
+    let mut r = Reader {
+        buf: payload,
+        pos: 0,
     };
-    let tag_count = get_count(&mut r, MAX_TAGS)?;
+
+    let status = StatusCode::from_u16(r.u16()?).map_err(|_| corrupt("bad status"))?;
+    let stored_at = r.u64()?;
+    let born = r.u64()?;
+    let mut ms = || r.u64().map(Duration::from_millis);
+    let (lifetime, initial_age, swr, sie) = (ms()?, ms()?, ms()?, ms()?);
+    let must_revalidate = r.u8()? != 0;
+    let fill_time = Duration::from_millis(r.u64()?);
+    let etag =
+        HeaderValue::from_maybe_shared(r.shared_bytes()?).map_err(|_| corrupt("bad etag"))?;
+    let headers = r.headers()?;
+    let trailers = match r.u8()? {
+        0 => None,
+        _ => Some(r.headers()?),
+    };
+    let tag_count = r.count(MAX_TAGS)?;
     let mut tags = Vec::with_capacity(tag_count);
     for _ in 0..tag_count {
-        let t = std::str::from_utf8(get_bytes(&mut r)?).map_err(|_| corrupt("bad tag"))?;
+        let t = std::str::from_utf8(r.bytes()?).map_err(|_| corrupt("bad tag"))?;
         tags.push(Box::from(t));
     }
-    let vary = match get_u8(&mut r)? {
+    let vary = match r.u8()? {
         0 => None,
         _ => {
-            let n = get_count(&mut r, MAX_FIELDS)?;
+            let n = r.count(MAX_FIELDS)?;
             let mut names = Vec::with_capacity(n);
             for _ in 0..n {
-                names.push(
-                    HeaderName::from_bytes(get_bytes(&mut r)?).map_err(|_| corrupt("bad vary"))?,
-                );
+                names.push(HeaderName::from_bytes(r.bytes()?).map_err(|_| corrupt("bad vary"))?);
             }
-            let digest: [u8; 32] = take(&mut r, 32)?
-                .try_into()
-                .map_err(|_| corrupt("truncated"))?;
+            let digest: [u8; 32] = r.take(32)?.try_into().map_err(|_| corrupt("truncated"))?;
             Some((names.into_boxed_slice(), digest))
         }
     };
-    let body = Bytes::copy_from_slice(get_bytes(&mut r)?);
-    if !r.is_empty() {
+    let body = r.shared_bytes()?;
+    if r.pos != r.buf.len() {
         return Err(corrupt("trailing bytes"));
     }
     Ok(Entry {
@@ -197,50 +204,75 @@ fn put_headers(p: &mut BytesMut, h: &HeaderMap) {
     }
 }
 
-fn take<'a>(r: &mut &'a [u8], n: usize) -> Result<&'a [u8], StoreError> {
-    if r.len() < n {
-        return Err(corrupt("truncated"));
+/// A bounds-checked cursor over a payload; [`shared_bytes`](Reader::shared_bytes) hands out
+/// slices of it instead of copies.
+struct Reader {
+    buf: Bytes,
+    pos: usize,
+}
+
+impl Reader {
+    fn take(&mut self, n: usize) -> Result<&[u8], StoreError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&end| end <= self.buf.len())
+            .ok_or_else(|| corrupt("truncated"))?;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
     }
-    let (head, rest) = r.split_at(n);
-    *r = rest;
-    Ok(head)
-}
 
-fn get_u8(r: &mut &[u8]) -> Result<u8, StoreError> {
-    Ok(take(r, 1)?[0])
-}
-
-fn get_u16(r: &mut &[u8]) -> Result<u16, StoreError> {
-    Ok(take(r, 2)?.get_u16())
-}
-
-fn get_u64(r: &mut &[u8]) -> Result<u64, StoreError> {
-    Ok(take(r, 8)?.get_u64())
-}
-
-fn get_count(r: &mut &[u8], max: usize) -> Result<usize, StoreError> {
-    let n = take(r, 4)?.get_u32() as usize;
-    if n > max {
-        return Err(corrupt("too many fields"));
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        Ok(self.take(1)?[0])
     }
-    Ok(n)
-}
 
-fn get_bytes<'a>(r: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
-    let n = take(r, 4)?.get_u32() as usize;
-    take(r, n)
-}
-
-fn get_headers(r: &mut &[u8]) -> Result<HeaderMap, StoreError> {
-    let n = get_count(r, MAX_FIELDS)?;
-    let mut h = HeaderMap::with_capacity(n);
-    for _ in 0..n {
-        let name = HeaderName::from_bytes(get_bytes(r)?).map_err(|_| corrupt("bad header name"))?;
-        let value =
-            HeaderValue::from_bytes(get_bytes(r)?).map_err(|_| corrupt("bad header value"))?;
-        h.append(name, value);
+    fn u16(&mut self) -> Result<u16, StoreError> {
+        Ok(self.take(2)?.get_u16())
     }
-    Ok(h)
+
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        Ok(self.take(4)?.get_u32())
+    }
+
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        Ok(self.take(8)?.get_u64())
+    }
+
+    fn count(&mut self, max: usize) -> Result<usize, StoreError> {
+        let n = self.u32()? as usize;
+        if n > max {
+            return Err(corrupt("too many fields"));
+        }
+        Ok(n)
+    }
+
+    /// A length-prefixed byte string, borrowed.
+    fn bytes(&mut self) -> Result<&[u8], StoreError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+
+    /// A length-prefixed byte string, as a slice of the payload (no copy).
+    fn shared_bytes(&mut self) -> Result<Bytes, StoreError> {
+        let n = self.u32()? as usize;
+        let start = self.pos;
+        self.take(n)?;
+        Ok(self.buf.slice(start..self.pos))
+    }
+
+    fn headers(&mut self) -> Result<HeaderMap, StoreError> {
+        let n = self.count(MAX_FIELDS)?;
+        let mut h = HeaderMap::with_capacity(n);
+        for _ in 0..n {
+            let name =
+                HeaderName::from_bytes(self.bytes()?).map_err(|_| corrupt("bad header name"))?;
+            let value = HeaderValue::from_maybe_shared(self.shared_bytes()?)
+                .map_err(|_| corrupt("bad header value"))?;
+            h.append(name, value);
+        }
+        Ok(h)
+    }
 }
 
 #[cfg(test)]

@@ -65,12 +65,14 @@ impl Fill {
         self.entry.stored_at = self.handle.now_ms();
         self.entry.fill_time = self.started.elapsed();
         let entry = Arc::new(self.entry);
-        self.handle
-            .put_then_unlock(&self.stats, self.key, Arc::clone(&entry), self.lock.take());
-        self.stats.stored();
-        if let Some(guard) = self.guard.take() {
-            guard.land(Landing::Stored(entry));
+        // Followers are answered now; the flight is held until the entry is in the store.
+        let guard = self.guard.take();
+        if let Some(guard) = &guard {
+            guard.land(Landing::Stored(Arc::clone(&entry)));
         }
+        self.handle
+            .put_then_release(&self.stats, self.key, entry, self.lock.take(), guard);
+        self.stats.stored();
     }
 }
 

@@ -4,14 +4,24 @@
 //! key follow it and wait for its [`Landing`]. A leader that is dropped before landing (its
 //! call failed, its client went away, its body broke) closes the channel, and each follower
 //! goes back to the store and, if need be, leads a new flight: nobody waits on a dead leader.
+//!
+//! A leader that stores to a network store lands first (its followers are answered at once)
+//! and keeps the flight until the write has reached the store. A request that joins the flight
+//! in between waits for the write, then reads the store like any other request: it neither
+//! calls the service again nor skips an invalidation made meanwhile. And since a lookup sent
+//! before the write may come back after it, the time of each write is kept for a store
+//! deadline: a request whose lookup started before it reads the store again before leading.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 
 use dashmap::DashMap;
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 
 use crate::Entry;
 
@@ -31,7 +41,14 @@ type Slot = watch::Receiver<Option<Landing>>;
 pub(crate) struct Flights {
     map: DashMap<[u8; 32], (u64, Slot)>,
     ids: AtomicU64,
+    /// When a flight's entry last reached a network store, by key digest; swept of records
+    /// older than the store deadline once it grows past `sweep_at`.
+    written: DashMap<[u8; 32], Instant>,
+    sweep_at: AtomicUsize,
 }
+
+/// The size of the write records below which they are never swept.
+const MIN_SWEEP: usize = 1024;
 
 pub(crate) enum Join {
     Leader(FlightGuard),
@@ -57,6 +74,24 @@ impl Flights {
         }
     }
 
+    /// Whether an entry for `digest` reached the store at or after `since` (so a lookup that
+    /// started at `since` may have missed it).
+    pub(crate) fn written_since(&self, digest: &[u8; 32], since: Instant) -> bool {
+        self.written.get(digest).is_some_and(|at| *at >= since)
+    }
+
+    fn record_write(&self, digest: [u8; 32], keep: Duration) {
+        let now = Instant::now();
+        self.written.insert(digest, now);
+        let len = self.written.len();
+        if len > self.sweep_at.load(Ordering::Relaxed).max(MIN_SWEEP) {
+            // No lookup outlives the store deadline: older records can no longer matter.
+            self.written.retain(|_, at| now.duration_since(*at) < keep);
+            self.sweep_at
+                .store(self.written.len().saturating_mul(2), Ordering::Relaxed);
+        }
+    }
+
     #[cfg(test)]
     fn in_flight(&self, digest: &[u8; 32]) -> bool {
         self.map.contains_key(digest)
@@ -73,9 +108,16 @@ pub(crate) struct FlightGuard {
 }
 
 impl FlightGuard {
-    pub(crate) fn land(self, landing: Landing) {
-        // The entry is already in the store; dropping `self` then takes the flight off the map.
+    /// Answers the followers. The flight stays on the map until the guard is dropped, which
+    /// a leader does once its entry is in the store.
+    pub(crate) fn land(&self, landing: Landing) {
         self.tx.send_replace(Some(landing));
+    }
+
+    /// Ends a flight whose entry has reached a network store, and keeps the time of that for
+    /// `keep` (the store deadline), for lookups that were under way meanwhile.
+    pub(crate) fn written(self, keep: Duration) {
+        self.flights.record_write(self.digest, keep);
     }
 }
 
@@ -85,6 +127,16 @@ impl Drop for FlightGuard {
             .map
             .remove_if(&self.digest, |_, (id, _)| *id == self.id);
     }
+}
+
+/// Whether the flight has landed (its entry may still be on its way to the store).
+pub(crate) fn landed(slot: &Slot) -> bool {
+    slot.borrow().is_some()
+}
+
+/// Waits until the leader lets go of the flight: its write to the store is over.
+pub(crate) async fn released(mut slot: Slot) {
+    while slot.changed().await.is_ok() {}
 }
 
 /// Waits for the leader. `None` when the leader went away without landing.
@@ -112,10 +164,23 @@ mod tests {
         let Join::Follower(slot) = flights.join([1; 32]) else {
             panic!("second follows")
         };
+        let before = Instant::now();
         let waiter = tokio::spawn(wait(slot));
         guard.land(Landing::Uncacheable);
         assert!(matches!(waiter.await.unwrap(), Some(Landing::Uncacheable)));
+        // Landed but held (its write is on its way): a late joiner sees the landing, and is
+        // released when the guard goes.
+        let Join::Follower(late) = flights.join([1; 32]) else {
+            panic!("a held flight is joined")
+        };
+        assert!(landed(&late));
+        let release = tokio::spawn(released(late));
+        assert!(!flights.written_since(&[1; 32], before));
+        guard.written(Duration::from_secs(1));
+        release.await.unwrap();
         assert!(!flights.in_flight(&[1; 32]));
+        assert!(flights.written_since(&[1; 32], before));
+        assert!(!flights.written_since(&[1; 32], Instant::now() + Duration::from_millis(1)));
 
         let Join::Leader(guard) = flights.join([2; 32]) else {
             panic!("leader")

@@ -8,7 +8,7 @@ use crate::{
     CacheKey, CacheLayer, Entry, Rule, Rules, StatsSnapshot,
     breaker::Breaker,
     clock::Clock,
-    flight::Flights,
+    flight::{FlightGuard, Flights},
     lock::LockHeld,
     stats::{RouteStats, Stats},
     store::{MemoryStore, Store, StoreError, StoreErrorKind, StoreFuture},
@@ -246,16 +246,18 @@ impl CacheHandle {
 
     /// Writes an entry without making the caller wait for a network store.
     pub(crate) fn put(&self, stats: &Arc<RouteStats>, key: CacheKey, entry: Arc<Entry>) {
-        self.put_then_unlock(stats, key, entry, None);
+        self.put_then_release(stats, key, entry, None, None);
     }
 
-    /// Writes an entry, then releases the fill lock (so the instances waiting on it find it).
-    pub(crate) fn put_then_unlock(
+    /// Writes an entry, then releases the fill lock (so the instances waiting on it find it)
+    /// and ends its flight (so the requests that joined it late read it from the store).
+    pub(crate) fn put_then_release(
         &self,
         stats: &Arc<RouteStats>,
         key: CacheKey,
         entry: Arc<Entry>,
         lock: Option<LockHeld>,
+        flight: Option<FlightGuard>,
     ) {
         if !self.store_available() {
             return;
@@ -272,7 +274,10 @@ impl CacheHandle {
                 let stats = Arc::clone(stats);
                 tokio::spawn(async move {
                     // Failures are counted and logged inside `run`.
-                    let _ = this.run(&stats, "put", fut).await;
+                    let stored = this.run(&stats, "put", fut).await.is_ok();
+                    if let Some(flight) = flight.filter(|_| stored) {
+                        flight.written(this.shared.store_timeout);
+                    }
                     if let Some(lock) = lock {
                         lock.release().await;
                     }

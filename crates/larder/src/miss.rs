@@ -17,7 +17,7 @@ use crate::{
     policy::{self, Decision, RequestDirectives},
     respond,
     route::{Params, Route},
-    service::vary_matches,
+    service::{Found, evaluate, vary_matches},
     stats::Outcome,
     status::CacheStatus,
 };
@@ -33,6 +33,9 @@ pub(crate) struct Exchange {
     pub(crate) scope: Option<String>,
     pub(crate) params: Params,
     pub(crate) directives: RequestDirectives,
+    /// When the lookup of a network store started (`None`: the store answered at once, so no
+    /// write can have crossed it).
+    pub(crate) looked_up: Option<tokio::time::Instant>,
 }
 
 type Reply<B, E> = Result<Response<CacheBody<B>>, E>;
@@ -68,6 +71,25 @@ impl Exchange {
 
     fn x_cache(&self) -> bool {
         self.handle.shared.x_cache
+    }
+
+    /// Reads the store again; the response if it now holds a fresh entry.
+    async fn reread<B>(&self, parts: &Parts) -> Option<Response<CacheBody<B>>> {
+        let stats = &self.route.stats;
+        let store = &self.handle.shared.store;
+        let entry = self
+            .handle
+            .run(stats, "get", store.get(&self.key))
+            .await
+            .unwrap_or(None);
+        let now = self.handle.now_ms();
+        match evaluate(entry, &self.key, &parts.headers, now) {
+            Found::Fresh(entry, ttl) => {
+                stats.record(Outcome::Hit);
+                Some(self.serve_at(&entry, parts, CacheStatus::Hit { ttl }, now))
+            }
+            _ => None,
+        }
     }
 
     /// The store had nothing usable.
@@ -111,7 +133,40 @@ impl Exchange {
         let mut follows = 0;
         let guard = loop {
             match self.handle.shared.flights.join(*self.key.digest()) {
+                // An entry reached the store after this request's lookup started: read again
+                // (once) rather than ask the service for what is there now.
+                Join::Leader(guard)
+                    if follows < MAX_FOLLOWS
+                        && self.looked_up.is_some_and(|since| {
+                            self.handle
+                                .shared
+                                .flights
+                                .written_since(self.key.digest(), since)
+                        }) =>
+                {
+                    drop(guard);
+                    follows = MAX_FOLLOWS;
+                    if let Some(response) = self.reread(&parts).await {
+                        return Ok(response);
+                    }
+                }
                 Join::Leader(guard) => break guard,
+                Join::Follower(slot) if flight::landed(&slot) => {
+                    // Its entry is on its way to the store: wait for the write, then read
+                    // the store as any request would (an invalidation since then counts).
+                    let wait = self.handle.shared.collapse_timeout;
+                    let _ = tokio::time::timeout(wait, flight::released(slot)).await;
+                    if let Some(response) = self.reread(&parts).await {
+                        return Ok(response);
+                    }
+                    if follows < MAX_FOLLOWS {
+                        follows += 1;
+                        continue;
+                    }
+                    self.route.stats.record(Outcome::Miss);
+                    let status = CacheStatus::miss(fwd, false, Some("write-pending"));
+                    return self.forward(inner, parts, body, stale, status).await;
+                }
                 Join::Follower(slot) => {
                     let waited = tokio::time::timeout(
                         self.handle.shared.collapse_timeout,

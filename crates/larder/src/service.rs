@@ -219,13 +219,14 @@ where
             scope: scope.as_deref(),
             body: digest.as_ref().map(RequestBodyDigest::as_bytes),
         });
-        let exchange = |key| Exchange {
+        let exchange = |key, looked_up| Exchange {
             handle: self.handle.clone(),
             route: Arc::clone(route),
             key,
             scope,
             params,
             directives,
+            looked_up,
         };
 
         // Reloads (`no-cache`, `max-age=0`) are honoured only when configured: by default a
@@ -237,12 +238,18 @@ where
                 stale: None,
                 fwd: "request",
             };
-            return exchange(key).resolve(found, self.handle.now_ms(), take_inner(), parts, body);
+            return exchange(key, None).resolve(
+                found,
+                self.handle.now_ms(),
+                take_inner(),
+                parts,
+                body,
+            );
         }
 
         let mut lookup = shared.store.get(&key);
         let Some(result) = lookup.try_ready() else {
-            let exchange = exchange(key);
+            let exchange = exchange(key, Some(tokio::time::Instant::now()));
             let inner = take_inner();
             let span = tracing::debug_span!("larder.lookup", route = %exchange.route.rule.name);
             return ResponseFuture::boxed(Box::pin(
@@ -285,11 +292,11 @@ where
                     .early_refresh
                     .is_some_and(|beta| entry.refresh_early(now, beta))
                 {
-                    exchange(key).refresh(take_inner(), parts, body);
+                    exchange(key, None).refresh(take_inner(), parts, body);
                 }
                 ResponseFuture::ready(response)
             }
-            found => exchange(key).resolve(found, now, take_inner(), parts, body),
+            found => exchange(key, None).resolve(found, now, take_inner(), parts, body),
         }
     }
 }

@@ -136,6 +136,26 @@ impl CacheHandle {
         let guard = loop {
             match self.shared.flights.join(*cache_key.digest()) {
                 Join::Leader(g) => break Some(g),
+                // Its value is on its way to the store: wait for the write, then read it
+                // from the store (an invalidation since then counts).
+                Join::Follower(slot) if flight::landed(&slot) => {
+                    let _ =
+                        tokio::time::timeout(self.shared.collapse_timeout, flight::released(slot))
+                            .await;
+                    if let Ok(Some(entry)) = self
+                        .run(stats, "get", self.shared.store.get(&cache_key))
+                        .await
+                    {
+                        if let Some(v) = self.decode(&entry) {
+                            stats.record(Outcome::Hit);
+                            return Ok(v);
+                        }
+                    }
+                    if follows >= 3 {
+                        break None;
+                    }
+                    follows += 1;
+                }
                 Join::Follower(slot) => {
                     match tokio::time::timeout(self.shared.collapse_timeout, flight::wait(slot))
                         .await
@@ -158,11 +178,11 @@ impl CacheHandle {
         let value = f().await?;
         if let Some(entry) = self.encode(&value, options, born) {
             let entry = Arc::new(entry);
-            self.put(stats, cache_key, Arc::clone(&entry));
-            stats.stored();
-            if let Some(g) = guard {
-                g.land(Landing::Stored(entry));
+            if let Some(g) = &guard {
+                g.land(Landing::Stored(Arc::clone(&entry)));
             }
+            self.put_then_release(stats, cache_key, entry, None, guard);
+            stats.stored();
         }
         Ok(value)
     }

@@ -367,3 +367,54 @@ async fn a_tag_invalidated_while_redis_is_unreachable_is_not_served_after_recove
     settle().await;
     assert_eq!(get_once(&app, "/api/metrics/finance").await.1, "HIT");
 }
+
+/// Requests that miss while the leader's response is on its way to Redis: before the fix, each
+/// one whose lookup came back after the leader landed started a second origin call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_that_miss_while_the_leaders_write_is_on_its_way_call_the_origin_once() {
+    use axum::routing::get;
+
+    let redis = RedisServer::restricted();
+    let proxy = larder_testkit::Proxy::start(redis.addr()).await;
+    let cache = handle(store(&redis.url_via(proxy.addr())).await);
+    // Every Redis round trip takes at least 40 ms, so lookups sent during the origin call
+    // come back around the time the leader lands and its write starts.
+    proxy.set_latency(Duration::from_millis(20));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let app = Router::new().route(
+        "/slow",
+        get(move || {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                format!("call {n}")
+            }
+        })
+        .layer(cache.layer(larder::Rule::new("slow").ttl(Duration::from_secs(60)))),
+    );
+
+    // One request every 5 ms for 250 ms: before, during and after the origin call and the
+    // write that follows it.
+    let mut requests = Vec::new();
+    for _ in 0..50 {
+        let app = app.clone();
+        requests.push(tokio::spawn(async move { get_once(&app, "/slow").await }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut collapsed_or_hit = 0;
+    for r in requests {
+        let (status, x, cache_status, body) = r.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "call 0", "{cache_status}");
+        if x == "HIT" || cache_status.contains("collapsed") {
+            collapsed_or_hit += 1;
+        }
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one origin call for 50 requests"
+    );
+    assert_eq!(collapsed_or_hit, 49);
+}

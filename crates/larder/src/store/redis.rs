@@ -33,6 +33,8 @@ use redis::{
 };
 
 use super::{Store, StoreError, StoreErrorKind, StoreFuture};
+use bytes::Bytes;
+
 use crate::{CacheKey, Entry, codec};
 
 const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -215,7 +217,7 @@ impl RedisStore {
         k.push_str("e:");
         k.push_str(key.label());
         k.push(':');
-        k.push_str(&key.hex());
+        push_hex(&mut k, key.digest());
         k
     }
 
@@ -256,7 +258,7 @@ impl RedisStore {
         for (key, value) in keys.iter().zip(values) {
             let entry = match value {
                 None => None,
-                Some(bytes) => match codec::decode(key, &bytes) {
+                Some(bytes) => match codec::decode_bytes(key, Bytes::from(bytes)) {
                     Ok(e) => Some(e),
                     Err(e) => {
                         corrupt = Some(e);
@@ -686,5 +688,16 @@ impl Store for RedisStore {
 
     fn shares_locks(&self) -> bool {
         true
+    }
+}
+
+/// Appends `digest` as 64 lower-case hex digits, without an intermediate `String`.
+fn push_hex(out: &mut String, digest: &[u8; 32]) {
+    let mut buf = [0u8; 64];
+    // 64 bytes of room for 32 bytes of input: encoding cannot fail, and hex is ASCII.
+    if hex::encode_to_slice(digest, &mut buf).is_ok() {
+        if let Ok(hex) = std::str::from_utf8(&buf) {
+            out.push_str(hex);
+        }
     }
 }
