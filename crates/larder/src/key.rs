@@ -282,14 +282,22 @@ impl KeyOptions {
             Some(d) => h.some(d),
             None => h.none(),
         }
-        let mut label = Label::new();
-        push_sanitized(&mut label, input.method.as_str());
-        push_sanitized(&mut label, ":");
-        push_sanitized(&mut label, input.path);
-        h.finish(label)
+        h.finish(label_of(&[
+            input.method.as_str().as_bytes(),
+            b":",
+            input.path.as_bytes(),
+        ]))
     }
 
     fn hash_query(&self, h: &mut PartHasher, query: Option<&str>) {
+        if self.pagination.is_none() && query.is_none_or(str::is_empty) {
+            // The same as parsing nothing: no parameters (or none kept, when ignored).
+            match self.query {
+                QueryMode::Ignored => h.none(),
+                QueryMode::Ordered | QueryMode::Sorted => h.count(0),
+            }
+            return;
+        }
         if self.query == QueryMode::Ignored {
             h.none();
             if let Some(p) = &self.pagination {
@@ -483,6 +491,9 @@ fn trim(b: &[u8]) -> &[u8] {
 /// because the router matched the path as sent.
 fn normalize_percent(path: &str) -> std::borrow::Cow<'_, str> {
     let b = path.as_bytes();
+    if !b.contains(&b'%') {
+        return std::borrow::Cow::Borrowed(path);
+    }
     let escape_at = |i: usize| {
         b[i] == b'%'
             && i + 2 < b.len()
@@ -510,27 +521,26 @@ fn normalize_percent(path: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn label(text: &str) -> Label {
-    let mut label = Label::new();
-    push_sanitized(&mut label, text);
-    label
+    label_of(&[text.as_bytes()])
 }
 
-/// Appends `text` to `out` with every character outside `[A-Za-z0-9/._:-]` replaced by `_`,
-/// until the label is full.
-fn push_sanitized(out: &mut Label, text: &str) {
+/// The label of `pieces` one after the other: every byte outside `[A-Za-z0-9/._:-]` (each
+/// byte of a multi-byte character too) becomes `_`, and it stops at [`LABEL_MAX`] bytes.
+fn label_of(pieces: &[&[u8]]) -> Label {
     let mut buf = [0u8; LABEL_MAX];
-    let take = text.len().min(out.remaining_capacity());
-    for (to, &b) in buf.iter_mut().zip(&text.as_bytes()[..take]) {
-        *to = match b {
+    let mut len = 0;
+    for &b in pieces.iter().flat_map(|p| p.iter()).take(LABEL_MAX) {
+        buf[len] = match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'.' | b'_' | b':' | b'-' => b,
-            // Every other byte, including each byte of a multi-byte character.
             _ => b'_',
         };
+        len += 1;
     }
-    // Only ASCII was written.
-    if let Ok(sanitized) = std::str::from_utf8(&buf[..take]) {
-        let _ = out.try_push_str(sanitized);
-    }
+    // Only ASCII was written, and no more than the label holds.
+    std::str::from_utf8(&buf[..len])
+        .ok()
+        .and_then(|s| Label::from(s).ok())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

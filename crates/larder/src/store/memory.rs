@@ -1,14 +1,23 @@
-//! The in-process store: moka, bounded by bytes, with per-entry expiry and O(1) tag invalidation.
+//! The in-process store: bounded by bytes, expiring entries, O(1) tag invalidation.
+//!
+//! Entries live in a [`quick_cache`] map (S3-FIFO eviction, weighted by bytes): its lookups
+//! cost a fraction of moka's, and they are the hit path. An entry is kept until its freshness
+//! and stale windows have passed (at most `max_ttl`); one past that is dropped when it is next
+//! read, and until then is the first to go for space. Tag records live in a moka cache, which
+//! expires them and reports the ones it evicts for space.
 
 use std::{
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use moka::{notification::RemovalCause, sync::Cache};
+use moka::notification::RemovalCause;
+// Real time, like the stores outside the process: a paused test clock moves freshness, which
+// the layer judges, not how long the store keeps an entry.
+use std::time::Instant as Deadline;
 
 use super::{Store, StoreFuture};
 use crate::{CacheKey, Entry};
@@ -41,11 +50,12 @@ pub struct MemoryStore {
 struct Shared {
     /// Keys are BLAKE3 digests already: a fast hash seeded per process spreads them (SipHash
     /// would cost more than the rest of the lookup).
-    entries: Cache<[u8; 32], Arc<Entry>, foldhash::fast::RandomState>,
+    entries: quick_cache::sync::Cache<[u8; 32], Held, ByWeight, foldhash::fast::RandomState>,
     /// Tag -> stamp of its last invalidation. Records outlive every entry they could hide
     /// (`max_ttl` plus a margin); one evicted for space raises `floor` instead, so no entry
     /// it hid becomes visible again.
-    tags: Cache<Arc<str>, u64>,
+    tags: moka::sync::Cache<Arc<str>, u64>,
+    max_ttl: Duration,
     /// The invalidation counter; stamps are its values.
     counter: AtomicU64,
     /// Entries born before this stamp are unreachable (purge, or a tag record lost to space).
@@ -77,16 +87,14 @@ impl MemoryStore {
         }
     }
 
-    /// Number of entries held (approximate; moka applies writes in batches).
+    /// Number of entries held (expired ones count until they are read or evicted).
     pub fn entry_count(&self) -> u64 {
-        self.shared.entries.run_pending_tasks();
-        self.shared.entries.entry_count()
+        self.shared.entries.len() as u64
     }
 
     /// Total weight of the entries held, in bytes (approximate).
     pub fn weighted_size(&self) -> u64 {
-        self.shared.entries.run_pending_tasks();
-        self.shared.entries.weighted_size()
+        self.shared.entries.weight()
     }
 
     fn next_stamp(&self) -> u64 {
@@ -135,26 +143,33 @@ impl MemoryStore {
         if self.visible(&entry) {
             // Held here, it will be served many times: make its hits' headers template now.
             crate::respond::prepare(&entry);
-            self.shared.entries.insert(*key.digest(), entry);
+            let keep = entry.time_to_keep(entry.stored_at).min(self.shared.max_ttl);
+            if keep.is_zero() {
+                return;
+            }
+            let until = Deadline::now() + keep;
+            self.shared
+                .entries
+                .insert(*key.digest(), Held { entry, until });
         }
     }
 
     pub(crate) fn delete(&self, key: &CacheKey) {
-        self.shared.entries.invalidate(key.digest());
+        self.shared.entries.remove(key.digest());
     }
 
     /// Drops every entry (the tag records stay).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))] // used by the tiered store
     pub(crate) fn clear(&self) {
-        self.shared.entries.invalidate_all();
+        self.shared.entries.clear();
     }
 
     pub(crate) fn lookup(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        let entry = self.shared.entries.get(key.digest())?;
-        if self.visible(&entry) {
-            Some(entry)
+        let held = self.shared.entries.get(key.digest())?;
+        if held.until > Deadline::now() && self.visible(&held.entry) {
+            Some(held.entry)
         } else {
-            self.shared.entries.invalidate(key.digest());
+            self.shared.entries.remove(key.digest());
             None
         }
     }
@@ -183,14 +198,20 @@ impl MemoryStoreBuilder {
     /// Builds the store.
     pub fn build(self) -> MemoryStore {
         let max_ttl = self.max_ttl;
-        let entries = Cache::builder()
-            .max_capacity(self.capacity)
-            .weigher(|_k: &[u8; 32], e: &Arc<Entry>| e.weight())
-            .expire_after(KeepFor { max_ttl })
-            .build_with_hasher(foldhash::fast::RandomState::default());
+        // About 2 KiB per entry; the table grows if entries are smaller.
+        let estimated = usize::try_from(self.capacity / 2048)
+            .unwrap_or(usize::MAX)
+            .clamp(64, 1 << 20);
+        let entries = quick_cache::sync::Cache::with(
+            estimated,
+            self.capacity,
+            ByWeight,
+            foldhash::fast::RandomState::default(),
+            Default::default(),
+        );
         let floor = Arc::new(AtomicU64::new(0));
         let raise = Arc::clone(&floor);
-        let tags = Cache::builder()
+        let tags = moka::sync::Cache::builder()
             .max_capacity(self.max_tags)
             // Longer than any entry lives, so a record never expires before what it hides.
             .time_to_live(max_ttl + Duration::from_secs(60))
@@ -204,6 +225,7 @@ impl MemoryStoreBuilder {
             shared: Arc::new(Shared {
                 entries,
                 tags,
+                max_ttl,
                 counter: AtomicU64::new(0),
                 floor,
                 last_tagged: AtomicU64::new(0),
@@ -221,29 +243,26 @@ impl Default for MemoryStore {
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("entries", &self.shared.entries.entry_count())
-            .field("bytes", &self.shared.entries.weighted_size())
+            .field("entries", &self.entry_count())
+            .field("bytes", &self.weighted_size())
             .finish()
     }
 }
 
-struct KeepFor {
-    max_ttl: Duration,
+/// An entry and the time it may be kept until.
+#[derive(Clone)]
+struct Held {
+    entry: Arc<Entry>,
+    until: Deadline,
 }
 
-impl moka::Expiry<[u8; 32], Arc<Entry>> for KeepFor {
-    fn expire_after_create(&self, _k: &[u8; 32], e: &Arc<Entry>, _at: Instant) -> Option<Duration> {
-        Some(e.time_to_keep(e.stored_at).min(self.max_ttl))
-    }
+/// Weighs entries by their size in bytes.
+#[derive(Clone)]
+struct ByWeight;
 
-    fn expire_after_update(
-        &self,
-        _k: &[u8; 32],
-        e: &Arc<Entry>,
-        _at: Instant,
-        _left: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(e.time_to_keep(e.stored_at).min(self.max_ttl))
+impl quick_cache::Weighter<[u8; 32], Held> for ByWeight {
+    fn weight(&self, _key: &[u8; 32], held: &Held) -> u64 {
+        u64::from(held.entry.weight())
     }
 }
 
@@ -289,7 +308,7 @@ impl Store for MemoryStore {
     fn purge(&self) -> StoreFuture<()> {
         let stamp = self.next_stamp();
         self.shared.floor.fetch_max(stamp, Ordering::AcqRel);
-        self.shared.entries.invalidate_all();
+        self.shared.entries.clear();
         StoreFuture::ready(Ok(()))
     }
 }
