@@ -529,12 +529,15 @@ fn label(text: &str) -> Label {
 fn label_of(pieces: &[&[u8]]) -> Label {
     let mut buf = [0u8; LABEL_MAX];
     let mut len = 0;
-    for &b in pieces.iter().flat_map(|p| p.iter()).take(LABEL_MAX) {
-        buf[len] = match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'.' | b'_' | b':' | b'-' => b,
-            _ => b'_',
-        };
-        len += 1;
+    for piece in pieces {
+        let take = piece.len().min(LABEL_MAX - len);
+        for (to, &b) in buf[len..len + take].iter_mut().zip(&piece[..take]) {
+            *to = match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'.' | b'_' | b':' | b'-' => b,
+                _ => b'_',
+            };
+        }
+        len += take;
     }
     // Only ASCII was written, and no more than the label holds.
     std::str::from_utf8(&buf[..len])

@@ -1,10 +1,25 @@
 //! The `Cache-Status` (RFC 9211) and `X-Cache` headers that tell a client what the cache did.
 
-use arrayvec::ArrayString;
+use arrayvec::ArrayVec;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 pub(crate) const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// A `Cache-Status` member being written: the longest is about 80 bytes, and a part that
+/// would not fit is left out rather than cut.
+#[derive(Default)]
+struct Member(ArrayVec<u8, 128>);
+
+impl Member {
+    fn push(&mut self, part: &[u8]) {
+        let _ = self.0.try_extend_from_slice(part);
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 /// What the cache did with one request, as written in `Cache-Status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,23 +71,19 @@ impl CacheStatus {
     /// The `Cache-Status` member, written on the stack: the only allocation is the header
     /// value's own copy.
     fn value(self) -> HeaderValue {
-        let mut s = ArrayString::<128>::new();
+        let mut out = Member::default();
         let mut num = itoa::Buffer::new();
-        // Every member fits: the longest is about 80 bytes. A failed push only shortens it.
-        let mut push = |part: &str| {
-            let _ = s.try_push_str(part);
-        };
-        push("larder; ");
+        out.push(b"larder; ");
         match self {
             CacheStatus::Hit { ttl } => {
-                push("hit; ttl=");
-                push(num.format(ttl));
+                out.push(b"hit; ttl=");
+                out.push(num.format(ttl).as_bytes());
             }
             CacheStatus::Stale { by, detail } => {
-                push("hit; ttl=-");
-                push(num.format(by));
-                push("; detail=");
-                push(detail);
+                out.push(b"hit; ttl=-");
+                out.push(num.format(by).as_bytes());
+                out.push(b"; detail=");
+                out.push(detail.as_bytes());
             }
             CacheStatus::Forward {
                 fwd,
@@ -80,21 +91,22 @@ impl CacheStatus {
                 collapsed,
                 detail,
             } => {
-                push("fwd=");
-                push(fwd);
+                out.push(b"fwd=");
+                out.push(fwd.as_bytes());
                 if stored {
-                    push("; stored");
+                    out.push(b"; stored");
                 }
                 if collapsed {
-                    push("; collapsed");
+                    out.push(b"; collapsed");
                 }
                 if let Some(d) = detail {
-                    push("; detail=");
-                    push(d);
+                    out.push(b"; detail=");
+                    out.push(d.as_bytes());
                 }
             }
         }
-        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("larder"))
+        HeaderValue::from_bytes(out.as_bytes())
+            .unwrap_or_else(|_| HeaderValue::from_static("larder"))
     }
 
     /// Writes this cache's `Cache-Status` member over the last one in `headers` (the
