@@ -307,7 +307,7 @@ impl KeyOptions {
         }
         let raw = query.unwrap_or("");
         let mut pairs: Vec<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> =
-            form_urlencoded::parse(raw.as_bytes())
+            query_pairs(raw)
                 .filter(|(name, _)| {
                     !self.pagination.as_ref().is_some_and(|p| p.is_param(name)) && self.keeps(name)
                 })
@@ -327,7 +327,7 @@ impl KeyOptions {
 
     fn hash_pages(&self, h: &mut PartHasher, p: &Pagination, query: Option<&str>) {
         let find = |param: &str| {
-            form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            query_pairs(query.unwrap_or(""))
                 .find(|(n, _)| n == param)
                 .map(|(_, v)| v)
         };
@@ -362,19 +362,38 @@ pub(crate) struct KeyInput<'a> {
     pub(crate) body: Option<&'a [u8; 32]>,
 }
 
+/// The query's name/value pairs as `application/x-www-form-urlencoded` defines them (what
+/// `form_urlencoded::parse` gives: `&` separates, empty pieces are skipped, the first `=`
+/// splits, `+` and `%XX` are decoded, invalid UTF-8 is replaced). Pieces with nothing to decode,
+/// the usual case, are borrowed as they are instead of going through the decoder.
+fn query_pairs(
+    raw: &str,
+) -> impl Iterator<Item = (std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> {
+    use std::borrow::Cow;
+    raw.split('&').filter(|p| !p.is_empty()).map(|piece| {
+        if piece.bytes().any(|b| b == b'%' || b == b'+') {
+            form_urlencoded::parse(piece.as_bytes())
+                .next()
+                .unwrap_or((Cow::Borrowed(""), Cow::Borrowed("")))
+        } else {
+            let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
+            (Cow::Borrowed(name), Cow::Borrowed(value))
+        }
+    })
+}
+
 fn is_tracking(name: &str) -> bool {
     name.starts_with("utm_") || TRACKING.contains(&name)
 }
 
 /// Hashes a sequence of parts, each prefixed by a kind byte and its length.
 ///
-/// The parts are gathered in a buffer on the stack and hashed in one call when they fit
-/// (BLAKE3 gives the same digest however its input is split); longer inputs stream through a
-/// `blake3::Hasher`.
+/// The parts are gathered in a buffer on the stack and hashed in one call; longer inputs move
+/// to the heap, still to be hashed in one call (BLAKE3 hashes a long input many chunks at a
+/// time, but a stream of small updates one block at a time).
 struct PartHasher {
     buf: ArrayVec<u8, HASH_BUFFER>,
-    /// Boxed: it is large, and only long inputs need it.
-    spill: Option<Box<blake3::Hasher>>,
+    spill: Option<Vec<u8>>,
 }
 
 impl PartHasher {
@@ -392,16 +411,13 @@ impl PartHasher {
 
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        if self.buf.try_extend_from_slice(bytes).is_ok() {
-            return;
-        }
-        let hasher = self
-            .spill
-            .get_or_insert_with(|| Box::new(blake3::Hasher::new()));
-        hasher.update(&self.buf);
-        self.buf.clear();
-        if self.buf.try_extend_from_slice(bytes).is_err() {
-            hasher.update(bytes);
+        if let Some(spill) = &mut self.spill {
+            spill.extend_from_slice(bytes);
+        } else if self.buf.try_extend_from_slice(bytes).is_err() {
+            let mut spill = Vec::with_capacity((HASH_BUFFER + bytes.len()) * 2);
+            spill.extend_from_slice(&self.buf);
+            spill.extend_from_slice(bytes);
+            self.spill = Some(spill);
         }
     }
 
@@ -446,11 +462,8 @@ impl PartHasher {
     }
 
     fn finish_digest(self) -> [u8; 32] {
-        let rest = self.buf.as_slice();
-        match self.spill {
-            None => *blake3::hash(rest).as_bytes(),
-            Some(mut hasher) => *hasher.update(rest).finalize().as_bytes(),
-        }
+        let input = self.spill.as_deref().unwrap_or(&self.buf);
+        *blake3::hash(input).as_bytes()
     }
 
     fn finish(self, label: Label) -> CacheKey {
@@ -794,6 +807,35 @@ mod tests {
                 reference_digest(&parts),
                 "sizes {sizes:?}"
             );
+        }
+    }
+
+    #[test]
+    fn query_pairs_match_form_urlencoded() {
+        for raw in [
+            "",
+            "&&",
+            "a=1&b=2",
+            "a=1&&b",
+            "=x&y=",
+            "a=1=2&b==",
+            "q=caf%C3%A9&x=a+b&%41=%zz",
+            "bad=%FF%FE&plus=+&name+with=sp%20ace",
+            "k=v&k=w",
+            ";a=1;b=2",
+        ] {
+            let ours: Vec<_> = query_pairs(raw).collect();
+            let theirs: Vec<_> = form_urlencoded::parse(raw.as_bytes()).collect();
+            assert_eq!(ours, theirs, "{raw:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn query_pairs_match_form_urlencoded_on_any_query(raw in "[a-z=&%+0-9A-F;]{0,40}") {
+            let ours: Vec<_> = query_pairs(&raw).collect();
+            let theirs: Vec<_> = form_urlencoded::parse(raw.as_bytes()).collect();
+            prop_assert_eq!(ours, theirs);
         }
     }
 
