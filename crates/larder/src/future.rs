@@ -18,9 +18,11 @@ pub(crate) type BoxResponseFuture<B, E> =
 pin_project! {
     /// Response future for [`Cache`](crate::Cache).
     ///
-    /// A hit from an in-process store is ready at once and a bypass polls the service's own
-    /// future; neither allocates. Misses, writes and network-store lookups run as one boxed
-    /// task, which costs nothing next to the call they wait for.
+    /// A hit from an in-process store is ready at once, without allocating. A bypass polls
+    /// the service's own future, boxed: service futures are large (axum's is 320 bytes), and
+    /// a small response future keeps every move of it cheap on the hit path. Misses, writes and
+    /// network-store lookups run as one boxed task, which costs nothing next to the call they
+    /// wait for.
     pub struct ResponseFuture<F, B, E> {
         #[pin]
         state: State<F, B, E>,
@@ -30,7 +32,7 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, B, E> {
-        Forward { #[pin] future: F, status: CacheStatus, x_cache: bool },
+        Forward { future: Pin<Box<F>>, status: CacheStatus, x_cache: bool },
         Ready { response: Option<Response<CacheBody<B>>> },
         Boxed { future: BoxResponseFuture<B, E> },
     }
@@ -40,7 +42,7 @@ impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn forward(future: F, status: CacheStatus, x_cache: bool) -> Self {
         ResponseFuture {
             state: State::Forward {
-                future,
+                future: Box::pin(future),
                 status,
                 x_cache,
             },
@@ -76,7 +78,7 @@ where
                 status,
                 x_cache,
             } => {
-                let response = ready!(future.poll(cx))?;
+                let response = ready!(future.as_mut().poll(cx))?;
                 let (mut parts, body) = response.into_parts();
                 parts.headers.remove(crate::TAGS_HEADER);
                 status.apply(&mut parts.headers, *x_cache);

@@ -1,5 +1,7 @@
 //! Responses built from stored entries: hits, `304 Not Modified`, and `HEAD`.
 
+use std::sync::OnceLock;
+
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use crate::{
@@ -20,22 +22,11 @@ const NOT_MODIFIED_FIELDS: [header::HeaderName; 6] = [
     header::VARY,
 ];
 
-/// `Age` values below 100 s, which need no allocation; older entries format theirs.
-const SMALL_AGES: [&str; 100] = [
-    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
-    "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31", "32",
-    "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46", "47", "48",
-    "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59", "60", "61", "62", "63", "64",
-    "65", "66", "67", "68", "69", "70", "71", "72", "73", "74", "75", "76", "77", "78", "79", "80",
-    "81", "82", "83", "84", "85", "86", "87", "88", "89", "90", "91", "92", "93", "94", "95", "96",
-    "97", "98", "99",
-];
-
+/// The `Age` value of `secs`: made once for the process below 1,024 s (see
+/// [`numbered`](crate::status::numbered)), formatted above.
 fn age_value(secs: u64) -> HeaderValue {
-    match SMALL_AGES.get(secs as usize) {
-        Some(s) => HeaderValue::from_static(s),
-        None => HeaderValue::from(secs),
-    }
+    static AGES: OnceLock<Box<[HeaderValue]>> = OnceLock::new();
+    crate::status::numbered(&AGES, "", secs).unwrap_or_else(|| HeaderValue::from(secs))
 }
 
 /// Serves `entry` to a request with `method` and `headers`.

@@ -1,10 +1,46 @@
 //! The `Cache-Status` (RFC 9211) and `X-Cache` headers that tell a client what the cache did.
 
+use std::sync::OnceLock;
+
 use arrayvec::ArrayVec;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 pub(crate) const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// How many per-second header values are made once, for the whole process.
+const NUMBERED: u64 = 1024;
+
+/// The header values `prefix` followed by 0, 1, ... `NUMBERED - 1`, made at first use in one
+/// allocation kept for the life of the process (about 25 KiB for `larder; hit; ttl=`), so that
+/// a hit's `Cache-Status` and `Age` cost neither an allocation nor formatting: cloning a value
+/// made from a `&'static str` copies a pointer.
+pub(crate) fn numbered(
+    table: &'static OnceLock<Box<[HeaderValue]>>,
+    prefix: &str,
+    n: u64,
+) -> Option<HeaderValue> {
+    let values = table.get_or_init(|| {
+        let mut all = String::new();
+        let mut ends = Vec::with_capacity(NUMBERED as usize);
+        let mut num = itoa::Buffer::new();
+        for i in 0..NUMBERED {
+            all.push_str(prefix);
+            all.push_str(num.format(i));
+            ends.push(all.len());
+        }
+        let all: &'static str = Box::leak(all.into_boxed_str());
+        let mut start = 0;
+        ends.into_iter()
+            .map(|end| {
+                let value = HeaderValue::from_static(&all[start..end]);
+                start = end;
+                value
+            })
+            .collect()
+    });
+    values.get(usize::try_from(n).ok()?).cloned()
+}
 
 /// A `Cache-Status` member being written: the longest is about 80 bytes, and a part that
 /// would not fit is left out rather than cut.
@@ -71,6 +107,12 @@ impl CacheStatus {
     /// The `Cache-Status` member, written on the stack: the only allocation is the header
     /// value's own copy.
     fn value(self) -> HeaderValue {
+        static HITS: OnceLock<Box<[HeaderValue]>> = OnceLock::new();
+        if let CacheStatus::Hit { ttl } = self {
+            if let Some(value) = numbered(&HITS, "larder; hit; ttl=", ttl) {
+                return value;
+            }
+        }
         let mut out = Member::default();
         let mut num = itoa::Buffer::new();
         out.push(b"larder; ");
@@ -182,6 +224,19 @@ mod tests {
         CacheStatus::Hit { ttl: 1 }.fill(&mut h, false);
         assert_eq!(h[&CACHE_STATUS], "larder; hit; ttl=1");
         assert!(!h.contains_key(&X_CACHE));
+    }
+
+    #[test]
+    fn hit_members_are_the_same_from_the_table_and_past_it() {
+        for ttl in [0, 1, 599, NUMBERED - 1, NUMBERED, 86_400, u64::MAX] {
+            assert_eq!(
+                CacheStatus::Hit { ttl }.value(),
+                format!("larder; hit; ttl={ttl}").as_str(),
+            );
+        }
+        static T: OnceLock<Box<[HeaderValue]>> = OnceLock::new();
+        assert_eq!(numbered(&T, "", NUMBERED - 1).unwrap(), "1023");
+        assert!(numbered(&T, "", NUMBERED).is_none());
     }
 
     #[test]
