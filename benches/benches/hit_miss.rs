@@ -4,6 +4,10 @@
 //! Redis). A raw `GET` of the stored bytes with the same Redis client is the floor of a Redis
 //! hit. Redis is a throwaway `redis-server` started by `larder-testkit`.
 //!
+//! After criterion's figures, each hit path is timed again against its floor in interleaved
+//! rounds (`benches::paired`), and the median ratio is printed: the ratios the targets are
+//! about, without the drift of a shared machine between two benches.
+//!
 //! A miss asks for a key never seen before (`?n=<counter>`; the query is part of the key), so
 //! it pays for the origin call, the copy of the body and the store write. The Redis store
 //! writes after the response has gone, so its miss figure excludes the write's round trip.
@@ -15,8 +19,8 @@ use std::{
 
 use axum::http::Uri;
 use benches::{
-    BODY_LEN, ROUTE, app, config, fetch, json_body, only_key, redis_connection, redis_store,
-    runtime, tiered_store, warm,
+    BODY_LEN, ROUTE, app, config, fetch, json_body, only_key, paired, print_paired,
+    redis_connection, redis_store, runtime, tiered_store, warm,
 };
 use criterion::Criterion;
 use larder::{CacheHandle, MemoryStore, Rule};
@@ -86,6 +90,39 @@ fn hit_miss(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // The same hit paths against their floors, interleaved round by round (`benches::paired`).
+    let (rounds, calls) = (21, 2_000);
+    for (name, app) in [("hit/memory", &memory), ("hit/tiered", &tiered)] {
+        let p = paired(
+            &rt,
+            rounds,
+            calls,
+            || fetch(&plain, uri.clone()),
+            || fetch(app, uri.clone()),
+        );
+        print_paired(name, "hit/uncached", &p, rounds, calls);
+    }
+    let calls = 100;
+    let p = paired(
+        &rt,
+        rounds,
+        calls,
+        || {
+            let mut conn = conn.clone();
+            let key = stored.as_str();
+            async move {
+                let value: Vec<u8> = redis::cmd("GET")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("GET");
+                value.len()
+            }
+        },
+        || fetch(&redis_app, uri.clone()),
+    );
+    print_paired("hit/redis", "hit/redis_raw_get", &p, rounds, calls);
 
     let mut g = c.benchmark_group("miss");
     g.bench_function("memory", |b| {

@@ -16,6 +16,8 @@
 //! below 2.0.18, under the versions this workspace locks (see README.md).
 //!
 //! Before timing, each layer's set-up checks that repeated requests no longer reach the origin.
+//! After criterion's figures, each peer is timed against Larder on the same store in
+//! interleaved rounds (`benches::paired`); a ratio above 1 means the peer's hit costs more.
 
 use std::{
     convert::Infallible,
@@ -33,7 +35,10 @@ use axum::{
     http::{Request, Response, StatusCode, Uri, header},
     routing::{MethodRouter, get},
 };
-use benches::{BODY_LEN, ROUTE, config, fetch, json_body, redis_connection, redis_store, runtime};
+use benches::{
+    BODY_LEN, ROUTE, config, fetch, json_body, paired, print_paired, redis_connection, redis_store,
+    runtime,
+};
 use bytes::Bytes;
 use criterion::Criterion;
 use http_body_util::Full;
@@ -197,6 +202,32 @@ fn peers(c: &mut Criterion) {
         g.bench_function(*name, |b| b.to_async(&rt).iter(|| fetch(app, uri.clone())));
     }
     g.finish();
+
+    // Each peer against Larder on the same store, interleaved round by round.
+    let app_of = |name: &str| {
+        &apps
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .expect("a layer of that name")
+            .1
+    };
+    let rounds = 21;
+    for (larder, peer, calls) in [
+        ("larder/memory", "axum-response-cache/memory", 2_000),
+        ("larder/memory", "tower-http-cache/memory", 2_000),
+        ("larder/memory", "http-cache-tower-server/moka", 200),
+        ("larder/redis", "tower-http-cache/redis", 100),
+    ] {
+        let (ours, theirs) = (app_of(larder), app_of(peer));
+        let p = paired(
+            &rt,
+            rounds,
+            calls,
+            || fetch(ours, uri.clone()),
+            || fetch(theirs, uri.clone()),
+        );
+        print_paired(peer, larder, &p, rounds, calls);
+    }
 
     drop(apps);
     drop((larder_memory, larder_redis, conn));

@@ -4,7 +4,10 @@
 //! Everything here runs outside the timed loops. The benches themselves are in `benches/`,
 //! one file per subject; `README.md` beside this crate has the command and the figures.
 
-use std::time::Duration;
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Router,
@@ -133,6 +136,81 @@ pub async fn warm(app: &Router, uri: &Uri) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("{uri} never became a hit");
+}
+
+/// The ratio of two paths' costs, measured by interleaving them (see [`paired`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Paired {
+    /// The median time per call of the baseline, over the rounds.
+    pub base: Duration,
+    /// The median time per call of the path compared with it.
+    pub other: Duration,
+    /// The median over the rounds of `other / base`, each round's two times taken back to back.
+    pub ratio: f64,
+    /// The lowest and highest ratio of a round.
+    pub range: (f64, f64),
+}
+
+/// Times `base` and `other` in `rounds` alternating rounds of `calls` calls each (the order
+/// swaps every round) and compares them round by round: on a shared machine whose speed drifts
+/// over seconds, two criterion benches timed a minute apart may not see the same machine,
+/// but two halves of one round do. Each call's result goes through `black_box`.
+pub fn paired<A, FA, B, FB>(
+    rt: &tokio::runtime::Runtime,
+    rounds: usize,
+    calls: usize,
+    mut base: A,
+    mut other: B,
+) -> Paired
+where
+    A: FnMut() -> FA,
+    FA: Future<Output = usize>,
+    B: FnMut() -> FB,
+    FB: Future<Output = usize>,
+{
+    let mut time = |which: bool| {
+        rt.block_on(async {
+            let started = Instant::now();
+            for _ in 0..calls {
+                let n = if which { other().await } else { base().await };
+                std::hint::black_box(n);
+            }
+            started.elapsed() / calls as u32
+        })
+    };
+    let mut bases = Vec::with_capacity(rounds);
+    let mut others = Vec::with_capacity(rounds);
+    let mut ratios = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let (b, o) = if round % 2 == 0 {
+            let b = time(false);
+            (b, time(true))
+        } else {
+            let o = time(true);
+            (time(false), o)
+        };
+        bases.push(b);
+        others.push(o);
+        ratios.push(o.as_secs_f64() / b.as_secs_f64().max(1e-12));
+    }
+    bases.sort();
+    others.sort();
+    ratios.sort_by(f64::total_cmp);
+    Paired {
+        base: bases[rounds / 2],
+        other: others[rounds / 2],
+        ratio: ratios[rounds / 2],
+        range: (ratios[0], ratios[rounds - 1]),
+    }
+}
+
+/// Prints a [`Paired`] result: `paired <other> / <base>: 1.85x (...)`.
+pub fn print_paired(other: &str, base: &str, p: &Paired, rounds: usize, calls: usize) {
+    println!(
+        "paired {other} / {base}: {:.2}x (median of {rounds} interleaved rounds of {calls} calls; \
+         rounds {:.2}x-{:.2}x; {:.3?} against {:.3?} per call)",
+        p.ratio, p.range.0, p.range.1, p.other, p.base
+    );
 }
 
 /// A Redis store at `url` under `namespace`.
