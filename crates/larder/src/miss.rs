@@ -150,7 +150,26 @@ impl Exchange {
                         return Ok(response);
                     }
                 }
-                Join::Leader(guard) => break guard,
+                Join::Leader(guard) => {
+                    // An in-process store answers at once: look again now that this request
+                    // leads, in case the last leader stored the entry between this request's
+                    // lookup and its join (no flight can start while the guard is held).
+                    if fwd == "miss" && self.looked_up.is_none() {
+                        if let Some(Ok(entry)) = self.handle.shared.store.get(&self.key).try_ready()
+                        {
+                            let now = self.handle.now_ms();
+                            if let Found::Fresh(entry, ttl) =
+                                evaluate(entry, &self.key, &parts.headers, now)
+                            {
+                                guard.land(Landing::Stored(Arc::clone(&entry)));
+                                self.route.stats.record(Outcome::Hit);
+                                let status = CacheStatus::Hit { ttl };
+                                return Ok(self.serve_at(&entry, &parts, status, now));
+                            }
+                        }
+                    }
+                    break guard;
+                }
                 Join::Follower(slot) if flight::landed(&slot) => {
                     // Its entry is on its way to the store: wait for the write, then read
                     // the store as any request would (an invalidation since then counts).
