@@ -36,6 +36,16 @@ fn fresh_uri(counter: &AtomicU64) -> Uri {
     format!("{ROUTE}?n={n}").parse().expect("a URI")
 }
 
+/// A `GET` of `key` with the same Redis client the store uses: the floor of a Redis hit.
+async fn raw_get(mut conn: redis::aio::ConnectionManager, key: &str) -> usize {
+    let value: Vec<u8> = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .expect("GET");
+    value.len()
+}
+
 fn hit_miss(c: &mut Criterion) {
     let rt = runtime();
     let redis = RedisServer::start();
@@ -76,18 +86,7 @@ fn hit_miss(c: &mut Criterion) {
         b.to_async(&rt).iter(|| fetch(&redis_app, uri.clone()))
     });
     g.bench_function("redis_raw_get", |b| {
-        b.to_async(&rt).iter(|| {
-            let mut conn = conn.clone();
-            let key = stored.as_str();
-            async move {
-                let value: Vec<u8> = redis::cmd("GET")
-                    .arg(key)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("GET");
-                value.len()
-            }
-        })
+        b.to_async(&rt).iter(|| raw_get(conn.clone(), &stored))
     });
     g.finish();
 
@@ -108,18 +107,7 @@ fn hit_miss(c: &mut Criterion) {
         &rt,
         rounds,
         calls,
-        || {
-            let mut conn = conn.clone();
-            let key = stored.as_str();
-            async move {
-                let value: Vec<u8> = redis::cmd("GET")
-                    .arg(key)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("GET");
-                value.len()
-            }
-        },
+        || raw_get(conn.clone(), &stored),
         || fetch(&redis_app, uri.clone()),
     );
     print_paired("hit/redis", "hit/redis_raw_get", &p, rounds, calls);

@@ -123,14 +123,8 @@ impl CacheHandle {
     {
         let cache_key = self.key(key);
         let stats = &self.shared.typed;
-        if let Ok(Some(entry)) = self
-            .run(stats, "get", self.shared.store.get(&cache_key))
-            .await
-        {
-            if let Some(v) = self.decode(&entry) {
-                stats.record(Outcome::Hit);
-                return Ok(v);
-            }
+        if let Some(v) = self.read_hit(&cache_key).await {
+            return Ok(v);
         }
         let mut follows = 0;
         let guard = loop {
@@ -142,14 +136,8 @@ impl CacheHandle {
                     let _ =
                         tokio::time::timeout(self.shared.collapse_timeout, flight::released(slot))
                             .await;
-                    if let Ok(Some(entry)) = self
-                        .run(stats, "get", self.shared.store.get(&cache_key))
-                        .await
-                    {
-                        if let Some(v) = self.decode(&entry) {
-                            stats.record(Outcome::Hit);
-                            return Ok(v);
-                        }
+                    if let Some(v) = self.read_hit(&cache_key).await {
+                        return Ok(v);
                     }
                     if follows >= 3 {
                         break None;
@@ -256,6 +244,18 @@ impl CacheHandle {
             entry.freshness(self.now_ms()),
             crate::entry::Freshness::Fresh { .. }
         )
+    }
+
+    /// Reads `key` from the store; its value if there is a usable one (counted as a hit).
+    async fn read_hit<T: DeserializeOwned>(&self, key: &CacheKey) -> Option<T> {
+        let stats = &self.shared.typed;
+        let entry = self
+            .run(stats, "get", self.shared.store.get(key))
+            .await
+            .ok()??;
+        let value = self.decode(&entry)?;
+        stats.record(Outcome::Hit);
+        Some(value)
     }
 
     fn decode<T: DeserializeOwned>(&self, entry: &Entry) -> Option<T> {
