@@ -91,26 +91,29 @@ fn hit_miss(c: &mut Criterion) {
     g.finish();
 
     // The same hit paths against their floors, interleaved round by round (`benches::paired`).
-    let (rounds, calls) = (21, 2_000);
-    for (name, app) in [("hit/memory", &memory), ("hit/tiered", &tiered)] {
+    let names = ["paired/hit/memory", "paired/hit/tiered", "paired/hit/redis"];
+    if let Some(smoke) = benches::paired_run(&names) {
+        let (rounds, calls) = if smoke { (1, 10) } else { (21, 2_000) };
+        for (name, app) in [("hit/memory", &memory), ("hit/tiered", &tiered)] {
+            let p = paired(
+                &rt,
+                rounds,
+                calls,
+                || fetch(&plain, uri.clone()),
+                || fetch(app, uri.clone()),
+            );
+            print_paired(name, "hit/uncached", &p, rounds, calls);
+        }
+        let calls = if smoke { 10 } else { 100 };
         let p = paired(
             &rt,
             rounds,
             calls,
-            || fetch(&plain, uri.clone()),
-            || fetch(app, uri.clone()),
+            || raw_get(conn.clone(), &stored),
+            || fetch(&redis_app, uri.clone()),
         );
-        print_paired(name, "hit/uncached", &p, rounds, calls);
+        print_paired("hit/redis", "hit/redis_raw_get", &p, rounds, calls);
     }
-    let calls = 100;
-    let p = paired(
-        &rt,
-        rounds,
-        calls,
-        || raw_get(conn.clone(), &stored),
-        || fetch(&redis_app, uri.clone()),
-    );
-    print_paired("hit/redis", "hit/redis_raw_get", &p, rounds, calls);
 
     let mut g = c.benchmark_group("miss");
     g.bench_function("memory", |b| {

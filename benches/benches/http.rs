@@ -38,29 +38,6 @@ const STATIC_ROUTE: &str = "/api/static";
 /// wrk's keep-alive connections.
 const CONNECTIONS: u32 = 100;
 
-/// Criterion's flags that take a value, so that the value is not taken for a filter.
-const VALUE_FLAGS: &[&str] = &[
-    "--color",
-    "-c",
-    "--save-baseline",
-    "-s",
-    "--baseline",
-    "-b",
-    "--baseline-lenient",
-    "--load-baseline",
-    "--sample-size",
-    "--warm-up-time",
-    "--measurement-time",
-    "--nresamples",
-    "--noise-threshold",
-    "--confidence-level",
-    "--significance-level",
-    "--profile-time",
-    "--plotting-backend",
-    "--output-format",
-    "--format",
-];
-
 /// One of the two routes the run compares.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Route {
@@ -118,7 +95,7 @@ fn main() {
         println!("http/cached: bench");
         return;
     }
-    if !selected(&args) {
+    if !benches::selected(&args, &["http/static", "http/cached"]) {
         return;
     }
     let plan = plan(&args);
@@ -199,24 +176,6 @@ fn main() {
 }
 
 /// Whether the filters among `args` (criterion's positional arguments) select this run.
-fn selected(args: &[String]) -> bool {
-    let mut filters = Vec::new();
-    let mut skip_value = false;
-    for arg in args {
-        if skip_value {
-            skip_value = false;
-        } else if arg.starts_with('-') {
-            skip_value = VALUE_FLAGS.contains(&arg.as_str());
-        } else {
-            filters.push(arg.as_str());
-        }
-    }
-    filters.is_empty()
-        || filters
-            .iter()
-            .any(|f| "http/static".contains(f) || "http/cached".contains(f))
-}
-
 fn plan(args: &[String]) -> Plan {
     if !args.iter().any(|a| a == "--bench") {
         return Plan {

@@ -211,13 +211,18 @@ fn peers(c: &mut Criterion) {
             .expect("a layer of that name")
             .1
     };
-    let rounds = 21;
+    let smoke = benches::paired_run(&["paired/peers"]);
+    let rounds = if smoke == Some(true) { 1 } else { 21 };
     for (larder, peer, calls) in [
         ("larder/memory", "axum-response-cache/memory", 2_000),
         ("larder/memory", "tower-http-cache/memory", 2_000),
         ("larder/memory", "http-cache-tower-server/moka", 200),
         ("larder/redis", "tower-http-cache/redis", 100),
-    ] {
+    ]
+    .into_iter()
+    .filter(|_| smoke.is_some())
+    {
+        let calls = if smoke == Some(true) { 10 } else { calls };
         let (ours, theirs) = (app_of(larder), app_of(peer));
         let p = paired(
             &rt,

@@ -138,6 +138,58 @@ pub async fn warm(app: &Router, uri: &Uri) {
     panic!("{uri} never became a hit");
 }
 
+/// Criterion's flags that take a value, so that the value is not taken for a filter.
+const VALUE_FLAGS: &[&str] = &[
+    "--color",
+    "-c",
+    "--save-baseline",
+    "-s",
+    "--baseline",
+    "-b",
+    "--baseline-lenient",
+    "--load-baseline",
+    "--sample-size",
+    "--warm-up-time",
+    "--measurement-time",
+    "--nresamples",
+    "--noise-threshold",
+    "--confidence-level",
+    "--significance-level",
+    "--profile-time",
+    "--plotting-backend",
+    "--output-format",
+    "--format",
+];
+
+/// Whether a run with these arguments (what cargo passes to a bench binary) selects any of
+/// `names`: true without a filter, or when a filter is part of one of the names (criterion's
+/// filters are substrings, or regular expressions that here are taken as substrings).
+pub fn selected(args: &[String], names: &[&str]) -> bool {
+    let mut filters = Vec::new();
+    let mut skip_value = false;
+    for arg in args {
+        if skip_value {
+            skip_value = false;
+        } else if arg.starts_with('-') {
+            skip_value = VALUE_FLAGS.contains(&arg.as_str());
+        } else {
+            filters.push(arg.as_str());
+        }
+    }
+    filters.is_empty() || filters.iter().any(|f| names.iter().any(|n| n.contains(f)))
+}
+
+/// How the interleaved comparisons of a bench binary run: `None` when a filter selects none
+/// of `names`; otherwise whether this is a smoke run (no `--bench`: `cargo test --benches`),
+/// in which one round of 10 calls only shows that the code runs.
+pub fn paired_run(names: &[&str]) -> Option<bool> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") || !selected(&args, names) {
+        return None;
+    }
+    Some(!args.iter().any(|a| a == "--bench"))
+}
+
 /// The ratio of two paths' costs, measured by interleaving them (see [`paired`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Paired {
@@ -208,8 +260,17 @@ where
 pub fn print_paired(other: &str, base: &str, p: &Paired, rounds: usize, calls: usize) {
     println!(
         "paired {other} / {base}: {:.2}x (median of {rounds} interleaved rounds of {calls} calls; \
-         rounds {:.2}x-{:.2}x; {:.3?} against {:.3?} per call)",
-        p.ratio, p.range.0, p.range.1, p.other, p.base
+         rounds {:.2}x-{:.2}x; {:.3?} against {:.3?} per call){}",
+        p.ratio,
+        p.range.0,
+        p.range.1,
+        p.other,
+        p.base,
+        if rounds == 1 {
+            " (smoke run: the figures mean nothing)"
+        } else {
+            ""
+        }
     );
 }
 
