@@ -134,6 +134,8 @@ impl Entry {
         let size = 256
             + self.body.len()
             + headers(&self.headers)
+            // The headers template of an in-process entry: a second map over the same values.
+            + self.served.get().map_or(0, headers)
             + self.trailers.as_ref().map_or(0, headers)
             + self.tags.iter().map(|t| t.len() + 16).sum::<usize>();
         u32::try_from(size).unwrap_or(u32::MAX)

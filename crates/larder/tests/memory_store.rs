@@ -35,6 +35,33 @@ async fn held_count(cache: &CacheHandle, n: usize) -> usize {
 }
 
 #[tokio::test]
+async fn an_entry_of_a_large_share_of_the_capacity_is_kept() {
+    // quick_cache keeps no entry heavier than one of its shards: the store sizes them so that
+    // a large entry is not silently dropped (it was, for 200 KiB in 1 MiB, on 8 shards).
+    for (capacity, size) in [
+        (1024 * 1024, 200 * 1024),
+        (4 * 1024 * 1024, 2 * 1024 * 1024),
+    ] {
+        let store = MemoryStore::new(capacity);
+        let cache = CacheHandle::builder(store.clone()).build();
+        let opts = EntryOptions::new(Duration::from_secs(3600));
+        cache.insert("big", &"x".repeat(size), &opts).await;
+        assert_eq!(
+            cache.get::<String>("big").await.map(|v| v.len()),
+            Some(size),
+            "{size} bytes in a {capacity}-byte store"
+        );
+        assert_eq!(store.entry_count(), 1);
+    }
+    // 8 MiB (the layer's default body limit) in the default 256 MiB store.
+    let store = MemoryStore::default();
+    let cache = CacheHandle::builder(store.clone()).build();
+    let opts = EntryOptions::new(Duration::from_secs(3600));
+    cache.insert("8mib", &"y".repeat(8 << 20), &opts).await;
+    assert!(cache.get::<String>("8mib").await.is_some());
+}
+
+#[tokio::test]
 async fn max_ttl_bounds_how_long_an_entry_is_kept_whatever_its_ttl() {
     let store = MemoryStore::builder()
         .max_ttl(Duration::from_millis(100))

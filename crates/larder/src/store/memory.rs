@@ -2,9 +2,11 @@
 //!
 //! Entries live in a [`quick_cache`] map (S3-FIFO eviction, weighted by bytes): its lookups
 //! cost a fraction of moka's, and they are the hit path. An entry is kept until its freshness
-//! and stale windows have passed (at most `max_ttl`); one past that is dropped when it is next
-//! read, and until then is the first to go for space. Tag records live in a moka cache, which
-//! expires them and reports the ones it evicts for space.
+//! and stale windows have passed (at most `max_ttl`); one past that is never served, and is
+//! dropped when it is next read or when space is needed (an entry no longer read soon goes).
+//! The map has few enough shards for each to hold 16 MiB, so an entry of up to about 15 MiB
+//! (or about the whole store, if it is smaller) is kept whatever the number of cores. Tag
+//! records live in a moka cache, which expires them and reports the ones it evicts for space.
 
 use std::{
     sync::{
@@ -169,7 +171,10 @@ impl MemoryStore {
         if held.until > Deadline::now() && self.visible(&held.entry) {
             Some(held.entry)
         } else {
-            self.shared.entries.remove(key.digest());
+            // Only the entry read: a fresh one stored meanwhile stays.
+            self.shared
+                .entries
+                .remove_if(key.digest(), |h| Arc::ptr_eq(&h.entry, &held.entry));
             None
         }
     }
@@ -202,9 +207,15 @@ impl MemoryStoreBuilder {
         let estimated = usize::try_from(self.capacity / 2048)
             .unwrap_or(usize::MAX)
             .clamp(64, 1 << 20);
-        let entries = quick_cache::sync::Cache::with(
-            estimated,
-            self.capacity,
+        let shards = shards_for(self.capacity);
+        let options = quick_cache::OptionsBuilder::new()
+            .shards(shards)
+            .estimated_items_capacity(estimated)
+            .weight_capacity(self.capacity)
+            .build()
+            .expect("valid quick_cache options");
+        let entries = quick_cache::sync::Cache::with_options(
+            options,
             ByWeight,
             foldhash::fast::RandomState::default(),
             Default::default(),
@@ -247,6 +258,22 @@ impl std::fmt::Debug for MemoryStore {
             .field("bytes", &self.weighted_size())
             .finish()
     }
+}
+
+/// The least capacity of a shard of the entries map. quick_cache splits the capacity evenly
+/// over its shards and keeps no entry heavier than (almost) one shard, so the shards are made
+/// few enough for each to hold 16 MiB (or the whole store, if smaller): an entry up to about
+/// 15 MiB is kept whatever the number of cores.
+const SHARD_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A power of two, at most four per core, such that each shard holds `SHARD_BYTES`.
+fn shards_for(capacity: u64) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let wanted = usize::try_from(capacity / SHARD_BYTES)
+        .unwrap_or(usize::MAX)
+        .clamp(1, cores.saturating_mul(4));
+    // The largest power of two not above `wanted`: shards never hold less than SHARD_BYTES.
+    1 << wanted.ilog2()
 }
 
 /// An entry and the time it may be kept until.
@@ -310,5 +337,32 @@ impl Store for MemoryStore {
         self.shared.floor.fetch_max(stamp, Ordering::AcqRel);
         self.shared.entries.clear();
         StoreFuture::ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_a_power_of_two_and_hold_16_mib_each() {
+        for capacity in [
+            0,
+            1,
+            1 << 20,
+            16 << 20,
+            17 << 20,
+            64 << 20,
+            256 << 20,
+            1 << 40,
+        ] {
+            let shards = shards_for(capacity);
+            assert!(shards.is_power_of_two(), "{capacity}: {shards}");
+            assert!(
+                shards == 1 || capacity / shards as u64 >= SHARD_BYTES,
+                "{capacity}: {shards}"
+            );
+        }
+        assert_eq!(shards_for(1 << 20), 1);
     }
 }
