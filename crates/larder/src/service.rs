@@ -31,6 +31,12 @@ use crate::{
 /// when a usable entry exists; other requests go to the service, and successful writes
 /// invalidate their rule's tags. Every response carries `Cache-Status`. Failures of the cache itself never
 /// become errors: the service answers instead.
+///
+/// A hit does not call the inner service, so whatever its `poll_ready` reserved (a
+/// `ConcurrencyLimit` permit, a `Buffer` slot) stays with this `Cache` until its next call or
+/// until it is dropped. axum and hyper clone the service for each request and drop the clone
+/// afterwards, so nothing is held there; a long-lived `Cache` in front of such a service holds
+/// one reservation between requests.
 #[derive(Debug, Clone)]
 pub struct Cache<S> {
     inner: S,
