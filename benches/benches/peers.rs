@@ -107,6 +107,22 @@ async fn warm(name: &str, app: &Router, uri: &Uri, calls: &AtomicU64) {
     panic!("{name}: requests still reach the origin");
 }
 
+/// The route behind tower-http-cache on `backend`, as its docs set it up: the layer with a TTL,
+/// behind `HandleErrorLayer` (its error type is `BoxError`), over the `Sync`-bodied origin.
+fn tower_http_cache_app<B>(backend: B, body: Bytes, calls: Arc<AtomicU64>) -> Router
+where
+    B: tower_http_cache::backend::CacheBackend,
+{
+    let layer = tower_http_cache::CacheLayer::builder(backend)
+        .ttl(TTL)
+        .build();
+    let service = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(cache_error))
+        .layer(layer)
+        .service(origin_service(body, calls));
+    Router::new().route_service(ROUTE, service)
+}
+
 fn peers(c: &mut Criterion) {
     let rt = runtime();
     let redis = RedisServer::start();
@@ -134,16 +150,8 @@ fn peers(c: &mut Criterion) {
     });
 
     add("tower-http-cache/memory", &|calls| {
-        let layer = tower_http_cache::CacheLayer::builder(
-            tower_http_cache::prelude::InMemoryBackend::new(10_000),
-        )
-        .ttl(TTL)
-        .build();
-        let service = ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(cache_error))
-            .layer(layer)
-            .service(origin_service(body.clone(), calls));
-        Router::new().route_service(ROUTE, service)
+        let backend = tower_http_cache::prelude::InMemoryBackend::new(10_000);
+        tower_http_cache_app(backend, body.clone(), calls)
     });
 
     add("http-cache-tower-server/moka", &|calls| {
@@ -184,14 +192,7 @@ fn peers(c: &mut Criterion) {
     let conn = rt.block_on(redis_connection(&url));
     add("tower-http-cache/redis", &|calls| {
         let backend = tower_http_cache::prelude::RedisBackend::new(conn.clone());
-        let layer = tower_http_cache::CacheLayer::builder(backend)
-            .ttl(TTL)
-            .build();
-        let service = ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(cache_error))
-            .layer(layer)
-            .service(origin_service(body.clone(), calls));
-        Router::new().route_service(ROUTE, service)
+        tower_http_cache_app(backend, body.clone(), calls)
     });
 
     let mut g = c.benchmark_group("peers_hit");
