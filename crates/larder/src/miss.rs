@@ -17,7 +17,7 @@ use crate::{
     policy::{self, Decision, RequestDirectives},
     respond,
     route::{Params, Route},
-    service::{Found, evaluate, vary_matches},
+    service::{Found, evaluate, hit, vary_matches},
     stats::Outcome,
     status::CacheStatus,
 };
@@ -73,8 +73,23 @@ impl Exchange {
         self.handle.shared.x_cache
     }
 
-    /// Reads the store again; the response if it now holds a fresh entry.
-    async fn reread<B>(&self, parts: &Parts) -> Option<Response<CacheBody<B>>> {
+    /// Whether an entry may have reached the store since this request's lookup judged it a
+    /// miss: an in-process store's lookup is not timed, so any plain miss counts (a reload or
+    /// a stale entry does not); a network store's lookup counts when a write of this key
+    /// completed after it started.
+    fn write_may_have_crossed_lookup(&self, fwd: &str) -> bool {
+        match self.looked_up {
+            None => fwd == "miss",
+            Some(since) => self
+                .handle
+                .shared
+                .flights
+                .written_since(self.key.digest(), since),
+        }
+    }
+
+    /// Reads the store again; the entry and its response if it now holds a fresh one.
+    async fn reread<B>(&self, parts: &Parts) -> Option<(Arc<Entry>, Response<CacheBody<B>>)> {
         let stats = &self.route.stats;
         let store = &self.handle.shared.store;
         let entry = self
@@ -83,13 +98,12 @@ impl Exchange {
             .await
             .unwrap_or(None);
         let now = self.handle.now_ms();
-        match evaluate(entry, &self.key, &parts.headers, now) {
-            Found::Fresh(entry, ttl) => {
-                stats.record(Outcome::Hit);
-                Some(self.serve_at(&entry, parts, CacheStatus::Hit { ttl }, now))
-            }
-            _ => None,
-        }
+        let Found::Fresh(entry, ttl) = evaluate(entry, &self.key, &parts.headers, now) else {
+            return None;
+        };
+        let x_cache = self.handle.shared.x_cache;
+        let (response, _) = hit(&self.route, &self.key, &entry, ttl, parts, now, x_cache);
+        Some((entry, response))
     }
 
     /// The store had nothing usable.
@@ -133,39 +147,14 @@ impl Exchange {
         let mut follows = 0;
         let guard = loop {
             match self.handle.shared.flights.join(*self.key.digest()) {
-                // An entry reached the store after this request's lookup started: read again
-                // (once) rather than ask the service for what is there now.
-                Join::Leader(guard)
-                    if follows < MAX_FOLLOWS
-                        && self.looked_up.is_some_and(|since| {
-                            self.handle
-                                .shared
-                                .flights
-                                .written_since(self.key.digest(), since)
-                        }) =>
-                {
-                    drop(guard);
-                    follows = MAX_FOLLOWS;
-                    if let Some(response) = self.reread(&parts).await {
-                        return Ok(response);
-                    }
-                }
                 Join::Leader(guard) => {
-                    // An in-process store answers at once: look again now that this request
-                    // leads, in case the last leader stored the entry between this request's
-                    // lookup and its join (no flight can start while the guard is held).
-                    if fwd == "miss" && self.looked_up.is_none() {
-                        if let Some(Ok(entry)) = self.handle.shared.store.get(&self.key).try_ready()
-                        {
-                            let now = self.handle.now_ms();
-                            if let Found::Fresh(entry, ttl) =
-                                evaluate(entry, &self.key, &parts.headers, now)
-                            {
-                                guard.land(Landing::Stored(Arc::clone(&entry)));
-                                self.route.stats.record(Outcome::Hit);
-                                let status = CacheStatus::Hit { ttl };
-                                return Ok(self.serve_at(&entry, &parts, status, now));
-                            }
+                    // An entry may have reached the store after this request's lookup: read
+                    // again, holding the guard so that no other flight starts meanwhile, and
+                    // land what is there for any follower.
+                    if self.write_may_have_crossed_lookup(fwd) {
+                        if let Some((entry, response)) = self.reread(&parts).await {
+                            guard.land(Landing::Stored(entry));
+                            return Ok(response);
                         }
                     }
                     break guard;
@@ -175,7 +164,7 @@ impl Exchange {
                     // the store as any request would (an invalidation since then counts).
                     let wait = self.handle.shared.collapse_timeout;
                     let _ = tokio::time::timeout(wait, flight::released(slot)).await;
-                    if let Some(response) = self.reread(&parts).await {
+                    if let Some((_, response)) = self.reread(&parts).await {
                         return Ok(response);
                     }
                     if follows < MAX_FOLLOWS {

@@ -19,7 +19,7 @@ use crate::{
     key::KeyInput,
     miss::{self, Exchange},
     policy, respond,
-    route::RouteSet,
+    route::{Route, RouteSet},
     stats::Outcome,
     status::CacheStatus,
 };
@@ -283,21 +283,8 @@ where
         match evaluate(entry, &key, &parts.headers, now) {
             // The hit path: served from borrowed state, nothing cloned but the entry's parts.
             Found::Fresh(entry, ttl) => {
-                route.stats.record(Outcome::Hit);
-                tracing::trace!(route = %route.rule.name, key = %key, ttl, "cache hit");
-                let response = respond::from_entry(
-                    &entry,
-                    &parts.method,
-                    &parts.headers,
-                    now,
-                    CacheStatus::Hit { ttl },
-                    x_cache,
-                );
-                if route
-                    .rule
-                    .early_refresh
-                    .is_some_and(|beta| entry.refresh_early(now, beta))
-                {
+                let (response, refresh) = hit(route, &key, &entry, ttl, &parts, now, x_cache);
+                if refresh {
                     exchange(key, None).refresh(take_inner(), parts, body);
                 }
                 ResponseFuture::ready(response)
@@ -326,15 +313,10 @@ impl Exchange {
     {
         match found {
             Found::Fresh(entry, ttl) => {
-                self.route.stats.record(Outcome::Hit);
-                tracing::trace!(route = %self.route.rule.name, key = %self.key, ttl, "cache hit");
-                let response = self.serve_at(&entry, &parts, CacheStatus::Hit { ttl }, now_ms);
-                if self
-                    .route
-                    .rule
-                    .early_refresh
-                    .is_some_and(|beta| entry.refresh_early(now_ms, beta))
-                {
+                let x_cache = self.handle.shared.x_cache;
+                let (response, refresh) =
+                    hit(&self.route, &self.key, &entry, ttl, &parts, now_ms, x_cache);
+                if refresh {
                     self.refresh(inner, parts, body);
                 }
                 ResponseFuture::ready(response)
@@ -357,6 +339,34 @@ impl Exchange {
             }
         }
     }
+}
+
+/// Serves a fresh `entry` (`ttl` seconds left) at `now_ms` and counts the hit; the flag says
+/// whether early refresh (XFetch) wants the entry refreshed in the background now.
+pub(crate) fn hit<B>(
+    route: &Route,
+    key: &CacheKey,
+    entry: &Entry,
+    ttl: u64,
+    parts: &Parts,
+    now_ms: u64,
+    x_cache: bool,
+) -> (Response<CacheBody<B>>, bool) {
+    route.stats.record(Outcome::Hit);
+    tracing::trace!(route = %route.rule.name, key = %key, ttl, "cache hit");
+    let response = respond::from_entry(
+        entry,
+        &parts.method,
+        &parts.headers,
+        now_ms,
+        CacheStatus::Hit { ttl },
+        x_cache,
+    );
+    let refresh = route
+        .rule
+        .early_refresh
+        .is_some_and(|beta| entry.refresh_early(now_ms, beta));
+    (response, refresh)
 }
 
 /// What a lookup found.
