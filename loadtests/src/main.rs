@@ -6,12 +6,12 @@
 
 mod chart;
 mod cli;
+mod endpoint;
+mod goals;
 mod record;
 mod report;
 mod runner;
 mod scenarios;
-mod target;
-mod targets;
 mod workload;
 
 use clap::Parser;

@@ -6,9 +6,9 @@ use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 use serde::Serialize;
 
 use crate::{
+    endpoint::OriginStats,
     record::{CacheOutcome, Kind, Latency, Sample},
     scenarios::{dashboard, pagination},
-    target::OriginStats,
     workload::WriteKind,
 };
 

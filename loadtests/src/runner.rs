@@ -15,11 +15,11 @@ use serde_json::json;
 use crate::{
     chart::{self, Series},
     cli::{Args, ScenarioName, Store},
+    endpoint::{LocalSetup, Target},
+    goals,
     record::{Kind, Recorder},
     report::{self, GooseFigures, RunFigures, RunOutput, Speedups},
     scenarios::{self, Phase, outage},
-    target::{LocalSetup, Target},
-    targets,
     workload::{DASHBOARD_READS, Workload},
 };
 
@@ -104,11 +104,11 @@ pub(crate) async fn run(args: Args, scenario: ScenarioFactory) -> anyhow::Result
         [c] => (None, c),
         _ => bail!("no run was made"),
     };
-    let checks = targets::evaluate(&args, baseline, cached);
+    let checks = goals::evaluate(&args, baseline, cached);
     let passed = checks.iter().all(|c| c.passed);
     let table = report::table(baseline, cached);
     println!("{table}");
-    println!("{}", targets::render(&checks));
+    println!("{}", goals::render(&checks));
 
     let chart_path = dir.join("latency.svg");
     let mut series = Vec::new();
@@ -255,7 +255,7 @@ async fn run_one(
     let after = target.origin_stats().await;
     let origin = match (origin_reset, before, after) {
         (true, _, after) => after,
-        (false, Some(b), Some(a)) => Some(crate::target::OriginStats {
+        (false, Some(b), Some(a)) => Some(crate::endpoint::OriginStats {
             queries: a.queries.saturating_sub(b.queries),
             ..a
         }),

@@ -79,7 +79,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::route::RouteSet;
+use crate::rules::route::RouteSet;
 
 /// The default [`max_size`](BodyKeyLayer::max_size): larger bodies are not keyed.
 const DEFAULT_MAX_SIZE: usize = 64 * 1024;

@@ -183,7 +183,7 @@ pub fn decode_bytes(key: &CacheKey, value: Bytes) -> Result<Entry, StoreError> {
         fill_time,
         tags: tags.into_boxed_slice(),
         vary,
-        served: Default::default(),
+        hit_headers: Default::default(),
     })
 }
 
@@ -306,7 +306,7 @@ mod tests {
                 vec![http::header::ACCEPT_LANGUAGE].into_boxed_slice(),
                 [9; 32],
             )),
-            served: Default::default(),
+            hit_headers: Default::default(),
         }
     }
 

@@ -33,10 +33,11 @@ pub struct Entry {
     /// Request header names from the response's `Vary`, and the digest of the values the
     /// storing request had for them (RFC 9111 §4.1).
     pub(crate) vary: Option<(Box<[HeaderName]>, [u8; 32])>,
-    /// The headers a hit starts from, made when an in-process store takes the entry: `headers`
-    /// followed by `Age` and a `Cache-Status` placeholder, so each hit clones them without
-    /// growing and overwrites the placeholders in place (see `respond::from_entry`).
-    pub(crate) served: OnceLock<HeaderMap>,
+    /// Not part of the stored form (never encoded, never read by a store): the headers a hit
+    /// starts from, made by the layer at the entry's first hit, `headers` followed by `Age`
+    /// and a `Cache-Status` placeholder, so each later hit of an entry an in-process store
+    /// holds clones them without growing and overwrites the placeholders in place.
+    pub(crate) hit_headers: OnceLock<HeaderMap>,
 }
 
 /// How usable an entry is at a given time.
@@ -133,11 +134,46 @@ impl Entry {
         };
         let size = 256
             + self.body.len()
-            + headers(&self.headers)
-            // The headers template of an in-process entry: a second map over the same values.
-            + self.served.get().map_or(0, headers)
+            // Twice: the hit headers made at the first hit are a second map of the same fields.
+            + 2 * headers(&self.headers)
             + self.trailers.as_ref().map_or(0, headers)
             + self.tags.iter().map(|t| t.len() + 16).sum::<usize>();
         u32::try_from(size).unwrap_or(u32::MAX)
+    }
+}
+
+/// A strong validator derived from the body (RFC 9110 §8.8.3): equal bodies, equal tags.
+pub(crate) fn derive_etag(body: &[u8]) -> HeaderValue {
+    let hash = blake3::hash(body);
+    let hex = hash.to_hex();
+    let mut s = String::with_capacity(34);
+    s.push('"');
+    s.push_str(&hex[..32]);
+    s.push('"');
+    HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+}
+
+#[cfg(test)]
+impl Entry {
+    /// An empty 200, fresh for a minute, for unit tests.
+    pub(crate) fn for_tests() -> Self {
+        Entry {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            trailers: None,
+            etag: HeaderValue::from_static("\"t\""),
+            stored_at: 0,
+            born: 0,
+            lifetime: Duration::from_secs(60),
+            initial_age: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            must_revalidate: false,
+            fill_time: Duration::ZERO,
+            tags: Box::new([]),
+            vary: None,
+            hit_headers: OnceLock::new(),
+        }
     }
 }

@@ -5,13 +5,16 @@ use std::{fmt, sync::Arc, time::Duration};
 use http::HeaderName;
 
 use crate::{
-    CacheKey, CacheLayer, Entry, Rule, Rules, StatsSnapshot,
-    breaker::Breaker,
-    clock::Clock,
-    flight::{FlightGuard, Flights},
-    lock::LockHeld,
+    CacheKey, StatsSnapshot,
+    engine::{
+        breaker::{Breaker, BreakerSettings, Deferred, Op},
+        clock::Clock,
+        coalesce::Coalescer,
+        predictor::Predictor,
+    },
+    middleware::status::XCache,
     stats::{RouteStats, Stats},
-    store::{MemoryStore, Store, StoreError, StoreErrorKind, StoreFuture},
+    store::{MemoryStore, Store, StoreError},
 };
 
 const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;
@@ -44,22 +47,35 @@ pub struct CacheHandle {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// What every layer and typed call of one cache shares.
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) namespace: Box<str>,
     pub(crate) clock: Clock,
     pub(crate) stats: Stats,
-    pub(crate) flights: Arc<Flights>,
-    pub(crate) store_timeout: Duration,
+    /// The one coalescer of every entry point (layers, refreshes, typed calls).
+    pub(crate) coalescer: Arc<Coalescer>,
+    /// Keys whose responses proved uncacheable: their misses skip the flight.
+    pub(crate) predictor: Predictor,
     pub(crate) collapse_timeout: Duration,
     pub(crate) max_body_size: usize,
-    pub(crate) x_cache: bool,
-    pub(crate) honor_request_no_cache: bool,
+    pub(crate) x_cache: XCache,
+    pub(crate) reloads: Reloads,
+    /// Every store call goes through it: deadline, failure counting, deferred invalidations.
     pub(crate) breaker: Breaker,
     /// How long a miss waits for another instance's fill; `None` when the lock is off.
     pub(crate) lock_wait: Option<Duration>,
     /// Counters for calls that belong to no route (typed values, admin calls).
     pub(crate) typed: Arc<RouteStats>,
+}
+
+/// What a request's `no-cache` or `max-age=0` (a browser reload) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reloads {
+    /// Served from the cache like any request (the default).
+    Ignore,
+    /// A miss: the origin is asked (RFC 9111 §5.2.1).
+    Honor,
 }
 
 /// Builds a [`CacheHandle`].
@@ -105,27 +121,6 @@ impl CacheHandle {
         }
     }
 
-    /// A layer that caches every request through it by `rule`: the form for one axum route
-    /// (`get(handler).layer(cache.layer(rule))`).
-    ///
-    /// # Panics
-    ///
-    /// When a tag template names `{user}` without a user scope, or a path parameter that
-    /// the rule's path does not have.
-    pub fn layer(&self, rule: Rule) -> CacheLayer {
-        CacheLayer::new(self.clone(), Rules { rules: vec![rule] }, true)
-    }
-
-    /// A layer that picks a rule by request path: the form for a whole router or a tonic
-    /// server. Requests matching no rule pass through.
-    ///
-    /// # Panics
-    ///
-    /// As [`layer`](Self::layer), and when two patterns conflict.
-    pub fn layer_with(&self, rules: Rules) -> CacheLayer {
-        CacheLayer::new(self.clone(), rules, false)
-    }
-
     /// Makes every entry carrying one of `tags` unreachable, in this process and (with a
     /// shared store) on every instance.
     pub async fn invalidate_tags<I, T>(&self, tags: I) -> Result<(), StoreError>
@@ -148,9 +143,9 @@ impl CacheHandle {
         tags: Vec<String>,
     ) -> Result<(), StoreError> {
         let fut = self.shared.store.invalidate_tags(tags.clone());
-        let result = self.run(stats, "invalidate", fut).await;
+        let result = self.shared.breaker.call(stats, Op::Invalidate, fut).await;
         if result.is_err() {
-            self.shared.breaker.defer(&self.shared, tags, false);
+            self.shared.breaker.defer(tags, Deferred::Tags);
         }
         result
     }
@@ -158,16 +153,23 @@ impl CacheHandle {
     /// Removes one entry.
     pub async fn invalidate_key(&self, key: &CacheKey) -> Result<(), StoreError> {
         let fut = self.shared.store.remove(key);
-        self.run(&self.shared.typed, "remove", fut).await
+        self.shared
+            .breaker
+            .call(&self.shared.typed, Op::Remove, fut)
+            .await
     }
 
     /// Makes every entry unreachable. If the store cannot take it now, the purge is kept and
     /// the store is not read until it has been applied.
     pub async fn purge(&self) -> Result<(), StoreError> {
         let fut = self.shared.store.purge();
-        let result = self.run(&self.shared.typed, "purge", fut).await;
+        let result = self
+            .shared
+            .breaker
+            .call(&self.shared.typed, Op::Purge, fut)
+            .await;
         if result.is_err() {
-            self.shared.breaker.defer(&self.shared, Vec::new(), true);
+            self.shared.breaker.defer(Vec::new(), Deferred::Purge);
         }
         result
     }
@@ -201,89 +203,6 @@ impl CacheHandle {
     /// is waiting to be replayed).
     pub(crate) fn store_available(&self) -> bool {
         self.shared.breaker.closed()
-    }
-
-    /// Runs a store call under the store deadline. Calls that finished at once (in-process
-    /// stores) get no timer; while the breaker is open the call is not made at all. Failures
-    /// are counted against `stats`, feed the breaker, and are returned.
-    pub(crate) async fn run<T>(
-        &self,
-        stats: &RouteStats,
-        op: &'static str,
-        mut fut: StoreFuture<T>,
-    ) -> Result<T, StoreError> {
-        let result = match fut.try_ready() {
-            Some(r) => r,
-            None if !self.shared.breaker.closed() => {
-                return Err(StoreError::new(StoreErrorKind::Unavailable, "circuit open"));
-            }
-            None => {
-                let started = tokio::time::Instant::now();
-                let r = match tokio::time::timeout(self.shared.store_timeout, fut).await {
-                    Ok(r) => r,
-                    Err(_) => Err(StoreError::new(
-                        StoreErrorKind::Timeout,
-                        format!("{op} took longer than {:?}", self.shared.store_timeout),
-                    )),
-                };
-                metrics::histogram!("larder_store_seconds", "store" => self.shared.store.name(), "op" => op)
-                    .record(started.elapsed().as_secs_f64());
-                match &r {
-                    Ok(_) => self.shared.breaker.success(),
-                    // A value that is not ours says nothing about the store's health.
-                    Err(e) if e.kind() == StoreErrorKind::Corrupt => {}
-                    Err(_) => self.shared.breaker.failure(&self.shared),
-                }
-                r
-            }
-        };
-        if let Err(e) = &result {
-            stats.error();
-            tracing::warn!(store = self.shared.store.name(), op, error = %e, "cache store call failed");
-        }
-        result
-    }
-
-    /// Writes an entry without making the caller wait for a network store.
-    pub(crate) fn put(&self, stats: &Arc<RouteStats>, key: CacheKey, entry: Arc<Entry>) {
-        self.put_then_release(stats, key, entry, None, None);
-    }
-
-    /// Writes an entry, then releases the fill lock (so the instances waiting on it find it)
-    /// and ends its flight (so the requests that joined it late read it from the store).
-    pub(crate) fn put_then_release(
-        &self,
-        stats: &Arc<RouteStats>,
-        key: CacheKey,
-        entry: Arc<Entry>,
-        lock: Option<LockHeld>,
-        flight: Option<FlightGuard>,
-    ) {
-        if !self.store_available() {
-            return;
-        }
-        let mut fut = self.shared.store.put(key, entry);
-        match fut.try_ready() {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                stats.error();
-                tracing::warn!(error = %e, "cache store write failed");
-            }
-            None => {
-                let this = self.clone();
-                let stats = Arc::clone(stats);
-                tokio::spawn(async move {
-                    // Failures are counted and logged inside `run`.
-                    let stored = this.run(&stats, "put", fut).await.is_ok();
-                    if let Some(flight) = flight.filter(|_| stored) {
-                        flight.written(this.shared.store_timeout);
-                    }
-                    if let Some(lock) = lock {
-                        lock.release().await;
-                    }
-                });
-            }
-        }
     }
 }
 
@@ -365,23 +284,37 @@ impl CacheHandleBuilder {
     pub fn build(self) -> CacheHandle {
         let stats = Stats::default();
         let typed = stats.route(&Arc::from("typed"));
+        let breaker = Breaker::new(
+            Arc::clone(&self.store),
+            &self.namespace,
+            BreakerSettings {
+                threshold: self.breaker_threshold,
+                open_for: self.breaker_open_for,
+                max_pending: self.max_pending_invalidations,
+                timeout: self.store_timeout,
+            },
+        );
         CacheHandle {
             shared: Arc::new(Shared {
                 store: self.store,
                 namespace: self.namespace,
                 clock: Clock::new(),
                 stats,
-                flights: Arc::new(Flights::default()),
-                store_timeout: self.store_timeout,
+                coalescer: Arc::new(Coalescer::default()),
+                predictor: Predictor::default(),
                 collapse_timeout: self.collapse_timeout,
                 max_body_size: self.max_body_size,
-                x_cache: self.x_cache,
-                honor_request_no_cache: self.honor_request_no_cache,
-                breaker: Breaker::new(
-                    self.breaker_threshold,
-                    self.breaker_open_for,
-                    self.max_pending_invalidations,
-                ),
+                x_cache: if self.x_cache {
+                    XCache::Send
+                } else {
+                    XCache::Omit
+                },
+                reloads: if self.honor_request_no_cache {
+                    Reloads::Honor
+                } else {
+                    Reloads::Ignore
+                },
+                breaker,
                 lock_wait: self.lock_wait,
                 typed,
             }),

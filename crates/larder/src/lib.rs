@@ -78,39 +78,27 @@
 //! `larder; hit; ttl=287` or `larder; fwd=miss; stored`, and optionally
 //! `X-Cache: HIT | MISS | STALE | BYPASS`.
 
-mod body;
 pub mod body_key;
-mod breaker;
-mod clock;
 pub mod codec;
+mod engine;
 mod entry;
-mod fill;
-mod flight;
-mod future;
 mod handle;
-mod key;
-mod layer;
-mod lock;
-mod miss;
-mod policy;
-mod respond;
-mod route;
-mod rule;
-mod service;
+mod middleware;
+mod phase;
+mod reason;
+mod rules;
 mod stats;
-mod status;
 pub mod store;
 mod typed;
 
-pub use body::CacheBody;
 pub use body_key::{BodyKey, BodyKeyLayer, KeyedBody, RequestBodyDigest};
 pub use entry::Entry;
-pub use future::ResponseFuture;
 pub use handle::{CacheHandle, CacheHandleBuilder, TAGS_HEADER};
-pub use key::{CacheKey, KeyOptions, Pagination, QueryMode};
-pub use layer::CacheLayer;
-pub use rule::{Rule, Rules, UserScope};
-pub use service::Cache;
+pub use middleware::{body::CacheBody, future::ResponseFuture, layer::CacheLayer, service::Cache};
+pub use rules::{
+    key::{CacheKey, KeyOptions, Pagination, QueryMode},
+    rule::{Rule, Rules, UserScope},
+};
 pub use stats::{RouteSnapshot, StatsSnapshot};
 pub use store::{MemoryStore, Store, StoreError, StoreErrorKind, StoreFuture};
 pub use typed::EntryOptions;

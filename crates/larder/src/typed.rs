@@ -9,8 +9,12 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     CacheHandle, CacheKey, Entry,
-    fill::derive_etag,
-    flight::{self, Join, Landing},
+    engine::{
+        breaker::Op,
+        coalesce::{Recheck, Ticket, Turn},
+    },
+    entry::{Freshness, derive_etag},
+    phase::fill,
     stats::Outcome,
 };
 
@@ -43,8 +47,11 @@ impl CacheHandle {
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
         let key = self.key(key);
         let stats = &self.shared.typed;
+        let fut = self.shared.store.get(&key);
         let entry = self
-            .run(stats, "get", self.shared.store.get(&key))
+            .shared
+            .breaker
+            .call(stats, Op::Get, fut)
             .await
             .ok()
             .flatten();
@@ -61,10 +68,8 @@ impl CacheHandle {
     pub async fn get_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Vec<Option<T>> {
         let cache_keys: Vec<CacheKey> = keys.iter().map(|k| self.key(k)).collect();
         let stats = &self.shared.typed;
-        let entries = match self
-            .run(stats, "get_many", self.shared.store.get_many(&cache_keys))
-            .await
-        {
+        let fut = self.shared.store.get_many(&cache_keys);
+        let entries = match self.shared.breaker.call(stats, Op::GetMany, fut).await {
             Ok(entries) if entries.len() == keys.len() => entries,
             _ => vec![None; keys.len()],
         };
@@ -86,7 +91,14 @@ impl CacheHandle {
     pub async fn insert<T: Serialize>(&self, key: &str, value: &T, options: &EntryOptions) {
         let born = self.shared.store.stamp();
         if let Some(entry) = self.encode(value, options, born) {
-            self.put(&self.shared.typed, self.key(key), Arc::new(entry));
+            fill::write(
+                self,
+                &self.shared.typed,
+                self.key(key),
+                Arc::new(entry),
+                None,
+                None,
+            );
             self.shared.typed.stored();
         }
     }
@@ -126,50 +138,44 @@ impl CacheHandle {
         if let Some(v) = self.read_hit(&cache_key).await {
             return Ok(v);
         }
-        let mut follows = 0;
-        let guard = loop {
-            match self.shared.flights.join(*cache_key.digest()) {
-                Join::Leader(g) => break Some(g),
-                // Its value is on its way to the store: wait for the write, then read it
-                // from the store (an invalidation since then counts).
-                Join::Follower(slot) if flight::landed(&slot) => {
-                    let _ =
-                        tokio::time::timeout(self.shared.collapse_timeout, flight::released(slot))
-                            .await;
-                    if let Some(v) = self.read_hit(&cache_key).await {
-                        return Ok(v);
-                    }
-                    if follows >= 3 {
-                        break None;
-                    }
-                    follows += 1;
-                }
-                Join::Follower(slot) => {
-                    match tokio::time::timeout(self.shared.collapse_timeout, flight::wait(slot))
-                        .await
-                    {
-                        Ok(Some(Landing::Stored(entry))) => {
-                            if let Some(v) = self.decode(&entry) {
-                                stats.record(Outcome::Collapsed);
-                                return Ok(v);
-                            }
-                            break None;
-                        }
-                        Ok(None) if follows < 3 => follows += 1,
-                        _ => break None,
-                    }
-                }
+        let ticket = Ticket {
+            since: self.shared.store.stamp(),
+            wait: self.shared.collapse_timeout,
+            recheck: Recheck::Never,
+        };
+        let reread = || async {
+            let entry = self.read_entry(&cache_key).await?;
+            let value = self.decode(&entry)?;
+            Some((entry, value))
+        };
+        let coalescer = &self.shared.coalescer;
+        let lead = match coalescer
+            .take_turn(*cache_key.digest(), ticket, reread)
+            .await
+        {
+            Turn::Lead(lead) => Some(lead),
+            Turn::Found(value) => {
+                stats.record(Outcome::Hit);
+                return Ok(value);
             }
+            Turn::Shared(entry) => match self.decode(&entry) {
+                Some(value) => {
+                    stats.record(Outcome::Collapsed);
+                    return Ok(value);
+                }
+                None => None,
+            },
+            Turn::Alone(_) => None,
         };
         stats.record(Outcome::Miss);
         let born = self.shared.store.stamp();
         let value = f().await?;
         if let Some(entry) = self.encode(&value, options, born) {
             let entry = Arc::new(entry);
-            if let Some(g) = &guard {
-                g.land(Landing::Stored(Arc::clone(&entry)));
+            if let Some(lead) = &lead {
+                lead.land(Arc::clone(&entry));
             }
-            self.put_then_release(stats, cache_key, entry, None, guard);
+            fill::write(self, stats, cache_key, entry, None, lead);
             stats.stored();
         }
         Ok(value)
@@ -181,9 +187,13 @@ impl CacheHandle {
     ///
     /// `f` must return exactly one value per index it is given, in the same order. The
     /// invalidation stamp is taken before `f` runs, so a tag invalidated while `f` reads the
-    /// database is not stored with the old data. Unlike
-    /// [`get_or_insert_with`](Self::get_or_insert_with), concurrent batches are not
-    /// collapsed into one call. If `f` fails, nothing is stored and its error is returned.
+    /// database is not stored with the old data. The batch shares the coalescer with
+    /// [`get_or_insert_with`](Self::get_or_insert_with): a missing key whose value another
+    /// call has just computed is taken from it, and the keys this batch computes are led as
+    /// flights that concurrent calls follow. A batch never waits for another call's flight
+    /// (two batches waiting on each other would deadlock): a key still being computed
+    /// elsewhere is computed by `f` too. If `f` fails, nothing is stored and its error is
+    /// returned.
     ///
     /// ```
     /// # async fn demo() -> Result<(), std::io::Error> {
@@ -216,22 +226,49 @@ impl CacheHandle {
     {
         let keys: Vec<&str> = items.iter().map(|(k, _)| *k).collect();
         let mut found: Vec<Option<T>> = self.get_many(&keys).await;
-        let missing: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
+        let since = self.shared.store.stamp();
+        let stats = &self.shared.typed;
+        let mut leads = Vec::new();
+        let mut missing = Vec::new();
+        for (i, slot) in found.iter_mut().enumerate() {
+            if slot.is_some() {
+                continue;
+            }
+            let digest = *self.key(keys[i]).digest();
+            match self.shared.coalescer.lead_or_peek(digest, since) {
+                // Another call's value, born after every invalidation this batch must see.
+                Some(Err(entry)) => {
+                    if let Some(value) = self.decode(&entry) {
+                        stats.record(Outcome::Collapsed);
+                        *slot = Some(value);
+                        continue;
+                    }
+                    leads.push(None);
+                }
+                Some(Ok(lead)) => leads.push(Some(lead)),
+                None => leads.push(None),
+            }
+            missing.push(i);
+        }
         if missing.is_empty() {
             return Ok(found.into_iter().flatten().collect());
         }
         let born = self.shared.store.stamp();
+        // If `f` fails, the leads drop here: their followers ask for themselves.
         let values = f(missing.clone()).await?;
         assert_eq!(
             values.len(),
             missing.len(),
             "get_many_or_insert_with: the closure must return one value per missing key"
         );
-        let stats = &self.shared.typed;
-        for (i, value) in missing.into_iter().zip(values) {
+        for ((i, value), lead) in missing.into_iter().zip(values).zip(leads) {
             let (key, options) = items[i];
             if let Some(entry) = self.encode(&value, options, born) {
-                self.put(stats, self.key(key), Arc::new(entry));
+                let entry = Arc::new(entry);
+                if let Some(lead) = &lead {
+                    lead.land(Arc::clone(&entry));
+                }
+                fill::write(self, stats, self.key(key), entry, None, lead);
                 stats.stored();
             }
             found[i] = Some(value);
@@ -240,21 +277,21 @@ impl CacheHandle {
     }
 
     fn is_fresh(&self, entry: &Entry) -> bool {
-        matches!(
-            entry.freshness(self.now_ms()),
-            crate::entry::Freshness::Fresh { .. }
-        )
+        matches!(entry.freshness(self.now_ms()), Freshness::Fresh { .. })
+    }
+
+    /// Reads `key` from the store through the breaker.
+    async fn read_entry(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        let fut = self.shared.store.get(key);
+        let stats = &self.shared.typed;
+        self.shared.breaker.call(stats, Op::Get, fut).await.ok()?
     }
 
     /// Reads `key` from the store; its value if there is a usable one (counted as a hit).
     async fn read_hit<T: DeserializeOwned>(&self, key: &CacheKey) -> Option<T> {
-        let stats = &self.shared.typed;
-        let entry = self
-            .run(stats, "get", self.shared.store.get(key))
-            .await
-            .ok()??;
+        let entry = self.read_entry(key).await?;
         let value = self.decode(&entry)?;
-        stats.record(Outcome::Hit);
+        self.shared.typed.record(Outcome::Hit);
         Some(value)
     }
 
@@ -298,7 +335,7 @@ impl CacheHandle {
             fill_time: Duration::ZERO,
             tags: options.tags.iter().map(|t| t.as_str().into()).collect(),
             vary: None,
-            served: Default::default(),
+            hit_headers: Default::default(),
         })
     }
 }

@@ -1,5 +1,7 @@
 //! Single-flight: concurrent misses for one key make one call to the service.
 
+mod support;
+
 use std::{
     convert::Infallible,
     sync::{
@@ -234,4 +236,117 @@ async fn a_client_that_drops_the_body_releases_followers() {
         res.into_body().collect().await.unwrap().to_bytes(),
         "payload"
     );
+}
+
+/// The visibility rule holds for followers: a request that starts after an invalidation has
+/// completed is never answered with the response of a flight whose origin call started
+/// before it (it goes back to the store, which hides that response, and asks again).
+#[tokio::test]
+async fn a_request_after_an_invalidation_is_not_answered_by_an_older_flight() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let svc = {
+        let (calls, release) = (Arc::clone(&calls), Arc::clone(&release));
+        service_fn(move |_req: Request<Body>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            let release = Arc::clone(&release);
+            async move {
+                if n == 0 {
+                    // The first call read the data before the write below.
+                    release.notified().await;
+                }
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("v{n}")))))
+            }
+        })
+    };
+    let cache = cache();
+    let svc = cache
+        .layer(Rule::new("r").ttl(Duration::from_secs(60)).tag("data"))
+        .layer(svc);
+
+    // A's origin call starts, then a write completes, then B starts.
+    let a = tokio::spawn(fetch(svc.clone()));
+    tokio::task::yield_now().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "A is at the origin");
+    cache.invalidate_tags(["data"]).await.unwrap();
+    let b = tokio::spawn(svc.clone().oneshot(get_req("/r")));
+    // On this single-threaded runtime one yield runs B until it waits on A's flight.
+    tokio::task::yield_now().await;
+    release.notify_one();
+
+    let (_, a_body) = a.await.unwrap().unwrap();
+    assert_eq!(a_body, "v0", "A gets what its own call returned");
+    let b = b.await.unwrap().unwrap();
+    let status = b.headers()["cache-status"].to_str().unwrap().to_owned();
+    let b_body = b.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        b_body, "v1",
+        "B started after the invalidation: not the older flight's response ({status})"
+    );
+    assert!(!status.contains("collapsed"), "{status}");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// A leader whose body outgrows the size limit releases its followers at once (they ask the
+/// service concurrently, not one after another), and the key's next misses skip the flight.
+/// Time is paused: the elapsed times are exact, not measured.
+#[tokio::test(start_paused = true)]
+async fn a_body_over_the_limit_releases_followers_at_once_and_later_misses_skip_the_flight() {
+    const ORIGIN: Duration = Duration::from_millis(100);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let svc = service_fn(move |_req: Request<Body>| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(ORIGIN).await;
+            // 64 KiB of unknown length: too big only once it has streamed past the limit.
+            Ok::<_, Infallible>(Response::new(support::Chunks::new(64 * 1024, 4096)))
+        }
+    });
+    let cache = CacheHandle::builder(MemoryStore::default())
+        .max_body_size(16 * 1024)
+        .build();
+    let svc = cache
+        .layer(Rule::new("big").ttl(Duration::from_secs(60)))
+        .layer(svc);
+    let wave = |svc: larder::Cache<_>| async move {
+        let started = tokio::time::Instant::now();
+        let tasks: Vec<_> = (0..5)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    let res = svc.oneshot(get_req("/big")).await.unwrap();
+                    let status = res.headers()["cache-status"].to_str().unwrap().to_owned();
+                    let body = res.into_body().collect().await.unwrap().to_bytes();
+                    assert_eq!(body.len(), 64 * 1024);
+                    status
+                })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for t in tasks {
+            statuses.push(t.await.unwrap());
+        }
+        (started.elapsed(), statuses)
+    };
+
+    let (first, statuses) = wave(svc.clone()).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    assert!(
+        first < 3 * ORIGIN,
+        "the leader's followers asked together: {first:?} ({statuses:?})"
+    );
+    let (second, statuses) = wave(svc).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 10);
+    assert!(
+        second < 2 * ORIGIN,
+        "no request waited for another: {second:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| !s.contains("collapsed") && !s.contains("uncollapsible")),
+        "{statuses:?}"
+    );
+    assert_eq!(cache.stats().routes["big"].stored, 0);
 }

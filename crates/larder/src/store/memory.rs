@@ -143,8 +143,6 @@ impl MemoryStore {
     /// Stores an entry unless its tags were invalidated after it was born.
     pub(crate) fn insert(&self, key: &CacheKey, entry: Arc<Entry>) {
         if self.visible(&entry) {
-            // Held here, it will be served many times: make its hits' headers template now.
-            crate::respond::prepare(&entry);
             let keep = entry.time_to_keep(entry.stored_at).min(self.shared.max_ttl);
             if keep.is_zero() {
                 return;

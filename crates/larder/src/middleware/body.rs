@@ -10,7 +10,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::fill::Fill;
+use crate::phase::fill::Fill;
 
 pin_project! {
     /// The body of every response that went through the cache layer.
@@ -36,22 +36,11 @@ pin_project! {
 }
 
 /// What a miss keeps of the body while it streams.
-pub(crate) struct Recorder {
+struct Recorder {
     chunks: Vec<Bytes>,
     size: usize,
     limit: usize,
     fill: Fill,
-}
-
-impl Recorder {
-    pub(crate) fn new(fill: Fill, limit: usize) -> Self {
-        Recorder {
-            chunks: Vec::new(),
-            size: 0,
-            limit,
-            fill,
-        }
-    }
 }
 
 impl<B> CacheBody<B> {
@@ -65,12 +54,17 @@ impl<B> CacheBody<B> {
         }
     }
 
-    /// The service's body, copied for the store as it streams.
-    pub(crate) fn recording(body: B, recorder: Recorder) -> Self {
+    /// The service's body, copied into `fill` as it streams, up to `limit` bytes.
+    pub(crate) fn recording(body: B, fill: Fill, limit: usize) -> Self {
         CacheBody {
             kind: Kind::Stream {
                 body,
-                recorder: Some(Box::new(recorder)),
+                recorder: Some(Box::new(Recorder {
+                    chunks: Vec::new(),
+                    size: 0,
+                    limit,
+                    fill,
+                })),
             },
         }
     }
@@ -118,16 +112,22 @@ where
                 let frame = ready!(body.as_mut().poll_frame(cx));
                 match &frame {
                     Some(Ok(f)) => {
-                        if let Some(rec) = recorder {
-                            if let Some(data) = f.data_ref() {
+                        if let Some(data) = f.data_ref() {
+                            let over = recorder.as_mut().is_some_and(|rec| {
                                 rec.size += data.len();
-                                if rec.size > rec.limit {
-                                    // Too big to store: stop copying, keep streaming.
-                                    *recorder = None;
-                                } else {
-                                    rec.chunks.push(data.clone());
+                                rec.size > rec.limit
+                            });
+                            if over {
+                                // Too big to store: stop copying, keep streaming, and
+                                // release the followers now.
+                                if let Some(rec) = recorder.take() {
+                                    rec.fill.too_big();
                                 }
-                            } else if let Some(t) = f.trailers_ref() {
+                            } else if let Some(rec) = recorder {
+                                rec.chunks.push(data.clone());
+                            }
+                        } else if let Some(t) = f.trailers_ref() {
+                            if let Some(rec) = recorder {
                                 rec.fill.trailers(t.clone());
                             }
                         }

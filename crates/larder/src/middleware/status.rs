@@ -5,6 +5,11 @@ use std::sync::OnceLock;
 use arrayvec::ArrayVec;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::{
+    reason::{Bypass, Detail, Fwd, StaleUse},
+    stats::Outcome,
+};
+
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 pub(crate) const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
@@ -57,38 +62,56 @@ impl Member {
     }
 }
 
+/// Whether responses also carry `X-Cache: HIT | MISS | STALE | BYPASS`, which the seeds'
+/// tools read (`Cache-Status` is always sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum XCache {
+    Omit,
+    Send,
+}
+
 /// What the cache did with one request, as written in `Cache-Status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CacheStatus {
     /// Served fresh: `larder; hit; ttl=N`.
     Hit { ttl: u64 },
     /// Served stale: `larder; hit; ttl=-N; detail=...` (a negative ttl means stale, RFC 9211 §2.5).
-    Stale { by: u64, detail: &'static str },
-    /// Forwarded: `larder; fwd=REASON[; stored][; collapsed][; detail=...]`.
-    Forward {
-        fwd: &'static str,
-        stored: bool,
-        collapsed: bool,
-        detail: Option<&'static str>,
-    },
+    Stale { by: u64, used: StaleUse },
+    /// Forwarded, and its response stored: `larder; fwd=REASON; stored`.
+    Stored { fwd: Fwd },
+    /// Answered with another request's response: `larder; fwd=REASON; collapsed[; detail=...]`.
+    Collapsed { fwd: Fwd, detail: Option<Detail> },
+    /// Forwarded, not stored: `larder; fwd=REASON[; detail=...]`.
+    Forward { fwd: Fwd, detail: Option<Detail> },
 }
 
 impl CacheStatus {
-    pub(crate) fn bypass(detail: &'static str) -> Self {
+    pub(crate) fn bypass(reason: Bypass) -> Self {
         CacheStatus::Forward {
-            fwd: "bypass",
-            stored: false,
-            collapsed: false,
-            detail: Some(detail),
+            fwd: Fwd::Bypass,
+            detail: Some(Detail::Bypass(reason)),
         }
     }
 
-    pub(crate) fn miss(fwd: &'static str, stored: bool, detail: Option<&'static str>) -> Self {
+    /// Forwarded, not stored, for `detail`.
+    pub(crate) fn forward(fwd: Fwd, detail: impl Into<Option<Detail>>) -> Self {
         CacheStatus::Forward {
             fwd,
-            stored,
-            collapsed: false,
-            detail,
+            detail: detail.into(),
+        }
+    }
+
+    /// The statistics outcome this status counts as.
+    pub(crate) fn outcome(self) -> Outcome {
+        match self {
+            CacheStatus::Hit { .. } => Outcome::Hit,
+            CacheStatus::Stale { .. } => Outcome::Stale,
+            CacheStatus::Collapsed { .. } => Outcome::Collapsed,
+            CacheStatus::Forward {
+                fwd: Fwd::Bypass | Fwd::Method,
+                ..
+            } => Outcome::Bypass,
+            CacheStatus::Stored { .. } | CacheStatus::Forward { .. } => Outcome::Miss,
         }
     }
 
@@ -97,10 +120,12 @@ impl CacheStatus {
             CacheStatus::Hit { .. } => "HIT",
             CacheStatus::Stale { .. } => "STALE",
             CacheStatus::Forward {
-                fwd: "bypass" | "method",
+                fwd: Fwd::Bypass | Fwd::Method,
                 ..
             } => "BYPASS",
-            CacheStatus::Forward { .. } => "MISS",
+            CacheStatus::Stored { .. }
+            | CacheStatus::Collapsed { .. }
+            | CacheStatus::Forward { .. } => "MISS",
         })
     }
 
@@ -121,29 +146,26 @@ impl CacheStatus {
                 out.push(b"hit; ttl=");
                 out.push(num.format(ttl).as_bytes());
             }
-            CacheStatus::Stale { by, detail } => {
+            CacheStatus::Stale { by, used } => {
                 out.push(b"hit; ttl=-");
                 out.push(num.format(by).as_bytes());
                 out.push(b"; detail=");
-                out.push(detail.as_bytes());
+                out.push(used.as_str().as_bytes());
             }
-            CacheStatus::Forward {
-                fwd,
-                stored,
-                collapsed,
-                detail,
-            } => {
+            CacheStatus::Stored { fwd } => {
                 out.push(b"fwd=");
-                out.push(fwd.as_bytes());
-                if stored {
-                    out.push(b"; stored");
-                }
-                if collapsed {
+                out.push(fwd.as_str().as_bytes());
+                out.push(b"; stored");
+            }
+            CacheStatus::Collapsed { fwd, detail } | CacheStatus::Forward { fwd, detail } => {
+                out.push(b"fwd=");
+                out.push(fwd.as_str().as_bytes());
+                if matches!(self, CacheStatus::Collapsed { .. }) {
                     out.push(b"; collapsed");
                 }
                 if let Some(d) = detail {
                     out.push(b"; detail=");
-                    out.push(d.as_bytes());
+                    out.push(d.as_str().as_bytes());
                 }
             }
         }
@@ -153,7 +175,7 @@ impl CacheStatus {
 
     /// Writes this cache's `Cache-Status` member over the last one in `headers` (the
     /// placeholder a served-headers template ends with) and, when enabled, sets `X-Cache`.
-    pub(crate) fn fill(self, headers: &mut HeaderMap, x_cache: bool) {
+    pub(crate) fn fill(self, headers: &mut HeaderMap, x_cache: XCache) {
         match headers.entry(&CACHE_STATUS) {
             http::header::Entry::Occupied(mut members) => {
                 if let Some(ours) = members.iter_mut().last() {
@@ -164,16 +186,16 @@ impl CacheStatus {
                 slot.insert(self.value());
             }
         }
-        if x_cache {
+        if x_cache == XCache::Send {
             headers.insert(&X_CACHE, self.x_cache());
         }
     }
 
     /// Appends `Cache-Status` after any upstream cache's (RFC 9211 §2: the last member is the
     /// cache closest to the user) and, when enabled, sets `X-Cache`.
-    pub(crate) fn apply(self, headers: &mut HeaderMap, x_cache: bool) {
+    pub(crate) fn apply(self, headers: &mut HeaderMap, x_cache: XCache) {
         headers.append(&CACHE_STATUS, self.value());
-        if x_cache {
+        if x_cache == XCache::Send {
             headers.insert(&X_CACHE, self.x_cache());
         }
     }
@@ -186,23 +208,23 @@ mod tests {
     #[test]
     fn values_follow_rfc_9211() {
         let mut h = HeaderMap::new();
-        CacheStatus::Hit { ttl: 287 }.apply(&mut h, true);
+        CacheStatus::Hit { ttl: 287 }.apply(&mut h, XCache::Send);
         assert_eq!(h.get_all(&CACHE_STATUS).iter().count(), 1);
         assert_eq!(h[&CACHE_STATUS], "larder; hit; ttl=287");
         assert_eq!(h[&X_CACHE], "HIT");
         h.clear();
-        CacheStatus::miss("miss", true, None).apply(&mut h, true);
+        CacheStatus::Stored { fwd: Fwd::Miss }.apply(&mut h, XCache::Send);
         assert_eq!(h[&CACHE_STATUS], "larder; fwd=miss; stored");
         assert_eq!(h[&X_CACHE], "MISS");
         h.clear();
-        CacheStatus::bypass("credentials").apply(&mut h, false);
+        CacheStatus::bypass(Bypass::Credentials).apply(&mut h, XCache::Omit);
         assert_eq!(h[&CACHE_STATUS], "larder; fwd=bypass; detail=credentials");
         h.clear();
         CacheStatus::Stale {
             by: 3,
-            detail: "stale-while-revalidate",
+            used: StaleUse::WhileRevalidate,
         }
-        .apply(&mut h, true);
+        .apply(&mut h, XCache::Send);
         assert_eq!(
             h[&CACHE_STATUS],
             "larder; hit; ttl=-3; detail=stale-while-revalidate"
@@ -215,13 +237,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(&CACHE_STATUS, HeaderValue::from_static("origin-cache; hit"));
         h.append(&CACHE_STATUS, HeaderValue::from_static("larder"));
-        CacheStatus::Hit { ttl: 9 }.fill(&mut h, true);
+        CacheStatus::Hit { ttl: 9 }.fill(&mut h, XCache::Send);
         let all: Vec<_> = h.get_all(&CACHE_STATUS).iter().collect();
         assert_eq!(all, ["origin-cache; hit", "larder; hit; ttl=9"]);
         assert_eq!(h[&X_CACHE], "HIT");
         // Without a placeholder, fill adds the member.
         let mut h = HeaderMap::new();
-        CacheStatus::Hit { ttl: 1 }.fill(&mut h, false);
+        CacheStatus::Hit { ttl: 1 }.fill(&mut h, XCache::Omit);
         assert_eq!(h[&CACHE_STATUS], "larder; hit; ttl=1");
         assert!(!h.contains_key(&X_CACHE));
     }
@@ -241,19 +263,19 @@ mod tests {
 
     #[test]
     fn the_longest_member_is_written_whole() {
-        let status = CacheStatus::Forward {
-            fwd: "request",
-            stored: true,
-            collapsed: true,
-            detail: Some("stale-while-revalidate"),
+        let status = CacheStatus::Collapsed {
+            fwd: Fwd::VaryMiss,
+            detail: Some(Detail::Uncacheable(
+                crate::reason::Uncacheable::MustUnderstand,
+            )),
         };
         assert_eq!(
             status.value(),
-            "larder; fwd=request; stored; collapsed; detail=stale-while-revalidate"
+            "larder; fwd=vary-miss; collapsed; detail=must-understand"
         );
         let stale = CacheStatus::Stale {
             by: u64::MAX,
-            detail: "stale-while-revalidate",
+            used: StaleUse::WhileRevalidate,
         };
         assert_eq!(
             stale.value(),
@@ -265,7 +287,7 @@ mod tests {
     fn ours_is_appended_after_upstream_caches() {
         let mut h = HeaderMap::new();
         h.insert(&CACHE_STATUS, HeaderValue::from_static("origin-cache; hit"));
-        CacheStatus::Hit { ttl: 1 }.apply(&mut h, false);
+        CacheStatus::Hit { ttl: 1 }.apply(&mut h, XCache::Omit);
         let all: Vec<_> = h.get_all(&CACHE_STATUS).iter().collect();
         assert_eq!(all, ["origin-cache; hit", "larder; hit; ttl=1"]);
     }

@@ -10,7 +10,11 @@ use std::{
 use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::{body::CacheBody, status::CacheStatus};
+use crate::middleware::{
+    body::CacheBody,
+    respond,
+    status::{CacheStatus, XCache},
+};
 
 pub(crate) type BoxResponseFuture<B, E> =
     Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send + 'static>>;
@@ -32,14 +36,14 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, B, E> {
-        Forward { future: Pin<Box<F>>, status: CacheStatus, x_cache: bool },
+        Forward { future: Pin<Box<F>>, status: CacheStatus, x_cache: XCache },
         Ready { response: Option<Response<CacheBody<B>>> },
         Boxed { future: BoxResponseFuture<B, E> },
     }
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
-    pub(crate) fn forward(future: F, status: CacheStatus, x_cache: bool) -> Self {
+    pub(crate) fn forward(future: F, status: CacheStatus, x_cache: XCache) -> Self {
         ResponseFuture {
             state: State::Forward {
                 future: Box::pin(future),
@@ -79,10 +83,7 @@ where
                 x_cache,
             } => {
                 let response = ready!(future.as_mut().poll(cx))?;
-                let (mut parts, body) = response.into_parts();
-                parts.headers.remove(crate::TAGS_HEADER);
-                status.apply(&mut parts.headers, *x_cache);
-                Poll::Ready(Ok(Response::from_parts(parts, CacheBody::stream(body))))
+                Poll::Ready(Ok(respond::passed_through(response, *status, *x_cache)))
             }
             StateProj::Ready { response } => Poll::Ready(Ok(response
                 .take()

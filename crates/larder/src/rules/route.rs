@@ -26,8 +26,17 @@ pub(crate) enum RouteSet {
 
 pub(crate) type Params = Vec<(String, String)>;
 
+/// How a layer picks the rule of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Selection {
+    /// The layer has one rule, for every request through it.
+    One,
+    /// The layer picks a rule by path.
+    ByPath,
+}
+
 impl RouteSet {
-    pub(crate) fn new(handle: &CacheHandle, rules: Rules, single: bool) -> Self {
+    pub(crate) fn new(handle: &CacheHandle, rules: Rules, selection: Selection) -> Self {
         let routes: Vec<Arc<Route>> = rules
             .rules
             .into_iter()
@@ -47,7 +56,7 @@ impl RouteSet {
                 })
             })
             .collect();
-        if single {
+        if selection == Selection::One {
             let route = routes.into_iter().next().expect("one rule");
             let matcher = route.rule.pattern.as_deref().map(|p| {
                 let mut m = matchit::Router::new();

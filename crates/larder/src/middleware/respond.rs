@@ -6,9 +6,11 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use crate::{
     Entry,
-    body::CacheBody,
-    policy,
-    status::{CACHE_STATUS, CacheStatus},
+    middleware::{
+        body::CacheBody,
+        status::{CACHE_STATUS, CacheStatus, XCache},
+    },
+    rules::policy,
 };
 
 /// The fields a 304 carries: those a 200 would have that describe the representation
@@ -23,10 +25,10 @@ const NOT_MODIFIED_FIELDS: [header::HeaderName; 6] = [
 ];
 
 /// The `Age` value of `secs`: made once for the process below 1,024 s (see
-/// [`numbered`](crate::status::numbered)), formatted above.
+/// [`numbered`](crate::middleware::status::numbered)), formatted above.
 fn age_value(secs: u64) -> HeaderValue {
     static AGES: OnceLock<Box<[HeaderValue]>> = OnceLock::new();
-    crate::status::numbered(&AGES, "", secs).unwrap_or_else(|| HeaderValue::from(secs))
+    crate::middleware::status::numbered(&AGES, "", secs).unwrap_or_else(|| HeaderValue::from(secs))
 }
 
 /// Serves `entry` to a request with `method` and `headers`.
@@ -36,7 +38,7 @@ pub(crate) fn from_entry<B>(
     headers: &HeaderMap,
     now_ms: u64,
     status: CacheStatus,
-    x_cache: bool,
+    x_cache: XCache,
 ) -> Response<CacheBody<B>> {
     // RFC 9111 §5.1: Age is generated on reuse, replacing any upstream value.
     let age = age_value(entry.age(now_ms).as_secs());
@@ -58,11 +60,8 @@ pub(crate) fn from_entry<B>(
         *response.headers_mut() = out;
         return response;
     }
-    let mut out = match entry.served.get() {
-        Some(template) => template.clone(),
-        // An entry read from a network store serves once: no template for it.
-        None => template(entry),
-    };
+    // Made at the entry's first hit, kept with it while a store holds it in memory.
+    let mut out = entry.hit_headers.get_or_init(|| template(entry)).clone();
     // Both overwrite the template's placeholders in place.
     out.insert(header::AGE, age);
     status.fill(&mut out, x_cache);
@@ -78,12 +77,6 @@ pub(crate) fn from_entry<B>(
     response
 }
 
-/// Makes the headers template of an entry that an in-process store holds, so its hits clone
-/// it instead of building their headers one by one.
-pub(crate) fn prepare(entry: &Entry) {
-    entry.served.get_or_init(|| template(entry));
-}
-
 /// The headers every full response from `entry` starts from: the stored headers, then `Age`
 /// and this cache's `Cache-Status` member as placeholders, last.
 fn template(entry: &Entry) -> HeaderMap {
@@ -96,8 +89,21 @@ fn template(entry: &Entry) -> HeaderMap {
     out
 }
 
+/// A response of the service, passed through: the handler's tag header removed, `status`
+/// written.
+pub(crate) fn passed_through<B>(
+    response: Response<B>,
+    status: CacheStatus,
+    x_cache: XCache,
+) -> Response<CacheBody<B>> {
+    let (mut parts, body) = response.into_parts();
+    parts.headers.remove(crate::TAGS_HEADER);
+    status.apply(&mut parts.headers, x_cache);
+    Response::from_parts(parts, CacheBody::stream(body))
+}
+
 /// A response with no body, for `only-if-cached` misses (RFC 9111 §5.2.1.7).
-pub(crate) fn gateway_timeout<B>(status: CacheStatus, x_cache: bool) -> Response<CacheBody<B>> {
+pub(crate) fn gateway_timeout<B>(status: CacheStatus, x_cache: XCache) -> Response<CacheBody<B>> {
     let mut response = Response::new(CacheBody::empty());
     *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
     status.apply(response.headers_mut(), x_cache);

@@ -10,13 +10,19 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::{CacheHandle, CacheKey, Entry};
+use crate::{
+    CacheKey, Entry,
+    engine::breaker::{Breaker, Op},
+    stats::RouteStats,
+};
 
 const POLL_EVERY: Duration = Duration::from_millis(20);
 
 /// A fill lock held by this process; released when dropped (or explicitly, after the write).
 pub(crate) struct LockHeld {
-    handle: CacheHandle,
+    breaker: Breaker,
+    /// Where failures of the lock's own calls are counted.
+    stats: Arc<RouteStats>,
     key: CacheKey,
     token: Option<String>,
 }
@@ -24,13 +30,14 @@ pub(crate) struct LockHeld {
 impl LockHeld {
     pub(crate) async fn release(mut self) {
         if let Some(token) = self.token.take() {
-            let fut = self.handle.shared.store.unlock(&self.key, token);
-            let _ = self
-                .handle
-                .run(&self.handle.shared.typed, "unlock", fut)
-                .await;
+            unlock(&self.breaker, &self.stats, &self.key, token).await;
         }
     }
+}
+
+async fn unlock(breaker: &Breaker, stats: &RouteStats, key: &CacheKey, token: String) {
+    let fut = breaker.store().unlock(key, token);
+    let _ = breaker.call(stats, Op::Unlock, fut).await;
 }
 
 impl Drop for LockHeld {
@@ -39,18 +46,16 @@ impl Drop for LockHeld {
             return;
         };
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let handle = self.handle.clone();
+            let breaker = self.breaker.clone();
+            let stats = Arc::clone(&self.stats);
             let key = self.key.clone();
-            rt.spawn(async move {
-                let fut = handle.shared.store.unlock(&key, token);
-                let _ = handle.run(&handle.shared.typed, "unlock", fut).await;
-            });
+            rt.spawn(async move { unlock(&breaker, &stats, &key, token).await });
         }
     }
 }
 
 /// What the lock step decided.
-pub(crate) enum Fill {
+pub(crate) enum LockOutcome {
     /// Call the service (holding the lock, if one was taken).
     Call(Option<LockHeld>),
     /// Another instance filled the entry while this one waited.
@@ -60,44 +65,43 @@ pub(crate) enum Fill {
 /// Takes the fill lock for `key`, or waits (at most `wait`) for the instance that holds it to
 /// store `key`; `usable` says whether a stored entry may answer this request.
 pub(crate) async fn acquire(
-    handle: &CacheHandle,
+    breaker: &Breaker,
+    stats: &Arc<RouteStats>,
     key: &CacheKey,
     wait: Duration,
     usable: impl Fn(&Entry) -> bool,
-) -> Fill {
-    let shared = &handle.shared;
-    if !shared.store.shares_locks() {
-        return Fill::Call(None);
+) -> LockOutcome {
+    let store = breaker.store();
+    if !store.shares_locks() {
+        return LockOutcome::Call(None);
     }
     let deadline = tokio::time::Instant::now() + wait;
     // The lock outlives the wait a little, so a slow holder is not joined by everyone at once.
     let ttl = wait + Duration::from_secs(1);
     loop {
-        let taken = handle
-            .run(&shared.typed, "lock", shared.store.try_lock(key, ttl))
+        let taken = breaker
+            .call(stats, Op::Lock, store.try_lock(key, ttl))
             .await;
         match taken {
             Ok(Some(token)) => {
-                return Fill::Call(Some(LockHeld {
-                    handle: handle.clone(),
+                return LockOutcome::Call(Some(LockHeld {
+                    breaker: breaker.clone(),
+                    stats: Arc::clone(stats),
                     key: key.clone(),
                     token: Some(token),
                 }));
             }
             // The store is in trouble: no lock, no waiting.
-            Err(_) => return Fill::Call(None),
+            Err(_) => return LockOutcome::Call(None),
             Ok(None) => {}
         }
         if tokio::time::Instant::now() >= deadline {
-            return Fill::Call(None);
+            return LockOutcome::Call(None);
         }
         tokio::time::sleep(POLL_EVERY).await;
-        if let Ok(Some(entry)) = handle
-            .run(&shared.typed, "get", shared.store.get(key))
-            .await
-        {
+        if let Ok(Some(entry)) = breaker.call(stats, Op::Get, store.get(key)).await {
             if usable(&entry) {
-                return Fill::Found(entry);
+                return LockOutcome::Found(entry);
             }
         }
     }

@@ -4,7 +4,7 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use http::{HeaderName, request::Parts};
 
-use crate::key::{KeyOptions, Pagination};
+use crate::rules::key::{KeyOptions, Pagination};
 
 /// How a route finds out which user a request is for.
 ///

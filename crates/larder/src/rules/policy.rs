@@ -13,6 +13,8 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
+use crate::reason::Uncacheable;
+
 /// Request Cache-Control (RFC 9111 §5.2.1), plus `Pragma: no-cache` when no Cache-Control is present (§5.4).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct RequestDirectives {
@@ -57,7 +59,7 @@ pub(crate) struct RouteTtl {
 }
 
 /// Everything `decide` needs about one exchange.
-pub(crate) struct Exchange<'a> {
+pub(crate) struct Candidate<'a> {
     pub(crate) status: StatusCode,
     pub(crate) response_headers: &'a HeaderMap,
     pub(crate) request: RequestDirectives,
@@ -70,7 +72,7 @@ pub(crate) struct Exchange<'a> {
 
 /// How long a stored response stays usable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Freshness {
+pub(crate) struct Lifetimes {
     /// Freshness lifetime (§4.2.1).
     pub(crate) lifetime: Duration,
     /// Age the response already had when received (§4.2.3): the larger of the `Age` header and
@@ -86,9 +88,9 @@ pub(crate) struct Freshness {
 /// The outcome of [`decide`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Decision {
-    Store(Freshness),
-    /// Not stored; the token is a short Cache-Status `detail=` value.
-    Skip(&'static str),
+    Store(Lifetimes),
+    /// Not stored, for this reason.
+    Skip(Uncacheable),
 }
 
 /// Vary (§4.1): header names, lower-cased, de-duplicated and sorted, across all Vary lines.
@@ -380,44 +382,44 @@ fn expires_lifetime(headers: &HeaderMap, now: SystemTime) -> Duration {
 }
 
 /// Decides whether a response may be stored by a shared cache and, if so, its freshness.
-pub(crate) fn decide(ex: &Exchange<'_>) -> Decision {
+pub(crate) fn decide(ex: &Candidate<'_>) -> Decision {
     let headers = ex.response_headers;
     // RFC 9111 §5.2.1.5
     if ex.request.no_store {
-        return Decision::Skip("request-no-store");
+        return Decision::Skip(Uncacheable::RequestNoStore);
     }
     let cc = response_directives(headers);
     // RFC 9111 §5.2.2.3: must-understand lets a cache that knows the status ignore no-store,
     // and forbids storing a status it does not know.
     if cc.must_understand && !understood(ex.status) {
-        return Decision::Skip("must-understand");
+        return Decision::Skip(Uncacheable::MustUnderstand);
     }
     // RFC 9111 §5.2.2.5
     if cc.no_store && !cc.must_understand {
-        return Decision::Skip("no-store");
+        return Decision::Skip(Uncacheable::NoStore);
     }
     // RFC 9111 §5.2.2.7: a private response may only go in a cache scoped to its user.
     if cc.private && !ex.user_scoped {
-        return Decision::Skip("private");
+        return Decision::Skip(Uncacheable::Private);
     }
     // RFC 9111 §7.3 leaves this to the cache: we never store a Set-Cookie.
     if headers.contains_key(SET_COOKIE) {
-        return Decision::Skip("set-cookie");
+        return Decision::Skip(Uncacheable::SetCookie);
     }
     // RFC 9111 §4.1: Vary: * (or an unparseable Vary) never matches a later request.
     if vary(headers) == Vary::Any {
-        return Decision::Skip("vary-star");
+        return Decision::Skip(Uncacheable::VaryStar);
     }
     // RFC 9111 §5.2.2.4: no-cache requires revalidation on every use, which we do not do.
     if cc.no_cache {
-        return Decision::Skip("no-cache");
+        return Decision::Skip(Uncacheable::NoCache);
     }
     let has_expires = headers.contains_key(EXPIRES);
     let explicit = cc.s_maxage.is_some() || cc.max_age.is_some() || has_expires;
     let class = status_class(ex.status);
     match class {
-        StatusClass::Never => return Decision::Skip("status"),
-        StatusClass::ExplicitOnly if !explicit => return Decision::Skip("status"),
+        StatusClass::Never => return Decision::Skip(Uncacheable::Status),
+        StatusClass::ExplicitOnly if !explicit => return Decision::Skip(Uncacheable::Status),
         StatusClass::ExplicitOnly | StatusClass::RouteTtl => {}
     }
 
@@ -440,7 +442,7 @@ pub(crate) fn decide(ex: &Exchange<'_>) -> Decision {
     } else if let Some(ttl) = ex.route.ttl {
         ttl
     } else {
-        return Decision::Skip("no-freshness");
+        return Decision::Skip(Uncacheable::NoFreshness);
     };
 
     // RFC 9111 §4.2.3: the age on arrival is the larger of the upstream caches' Age and the
@@ -452,7 +454,7 @@ pub(crate) fn decide(ex: &Exchange<'_>) -> Decision {
         .unwrap_or(Duration::ZERO);
     let initial_age = age(headers).unwrap_or(Duration::ZERO).max(apparent_age);
     if lifetime <= initial_age {
-        return Decision::Skip("zero-ttl");
+        return Decision::Skip(Uncacheable::ZeroTtl);
     }
 
     // RFC 9111 §5.2.2.10: s-maxage implies proxy-revalidate; RFC 5861 §4: stale windows
@@ -465,7 +467,7 @@ pub(crate) fn decide(ex: &Exchange<'_>) -> Decision {
             response.or(route).unwrap_or(Duration::ZERO)
         }
     };
-    Decision::Store(Freshness {
+    Decision::Store(Lifetimes {
         lifetime,
         initial_age,
         stale_while_revalidate: window(cc.stale_while_revalidate, ex.route.stale_while_revalidate),
@@ -604,6 +606,20 @@ pub(crate) fn if_none_match(if_none_match: &HeaderMap, etag: &HeaderValue) -> bo
     matched
 }
 
+/// Whether the headers carry a gRPC status other than OK: a failed call, which HTTP reports
+/// as 200 (in a Trailers-Only response the status comes in the headers).
+pub(crate) fn grpc_failed(headers: &HeaderMap) -> bool {
+    headers.get("grpc-status").is_some_and(|s| s != "0")
+}
+
+/// Removes the client's validators before the cache asks the origin for a whole response to
+/// store: a 304 meant for one client's copy would leave nothing to store (RFC 9111 §4.3.1 lets
+/// a cache send its own validators instead). The client still gets a correct full response.
+pub(crate) fn strip_validators(headers: &mut HeaderMap) {
+    headers.remove(IF_NONE_MATCH);
+    headers.remove(http::header::IF_MODIFIED_SINCE);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -661,7 +677,7 @@ mod tests {
     };
 
     const fn store(lifetime: u64, initial_age: u64, swr: u64, sie: u64, mr: bool) -> Decision {
-        Decision::Store(Freshness {
+        Decision::Store(Lifetimes {
             lifetime: secs(lifetime),
             initial_age: secs(initial_age),
             stale_while_revalidate: secs(swr),
@@ -670,8 +686,8 @@ mod tests {
         })
     }
 
-    const fn skip(token: &'static str) -> Decision {
-        Decision::Skip(token)
+    const fn skip(reason: Uncacheable) -> Decision {
+        Decision::Skip(reason)
     }
 
     struct DecideCase {
@@ -720,57 +736,57 @@ mod tests {
 
     #[rustfmt::skip]
     const DECIDE: &[DecideCase] = &[
-        request_no_store(case("request no-store skips", 200, MAX60, NO_ROUTE, skip("request-no-store"))),
-        case("response no-store skips", 200, &[("cache-control", "no-store, max-age=60")], NO_ROUTE, skip("no-store")),
+        request_no_store(case("request no-store skips", 200, MAX60, NO_ROUTE, skip(Uncacheable::RequestNoStore))),
+        case("response no-store skips", 200, &[("cache-control", "no-store, max-age=60")], NO_ROUTE, skip(Uncacheable::NoStore)),
         case("must-understand with understood status ignores no-store", 200, &[("cache-control", "must-understand, no-store, max-age=60")], NO_ROUTE, store(60, 0, 0, 0, false)),
-        case("must-understand with unknown status skips", 302, &[("cache-control", "must-understand, no-store, max-age=60")], NO_ROUTE, skip("must-understand")),
-        case("private in shared cache skips", 200, &[("cache-control", "private, max-age=60")], NO_ROUTE, skip("private")),
-        case("private with field names skips", 200, &[("cache-control", "private=\"x-user\", max-age=60")], NO_ROUTE, skip("private")),
+        case("must-understand with unknown status skips", 302, &[("cache-control", "must-understand, no-store, max-age=60")], NO_ROUTE, skip(Uncacheable::MustUnderstand)),
+        case("private in shared cache skips", 200, &[("cache-control", "private, max-age=60")], NO_ROUTE, skip(Uncacheable::Private)),
+        case("private with field names skips", 200, &[("cache-control", "private=\"x-user\", max-age=60")], NO_ROUTE, skip(Uncacheable::Private)),
         user_scoped(case("private in user-scoped cache stores", 200, &[("cache-control", "private, max-age=60")], NO_ROUTE, store(60, 0, 0, 0, false))),
-        user_scoped(case("set-cookie skips even user-scoped", 200, &[("cache-control", "max-age=60"), ("set-cookie", "a=b")], NO_ROUTE, skip("set-cookie"))),
-        case("vary star on a later line skips", 200, &[("cache-control", "max-age=60"), ("vary", "accept"), ("vary", "accept-encoding, *")], NO_ROUTE, skip("vary-star")),
+        user_scoped(case("set-cookie skips even user-scoped", 200, &[("cache-control", "max-age=60"), ("set-cookie", "a=b")], NO_ROUTE, skip(Uncacheable::SetCookie))),
+        case("vary star on a later line skips", 200, &[("cache-control", "max-age=60"), ("vary", "accept"), ("vary", "accept-encoding, *")], NO_ROUTE, skip(Uncacheable::VaryStar)),
         case("vary names store", 200, &[("cache-control", "max-age=60"), ("vary", "Accept-Encoding")], NO_ROUTE, store(60, 0, 0, 0, false)),
-        case("bare no-cache skips", 200, &[("cache-control", "no-cache, max-age=60")], ROUTE_300, skip("no-cache")),
-        case("no-cache with field names skips", 200, &[("cache-control", "no-cache=\"set-cookie, x-a\", max-age=60")], NO_ROUTE, skip("no-cache")),
-        case("206 never stored", 206, MAX60, NO_ROUTE, skip("status")),
-        case("304 never stored", 304, MAX60, NO_ROUTE, skip("status")),
-        case("1xx never stored", 103, MAX60, NO_ROUTE, skip("status")),
-        case("401 never stored even with max-age", 401, MAX60, NO_ROUTE, skip("status")),
-        case("403 never stored even with max-age", 403, MAX60, NO_ROUTE, skip("status")),
-        case("407 never stored even with max-age", 407, MAX60, NO_ROUTE, skip("status")),
-        case("500 never stored even with max-age", 500, MAX60, NO_ROUTE, skip("status")),
-        case("503 never stored even with max-age and route ttl", 503, MAX60, ROUTE_300, skip("status")),
+        case("bare no-cache skips", 200, &[("cache-control", "no-cache, max-age=60")], ROUTE_300, skip(Uncacheable::NoCache)),
+        case("no-cache with field names skips", 200, &[("cache-control", "no-cache=\"set-cookie, x-a\", max-age=60")], NO_ROUTE, skip(Uncacheable::NoCache)),
+        case("206 never stored", 206, MAX60, NO_ROUTE, skip(Uncacheable::Status)),
+        case("304 never stored", 304, MAX60, NO_ROUTE, skip(Uncacheable::Status)),
+        case("1xx never stored", 103, MAX60, NO_ROUTE, skip(Uncacheable::Status)),
+        case("401 never stored even with max-age", 401, MAX60, NO_ROUTE, skip(Uncacheable::Status)),
+        case("403 never stored even with max-age", 403, MAX60, NO_ROUTE, skip(Uncacheable::Status)),
+        case("407 never stored even with max-age", 407, MAX60, NO_ROUTE, skip(Uncacheable::Status)),
+        case("500 never stored even with max-age", 500, MAX60, NO_ROUTE, skip(Uncacheable::Status)),
+        case("503 never stored even with max-age and route ttl", 503, MAX60, ROUTE_300, skip(Uncacheable::Status)),
         case("501 stored with explicit freshness", 501, MAX60, NO_ROUTE, store(60, 0, 0, 0, false)),
-        case("404 not stored on route ttl alone", 404, &[], ROUTE_300, skip("status")),
+        case("404 not stored on route ttl alone", 404, &[], ROUTE_300, skip(Uncacheable::Status)),
         case("404 stored with max-age", 404, MAX60, ROUTE_300, store(60, 0, 0, 0, false)),
         case("410 stored with expires", 410, &[("date", DATE_NOW), ("expires", DATE_PLUS_60)], NO_ROUTE, store(60, 0, 0, 0, false)),
-        case("302 not stored on route ttl alone", 302, &[], ROUTE_300, skip("status")),
+        case("302 not stored on route ttl alone", 302, &[], ROUTE_300, skip(Uncacheable::Status)),
         case("302 stored with max-age", 302, MAX60, NO_ROUTE, store(60, 0, 0, 0, false)),
         case("200 uses route ttl without explicit freshness", 200, &[], ROUTE_300, store(300, 0, 0, 0, false)),
         case("301 uses route ttl", 301, &[], ROUTE_300, store(300, 0, 0, 0, false)),
-        case("200 without any freshness skips", 200, &[("cache-control", "public")], NO_ROUTE, skip("no-freshness")),
+        case("200 without any freshness skips", 200, &[("cache-control", "public")], NO_ROUTE, skip(Uncacheable::NoFreshness)),
         case("s-maxage beats max-age and forbids stale", 200, &[("cache-control", "max-age=10, s-maxage=100, stale-while-revalidate=30")], NO_ROUTE, store(100, 0, 0, 0, true)),
         case("max-age beats expires", 200, &[("cache-control", "max-age=10"), ("date", DATE_NOW), ("expires", DATE_PLUS_60)], NO_ROUTE, store(10, 0, 0, 0, false)),
         case("expires minus date, the date counting as apparent age", 200, &[("date", DATE_MINUS_60), ("expires", DATE_PLUS_60)], NO_ROUTE, store(120, 60, 0, 0, false)),
         case("expires without date uses now", 200, &[("expires", DATE_PLUS_60)], NO_ROUTE, store(60, 0, 0, 0, false)),
         case("expires beats route ttl", 200, &[("expires", DATE_PLUS_60)], ROUTE_300, store(60, 0, 0, 0, false)),
-        case("invalid expires is already expired", 200, &[("expires", "0")], ROUTE_300, skip("zero-ttl")),
-        case("past expires is already expired", 200, &[("date", DATE_NOW), ("expires", DATE_MINUS_60)], NO_ROUTE, skip("zero-ttl")),
-        case("conflicting expires lines are stale", 200, &[("expires", DATE_PLUS_60), ("expires", DATE_NOW)], NO_ROUTE, skip("zero-ttl")),
+        case("invalid expires is already expired", 200, &[("expires", "0")], ROUTE_300, skip(Uncacheable::ZeroTtl)),
+        case("past expires is already expired", 200, &[("date", DATE_NOW), ("expires", DATE_MINUS_60)], NO_ROUTE, skip(Uncacheable::ZeroTtl)),
+        case("conflicting expires lines are stale", 200, &[("expires", DATE_PLUS_60), ("expires", DATE_NOW)], NO_ROUTE, skip(Uncacheable::ZeroTtl)),
         case("route override replaces max-age", 200, &[("cache-control", "max-age=10")], ROUTE_300_OVERRIDE, store(300, 0, 0, 0, false)),
         case("route override replaces max-age=0", 200, &[("cache-control", "max-age=0")], ROUTE_300_OVERRIDE, store(300, 0, 0, 0, false)),
         case("route override does not apply to error statuses", 404, &[("cache-control", "max-age=10")], ROUTE_300_OVERRIDE, store(10, 0, 0, 0, false)),
-        case("route override still respects no-store", 200, &[("cache-control", "no-store")], ROUTE_300_OVERRIDE, skip("no-store")),
-        case("conflicting max-age is stale", 200, &[("cache-control", "max-age=60, max-age=120")], ROUTE_300, skip("zero-ttl")),
-        case("invalid max-age is stale, not route ttl", 200, &[("cache-control", "max-age=abc")], ROUTE_300, skip("zero-ttl")),
+        case("route override still respects no-store", 200, &[("cache-control", "no-store")], ROUTE_300_OVERRIDE, skip(Uncacheable::NoStore)),
+        case("conflicting max-age is stale", 200, &[("cache-control", "max-age=60, max-age=120")], ROUTE_300, skip(Uncacheable::ZeroTtl)),
+        case("invalid max-age is stale, not route ttl", 200, &[("cache-control", "max-age=abc")], ROUTE_300, skip(Uncacheable::ZeroTtl)),
         case("age header is initial age", 200, &[("cache-control", "max-age=60"), ("age", "20")], NO_ROUTE, store(60, 20, 0, 0, false)),
-        case("age at lifetime skips", 200, &[("cache-control", "max-age=60"), ("age", "60")], NO_ROUTE, skip("zero-ttl")),
-        case("max-age=0 skips", 200, &[("cache-control", "max-age=0")], NO_ROUTE, skip("zero-ttl")),
+        case("age at lifetime skips", 200, &[("cache-control", "max-age=60"), ("age", "60")], NO_ROUTE, skip(Uncacheable::ZeroTtl)),
+        case("max-age=0 skips", 200, &[("cache-control", "max-age=0")], NO_ROUTE, skip(Uncacheable::ZeroTtl)),
         case("response stale windows", 200, &[("cache-control", "max-age=60, stale-while-revalidate=30, stale-if-error=300")], ROUTE_STALE, store(60, 0, 30, 300, false)),
         case("route stale defaults", 200, MAX60, ROUTE_STALE, store(60, 0, 5, 50, false)),
         case("must-revalidate zeroes stale windows", 200, &[("cache-control", "max-age=60, must-revalidate, stale-if-error=300")], ROUTE_STALE, store(60, 0, 0, 0, true)),
         case("proxy-revalidate zeroes stale windows", 200, &[("cache-control", "max-age=60, proxy-revalidate")], ROUTE_STALE, store(60, 0, 0, 0, true)),
-        case("directives combine across lines", 200, &[("cache-control", "max-age=60"), ("cache-control", "private")], NO_ROUTE, skip("private")),
+        case("directives combine across lines", 200, &[("cache-control", "max-age=60"), ("cache-control", "private")], NO_ROUTE, skip(Uncacheable::Private)),
     ];
 
     #[test]
@@ -782,7 +798,7 @@ mod tests {
     fn decide_follows_rules_in_order() {
         for c in DECIDE {
             let response_headers = headers(c.headers);
-            let ex = Exchange {
+            let ex = Candidate {
                 status: StatusCode::from_u16(c.status).expect("test status"),
                 response_headers: &response_headers,
                 request: RequestDirectives {

@@ -1,0 +1,235 @@
+//! The [`Cache`] service: each request's life, top-down.
+//!
+//! [`classify`] decides from the request alone whether the cache takes part (a read gets its
+//! key, a write will invalidate, anything else bypasses); a read is looked up ([`lookup`]) and
+//! then answered by the [`Exchange`]: a hit, a follower of another request's call, or a leader
+//! whose response fills the store as it streams ([`fill`](crate::phase::fill)). Writes go to
+//! the service and invalidate their tags before they are answered ([`write`](crate::phase::write)).
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{Request, Response, request::Parts};
+use http_body::Body;
+use tower_service::Service;
+use tracing::Instrument;
+
+use crate::{
+    CacheHandle,
+    engine::breaker::Op,
+    middleware::{body::CacheBody, future::ResponseFuture, status::CacheStatus},
+    phase::{
+        classify::{self, Class, Intent, Read},
+        exchange::{self, Exchange},
+        lookup::{self, Found},
+        write::Write,
+    },
+    reason::{Bypass, Fwd},
+    rules::route::{Params, Route, RouteSet},
+    stats::Outcome,
+};
+
+/// A response cache in front of a service. Built by a [`CacheLayer`](crate::CacheLayer).
+///
+/// `GET` and `HEAD` requests that a rule covers (and `POST`s keyed by their body, see
+/// [`Rule::cache_posts_by_body`](crate::Rule::cache_posts_by_body)) are answered from the store
+/// when a usable entry exists; other requests go to the service, and successful writes
+/// invalidate their rule's tags. Every response carries `Cache-Status`. Failures of the cache itself never
+/// become errors: the service answers instead.
+///
+/// A hit does not call the inner service, so whatever its `poll_ready` reserved (a
+/// `ConcurrencyLimit` permit, a `Buffer` slot) stays with this `Cache` until its next call or
+/// until it is dropped. axum and hyper clone the service for each request and drop the clone
+/// afterwards, so nothing is held there; a long-lived `Cache` in front of such a service holds
+/// one reservation between requests.
+#[derive(Debug, Clone)]
+pub struct Cache<S> {
+    inner: S,
+    handle: CacheHandle,
+    routes: Arc<RouteSet>,
+}
+
+impl<S> Cache<S> {
+    pub(crate) fn new(inner: S, handle: CacheHandle, routes: Arc<RouteSet>) -> Self {
+        Cache {
+            inner,
+            handle,
+            routes,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the cache, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The handle this cache serves from.
+    pub fn handle(&self) -> &CacheHandle {
+        &self.handle
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    type Response = Response<CacheBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let (inner, handle) = (&mut self.inner, &self.handle);
+        let Some((route, params)) = self.routes.find(req.uri().path()) else {
+            return bypass(inner, handle, req, Bypass::NoRule);
+        };
+        let (parts, body) = req.into_parts();
+        match classify::classify(&handle.shared, route, &parts) {
+            Class::Read(read) => self::read(inner, handle, route, params, read, parts, body),
+            Class::Bypass(reason) => {
+                route.stats.record(Outcome::Bypass);
+                bypass(inner, handle, Request::from_parts(parts, body), reason)
+            }
+            Class::Write { scope } => {
+                route.stats.record(Outcome::Bypass);
+                let write = Write {
+                    handle: handle.clone(),
+                    route: Arc::clone(route),
+                    scope,
+                    params,
+                    path: parts.uri.path().to_owned(),
+                };
+                let span = tracing::debug_span!("larder.write", route = %route.rule.name);
+                let req = Request::from_parts(parts, body);
+                let future = write.forward_then_invalidate(take(inner), req);
+                ResponseFuture::boxed(Box::pin(future.instrument(span)))
+            }
+        }
+    }
+}
+
+/// The service that was made ready, leaving a fresh clone in its place: a request that goes
+/// to the service takes it; a hit never touches it (nor pays for the clone).
+fn take<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}
+
+/// Forwards a request the cache does not take part in.
+fn bypass<S, ReqBody, B>(
+    inner: &mut S,
+    handle: &CacheHandle,
+    req: Request<ReqBody>,
+    reason: Bypass,
+) -> ResponseFuture<S::Future, B, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>> + Clone,
+{
+    let status = CacheStatus::bypass(reason);
+    ResponseFuture::forward(take(inner).call(req), status, handle.shared.x_cache)
+}
+
+/// Looks a read up and answers it. An in-process store answers at once, and a fresh entry is
+/// served from borrowed state, nothing cloned but the entry's parts; a network store's lookup
+/// and what follows run as one task.
+fn read<S, ReqBody, B>(
+    inner: &mut S,
+    handle: &CacheHandle,
+    route: &Arc<Route>,
+    params: Params,
+    read: Read,
+    parts: Parts,
+    body: ReqBody,
+) -> ResponseFuture<S::Future, B, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+{
+    let shared = &handle.shared;
+    let exchange = |read: Read, looked_up| Exchange {
+        handle: handle.clone(),
+        route: Arc::clone(route),
+        key: read.key,
+        scope: read.scope,
+        params,
+        directives: read.directives,
+        since: shared.store.stamp(),
+        looked_up,
+    };
+    if read.intent == Intent::Reload {
+        let found = Found::Miss {
+            stale: None,
+            fwd: Fwd::Request,
+        };
+        let now = shared.clock.now_ms();
+        return exchange(read, None).answer(found, now, take(inner), parts, body);
+    }
+    let mut store_call = shared.store.get(&read.key);
+    let Some(result) = store_call.try_ready() else {
+        let mut exchange = exchange(read, Some(tokio::time::Instant::now()));
+        let inner = take(inner);
+        let span = tracing::debug_span!("larder.lookup", route = %route.rule.name);
+        return ResponseFuture::boxed(Box::pin(
+            async move {
+                let shared = &exchange.handle.shared;
+                let stats = &exchange.route.stats;
+                let entry = shared.breaker.call(stats, Op::Get, store_call).await;
+                // Taken after the lookup: it saw every invalidation that completed before.
+                exchange.since = shared.store.stamp();
+                let now = shared.clock.now_ms();
+                let found =
+                    lookup::judge(entry.unwrap_or(None), &exchange.key, &parts.headers, now);
+                exchange.answer(found, now, inner, parts, body).await
+            }
+            .instrument(span),
+        ));
+    };
+    let entry = result.unwrap_or_else(|e| {
+        route.stats.error();
+        tracing::warn!(error = %e, "cache lookup failed");
+        None
+    });
+    let now = shared.clock.now_ms();
+    match lookup::judge(entry, &read.key, &parts.headers, now) {
+        Found::Fresh { entry, ttl } => {
+            let status = CacheStatus::Hit { ttl };
+            let response = exchange::serve(
+                shared,
+                route,
+                &entry,
+                &parts.method,
+                &parts.headers,
+                status,
+                now,
+            );
+            if exchange::refresh_early(route, &entry, now) {
+                exchange(read, None).refresh(take(inner), parts, body);
+            }
+            ResponseFuture::ready(response)
+        }
+        found => exchange(read, None).answer(found, now, take(inner), parts, body),
+    }
+}

@@ -1,0 +1,149 @@
+//! Phase 1, classify: whether the cache may answer a request at all, and under which key.
+//!
+//! Decided from the request alone, before any store call: a write is forwarded and then
+//! invalidates; a read the rule covers gets its key; anything else bypasses the cache with a
+//! [`Bypass`] reason.
+
+use std::time::Duration;
+
+use http::{HeaderMap, Method, header, request::Parts};
+
+use crate::{
+    CacheKey, RequestBodyDigest,
+    handle::{Reloads, Shared},
+    reason::Bypass,
+    rules::{
+        key::KeyInput,
+        policy::{self, RequestDirectives},
+        route::Route,
+    },
+};
+
+/// What the cache does with a request.
+pub(crate) enum Class {
+    /// Not cached: forwarded untouched.
+    Bypass(Bypass),
+    /// A write: forwarded, and when it succeeds its tags are invalidated before it is answered.
+    Write { scope: Option<String> },
+    /// A read the store may answer.
+    Read(Read),
+}
+
+/// A read the store may answer.
+pub(crate) struct Read {
+    pub(crate) key: CacheKey,
+    pub(crate) scope: Option<String>,
+    pub(crate) directives: RequestDirectives,
+    pub(crate) intent: Intent,
+}
+
+/// Whether the store is read for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Intent {
+    /// Look the key up.
+    Lookup,
+    /// A reload (`no-cache`, `max-age=0`) with [`Reloads::Honor`]: ask the origin, and store.
+    Reload,
+}
+
+/// Classifies a request that `route` covers.
+pub(crate) fn classify(shared: &Shared, route: &Route, parts: &Parts) -> Class {
+    // Under `cache_posts_by_body`, a POST is a read keyed by the digest of its body.
+    let digest = if parts.method == Method::POST && route.rule.posts_by_body {
+        match parts.extensions.get::<RequestBodyDigest>() {
+            Some(digest) => Some(digest),
+            None => return Class::Bypass(Bypass::BodyNotKeyed),
+        }
+    } else {
+        None
+    };
+    if digest.is_none() && parts.method != Method::GET && parts.method != Method::HEAD {
+        if !is_write(&parts.method) {
+            return Class::Bypass(Bypass::Method);
+        }
+        let scope = route.rule.scope.as_ref().and_then(|s| s.scope(parts));
+        return Class::Write { scope };
+    }
+    // A Range request wants part of a representation, and 206s are never stored.
+    if parts.headers.contains_key(header::RANGE) {
+        return Class::Bypass(Bypass::Range);
+    }
+    // A GET with content ("fat GET") could change the response without changing the key.
+    if digest.is_none() && has_content(&parts.headers) {
+        return Class::Bypass(Bypass::RequestBody);
+    }
+    let scope = match &route.rule.scope {
+        Some(s) => match s.scope(parts) {
+            Some(user) => Some(user),
+            None => return Class::Bypass(Bypass::NoUser),
+        },
+        // RFC 9111 §3.5: a response to a request with credentials is for that user only.
+        None if parts.headers.contains_key(header::AUTHORIZATION)
+            || parts.headers.contains_key(header::COOKIE) =>
+        {
+            return Class::Bypass(Bypass::Credentials);
+        }
+        None => None,
+    };
+    // The store is failing (or invalidations wait to be replayed): go straight to the
+    // service, with no store call and no wait.
+    if !shared.breaker.closed() {
+        return Class::Bypass(Bypass::StoreUnavailable);
+    }
+
+    let directives = policy::request_directives(&parts.headers);
+    let key = route.rule.key.build(&KeyInput {
+        namespace: &shared.namespace,
+        // A stored GET answers HEAD (RFC 9110 §9.3.2); a HEAD never stores. A POST's
+        // entry answers only the same POST.
+        method: if digest.is_some() {
+            &Method::POST
+        } else {
+            &Method::GET
+        },
+        authority: authority(parts),
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        scope: scope.as_deref(),
+        body: digest.map(RequestBodyDigest::as_bytes),
+    });
+    // Reloads are honoured only when configured: by default a client cannot make the origin
+    // do work the cache was put there to save.
+    let reload = directives.no_cache || directives.max_age == Some(Duration::ZERO);
+    let intent = if reload && shared.reloads == Reloads::Honor {
+        Intent::Reload
+    } else {
+        Intent::Lookup
+    };
+    Class::Read(Read {
+        key,
+        scope,
+        directives,
+        intent,
+    })
+}
+
+/// Unsafe methods (RFC 9110 §9.2.1) are the writes that invalidate.
+fn is_write(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+fn has_content(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+fn authority(parts: &Parts) -> Option<&str> {
+    parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+        parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}

@@ -1,0 +1,451 @@
+//! Phase 3, exchange: a read is answered from what the lookup found (hit), with another
+//! request's response (follow a flight), or by the service while the store is filled (lead).
+//!
+//! Every answer from an entry goes through [`serve`]. A miss takes its turn with the
+//! [coalescer](crate::engine::coalesce): it leads a flight, follows one (sharing its entry
+//! when the visibility rule allows), or asks alone for an [`Alone`] reason; keys that proved
+//! uncacheable lead no flight at all (the [predictor](crate::engine::predictor)). A leader may
+//! also take the cross-instance fill lock, then asks the service and hands the response to the
+//! [fill](super::fill) phase.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, header, request::Parts};
+use http_body::Body;
+use tower_service::Service;
+use tracing::Instrument;
+
+use crate::{
+    CacheHandle, CacheKey, Entry,
+    engine::{
+        coalesce::{Lead, Recheck, Ticket, Turn},
+        lock::{self, LockHeld, LockOutcome},
+    },
+    entry::Freshness,
+    handle::Shared,
+    middleware::{body::CacheBody, future::ResponseFuture, respond, status::CacheStatus},
+    phase::{
+        fill::{self, Asked, Fill},
+        lookup::{self, Found},
+    },
+    reason::{Alone, Detail, Fwd, StaleUse, Uncacheable},
+    rules::{
+        policy::{self, RequestDirectives},
+        route::{Params, Route},
+    },
+    stats::Outcome,
+};
+
+type Reply<B, E> = Result<Response<CacheBody<B>>, E>;
+
+/// Answers a request (its `method` and `headers`) from `entry` at `now_ms`, with `status`,
+/// and counts it: the one way an entry is served (hits, stale, shared and re-read entries).
+pub(crate) fn serve<B>(
+    shared: &Shared,
+    route: &Route,
+    entry: &Entry,
+    method: &Method,
+    headers: &HeaderMap,
+    status: CacheStatus,
+    now_ms: u64,
+) -> Response<CacheBody<B>> {
+    route.stats.record(status.outcome());
+    respond::from_entry(entry, method, headers, now_ms, status, shared.x_cache)
+}
+
+/// Whether early refresh (XFetch) wants a fresh entry refreshed in the background now.
+pub(crate) fn refresh_early(route: &Route, entry: &Entry, now_ms: u64) -> bool {
+    route
+        .rule
+        .early_refresh
+        .is_some_and(|beta| entry.refresh_early(now_ms, beta))
+}
+
+/// One cacheable request, from its lookup to its response.
+pub(crate) struct Exchange {
+    pub(crate) handle: CacheHandle,
+    pub(crate) route: Arc<Route>,
+    pub(crate) key: CacheKey,
+    pub(crate) scope: Option<String>,
+    pub(crate) params: Params,
+    pub(crate) directives: RequestDirectives,
+    /// The store's stamp when the request started, after its lookup: what a shared entry
+    /// must have been born at or after (see the coalescer).
+    pub(crate) since: u64,
+    /// When the lookup of a network store started (`None`: the store answered at once, so no
+    /// write can have crossed it).
+    pub(crate) looked_up: Option<tokio::time::Instant>,
+}
+
+impl Exchange {
+    /// Serves what the lookup found at `now_ms`, or goes to the service.
+    pub(crate) fn answer<S, ReqBody, B>(
+        self,
+        found: Found,
+        now_ms: u64,
+        inner: S,
+        parts: Parts,
+        body: ReqBody,
+    ) -> ResponseFuture<S::Future, B, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+    {
+        let shared = &self.handle.shared;
+        match found {
+            Found::Fresh { entry, ttl } => {
+                let status = CacheStatus::Hit { ttl };
+                let response = self.serve(&entry, &parts.method, &parts.headers, status, now_ms);
+                if refresh_early(&self.route, &entry, now_ms) {
+                    self.refresh(inner, parts, body);
+                }
+                ResponseFuture::ready(response)
+            }
+            Found::Revalidate { entry, by } => {
+                let status = CacheStatus::Stale {
+                    by: by.as_secs(),
+                    used: StaleUse::WhileRevalidate,
+                };
+                let response = serve(
+                    shared,
+                    &self.route,
+                    &entry,
+                    &parts.method,
+                    &parts.headers,
+                    status,
+                    now_ms,
+                );
+                self.refresh(inner, parts, body);
+                ResponseFuture::ready(response)
+            }
+            Found::Miss { stale, fwd } => {
+                let span = tracing::debug_span!("larder.miss", route = %self.route.rule.name, key = %self.key, fwd = fwd.as_str());
+                ResponseFuture::boxed(Box::pin(
+                    self.miss(inner, parts, body, stale, fwd).instrument(span),
+                ))
+            }
+        }
+    }
+
+    fn serve<B>(
+        &self,
+        entry: &Entry,
+        method: &Method,
+        headers: &HeaderMap,
+        status: CacheStatus,
+        now_ms: u64,
+    ) -> Response<CacheBody<B>> {
+        let shared = &self.handle.shared;
+        serve(shared, &self.route, entry, method, headers, status, now_ms)
+    }
+
+    /// The store had nothing usable: follow a flight, or lead one (or ask alone).
+    async fn miss<S, ReqBody, B>(
+        self,
+        inner: S,
+        mut parts: Parts,
+        body: ReqBody,
+        stale: Option<Arc<Entry>>,
+        fwd: Fwd,
+    ) -> Reply<B, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
+        S::Future: Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+    {
+        let shared = &self.handle.shared;
+        if self.directives.only_if_cached {
+            self.route.stats.record(Outcome::Miss);
+            let status = CacheStatus::forward(fwd, Detail::Alone(Alone::OnlyIfCached));
+            return Ok(respond::gateway_timeout(status, shared.x_cache));
+        }
+        // Requests whose response cannot serve others do not lead or follow a flight.
+        if let Some(alone) = alone(&parts, self.directives) {
+            self.route.stats.record(Outcome::Miss);
+            let status = CacheStatus::forward(fwd, Detail::Alone(alone));
+            return self.forward(inner, parts, body, stale, status).await;
+        }
+        // A key that proved uncacheable leads no flight: nobody would wait for it usefully.
+        let lead = if shared.predictor.uncacheable(self.key.digest()).is_some() {
+            None
+        } else {
+            match self.take_turn(&parts, fwd).await {
+                Ok(lead) => Some(lead),
+                Err(Answered::Served(response)) => return Ok(response),
+                Err(Answered::Alone(why)) => {
+                    self.route.stats.record(Outcome::Miss);
+                    let status = CacheStatus::forward(fwd, Detail::Alone(why));
+                    return self.forward(inner, parts, body, stale, status).await;
+                }
+            }
+        };
+        let lock = match self.fill_lock(&lead, &parts, fwd).await {
+            Ok(lock) => lock,
+            Err(response) => return Ok(response),
+        };
+        self.route.stats.record(Outcome::Miss);
+        policy::strip_validators(&mut parts.headers);
+        self.lead(lead, lock, inner, parts, body, stale, fwd).await
+    }
+
+    /// Takes this request's turn with the coalescer: `Ok` to lead, or how it was answered.
+    async fn take_turn<B>(&self, parts: &Parts, fwd: Fwd) -> Result<Lead, Answered<B>> {
+        let shared = &self.handle.shared;
+        let recheck = match self.looked_up {
+            // An in-process store's lookup is not timed: any plain miss counts.
+            None if fwd == Fwd::Miss => Recheck::Always,
+            None => Recheck::Never,
+            Some(at) => Recheck::IfWrittenSince(at),
+        };
+        let ticket = Ticket {
+            since: self.since,
+            wait: shared.collapse_timeout,
+            recheck,
+        };
+        let (stats, key, headers) = (&*self.route.stats, &self.key, &parts.headers);
+        let reread = move || async move {
+            let fresh = lookup::read_fresh(shared, stats, key, headers).await?;
+            Some((Arc::clone(&fresh.entry), fresh))
+        };
+        let digest = *self.key.digest();
+        match shared.coalescer.take_turn(digest, ticket, reread).await {
+            Turn::Lead(lead) => Ok(lead),
+            Turn::Shared(entry) if lookup::vary_matches(&entry, &self.key, &parts.headers) => {
+                let status = CacheStatus::Collapsed { fwd, detail: None };
+                let now = shared.clock.now_ms();
+                let response = self.serve(&entry, &parts.method, &parts.headers, status, now);
+                Err(Answered::Served(response))
+            }
+            Turn::Shared(_) => Err(Answered::Alone(Alone::Uncollapsible)),
+            Turn::Found(fresh) => {
+                let status = CacheStatus::Hit { ttl: fresh.ttl };
+                let response = self.serve(
+                    &fresh.entry,
+                    &parts.method,
+                    &parts.headers,
+                    status,
+                    fresh.now_ms,
+                );
+                Err(Answered::Served(response))
+            }
+            Turn::Alone(why) => Err(Answered::Alone(why)),
+        }
+    }
+
+    /// Across instances: one of them fills, the others wait for its entry (bounded). `Err`
+    /// when another instance's entry answered the request.
+    async fn fill_lock<B>(
+        &self,
+        lead: &Option<Lead>,
+        parts: &Parts,
+        fwd: Fwd,
+    ) -> Result<Option<LockHeld>, Response<CacheBody<B>>> {
+        let shared = &self.handle.shared;
+        let Some(wait) = shared.lock_wait else {
+            return Ok(None);
+        };
+        let usable = |e: &Entry| {
+            lookup::vary_matches(e, &self.key, &parts.headers)
+                && matches!(e.freshness(shared.clock.now_ms()), Freshness::Fresh { .. })
+        };
+        match lock::acquire(&shared.breaker, &shared.typed, &self.key, wait, usable).await {
+            LockOutcome::Call(held) => Ok(held),
+            LockOutcome::Found(entry) => {
+                if let Some(lead) = lead {
+                    lead.land(Arc::clone(&entry));
+                }
+                let status = CacheStatus::Collapsed {
+                    fwd,
+                    detail: Some(Detail::OtherInstance),
+                };
+                let now = shared.clock.now_ms();
+                Err(self.serve(&entry, &parts.method, &parts.headers, status, now))
+            }
+        }
+    }
+
+    /// Serves a stale entry now and refreshes it in the background, once.
+    pub(crate) fn refresh<S, ReqBody, B>(self, inner: S, mut parts: Parts, body: ReqBody)
+    where
+        S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+    {
+        let coalescer = &self.handle.shared.coalescer;
+        let Some(lead) = coalescer.try_lead(*self.key.digest()) else {
+            return;
+        };
+        // The entry answers GET: refresh it with a GET even when a HEAD found it stale.
+        if parts.method == Method::HEAD {
+            parts.method = Method::GET;
+        }
+        policy::strip_validators(&mut parts.headers);
+        tokio::spawn(async move {
+            let refreshed = self.lead(Some(lead), None, inner, parts, body, None, Fwd::Stale);
+            if let Ok(response) = refreshed.await {
+                // Reading the body to its end is what stores it.
+                let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+            }
+        });
+    }
+
+    /// Asks the service (leading the flight `lead`, if any) and hands what may be stored to
+    /// the fill phase.
+    #[allow(clippy::too_many_arguments)]
+    async fn lead<S, ReqBody, B>(
+        self,
+        lead: Option<Lead>,
+        lock: Option<LockHeld>,
+        mut inner: S,
+        parts: Parts,
+        body: ReqBody,
+        stale: Option<Arc<Entry>>,
+        fwd: Fwd,
+    ) -> Reply<B, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<B>>,
+        B: Body<Data = Bytes>,
+    {
+        let shared = &self.handle.shared;
+        // Taken before the call: an invalidation from now on hides what this call returns.
+        let born = shared.store.stamp();
+        let (method, headers) = (parts.method.clone(), parts.headers.clone());
+        let path = parts.uri.path().to_owned();
+        let started = tokio::time::Instant::now();
+        let response = match inner.call(Request::from_parts(parts, body)).await {
+            Ok(r) if !r.status().is_server_error() => r,
+            failed => {
+                // RFC 5861 §4: stale-if-error. `lead` drops: followers ask for themselves.
+                if let Some(entry) = &stale {
+                    return Ok(self.serve_stale_if_error(entry, &method, &headers));
+                }
+                let status =
+                    CacheStatus::forward(fwd, Detail::Uncacheable(Uncacheable::ServerError));
+                return failed.map(|r| respond::passed_through(r, status, shared.x_cache));
+            }
+        };
+        let (mut rparts, rbody) = response.into_parts();
+        let asked = Asked {
+            route: &self.route,
+            key: &self.key,
+            scope: self.scope.as_deref(),
+            params: &self.params,
+            directives: self.directives,
+            method: &method,
+            headers: &headers,
+            path: &path,
+            born,
+            now: shared.clock.now(),
+        };
+        let entry = match fill::prepare(&asked, &mut rparts, rbody.size_hint()) {
+            Ok(entry) => entry,
+            Err(reason) => {
+                if let Some(lead) = &lead {
+                    lead.uncacheable();
+                }
+                shared.predictor.remember(*self.key.digest(), reason);
+                CacheStatus::forward(fwd, Detail::Uncacheable(reason))
+                    .apply(&mut rparts.headers, shared.x_cache);
+                return Ok(Response::from_parts(rparts, CacheBody::stream(rbody)));
+            }
+        };
+        // Say `stored` only when the length is known to fit; a stream of unknown length may
+        // still turn out too big after the headers have left.
+        let known = rparts.headers.contains_key(header::CONTENT_LENGTH)
+            || rbody.size_hint().exact().is_some();
+        let status = if known {
+            CacheStatus::Stored { fwd }
+        } else {
+            CacheStatus::forward(fwd, None)
+        };
+        status.apply(&mut rparts.headers, shared.x_cache);
+        let limit = self.route.max_body_size;
+        let fill = Fill {
+            handle: self.handle.clone(),
+            key: self.key,
+            entry,
+            stats: Arc::clone(&self.route.stats),
+            lead,
+            lock,
+            started,
+        };
+        let body = CacheBody::recording(rbody, fill, limit);
+        Ok(Response::from_parts(rparts, body))
+    }
+
+    /// RFC 5861 §4: the service failed and a stale entry may stand in for its response.
+    fn serve_stale_if_error<B>(
+        &self,
+        entry: &Entry,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Response<CacheBody<B>> {
+        let now = self.handle.now_ms();
+        let by = entry.age(now).saturating_sub(entry.lifetime).as_secs();
+        let status = CacheStatus::Stale {
+            by,
+            used: StaleUse::IfError,
+        };
+        self.serve(entry, method, headers, status, now)
+    }
+
+    /// Forwards without storing (stale-if-error still applies).
+    async fn forward<S, ReqBody, B>(
+        self,
+        mut inner: S,
+        parts: Parts,
+        body: ReqBody,
+        stale: Option<Arc<Entry>>,
+        status: CacheStatus,
+    ) -> Reply<B, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<B>>,
+    {
+        let method = parts.method.clone();
+        let headers = stale.as_ref().map(|_| parts.headers.clone());
+        let result = inner.call(Request::from_parts(parts, body)).await;
+        if let (Some(entry), Some(headers)) = (&stale, &headers) {
+            if result
+                .as_ref()
+                .map_or(true, |r| r.status().is_server_error())
+            {
+                return Ok(self.serve_stale_if_error(entry, &method, headers));
+            }
+        }
+        Ok(respond::passed_through(
+            result?,
+            status,
+            self.handle.shared.x_cache,
+        ))
+    }
+}
+
+/// How a miss was answered without leading.
+enum Answered<B> {
+    /// From an entry (shared by the leader, or read again from the store).
+    Served(Response<CacheBody<B>>),
+    /// It asks the service itself, for this reason.
+    Alone(Alone),
+}
+
+/// Why a request's response cannot serve others, so it neither leads nor follows a flight.
+fn alone(parts: &Parts, directives: RequestDirectives) -> Option<Alone> {
+    if parts.method == Method::HEAD {
+        Some(Alone::Head)
+    } else if directives.no_store {
+        Some(Alone::RequestNoStore)
+    } else if parts.headers.contains_key(header::IF_MATCH)
+        || parts.headers.contains_key(header::IF_UNMODIFIED_SINCE)
+    {
+        // Preconditions the origin must judge (RFC 9110 §13.2): never answered from a copy.
+        Some(Alone::Precondition)
+    } else {
+        None
+    }
+}

@@ -1,0 +1,9 @@
+//! The phases of a request, in the order it goes through them:
+//! [`classify`] -> [`lookup`] -> [`exchange`] (hit, follow, or lead) -> [`fill`]; and
+//! [`write`] for the requests that change data.
+
+pub(crate) mod classify;
+pub(crate) mod exchange;
+pub(crate) mod fill;
+pub(crate) mod lookup;
+pub(crate) mod write;
