@@ -22,7 +22,10 @@ use axum::{
 use benches::{ROUTE, config, fetch, json_body, runtime};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
-use larder::{CacheHandle, CacheKey, Entry, MemoryStore, Rule, Store, StoreFuture, codec};
+use larder::{
+    CacheHandle, CacheKey, Entry, MemoryStore, Rule, Store, StoreFuture, codec,
+    store::{Entries, Invalidation, Read},
+};
 
 /// An entry as the layer hands it to the store.
 type Stored = (CacheKey, Arc<Entry>);
@@ -35,20 +38,16 @@ struct Capture {
     last: Arc<Mutex<Option<Stored>>>,
 }
 
-impl Store for Capture {
+impl Entries for Capture {
     fn name(&self) -> &'static str {
         "capture"
     }
 
-    fn stamp(&self) -> u64 {
-        self.inner.stamp()
-    }
-
-    fn get(&self, key: &CacheKey) -> StoreFuture<Option<Arc<Entry>>> {
+    fn get(&self, key: &CacheKey) -> StoreFuture<Read> {
         self.inner.get(key)
     }
 
-    fn get_many(&self, keys: &[CacheKey]) -> StoreFuture<Vec<Option<Arc<Entry>>>> {
+    fn get_many(&self, keys: &[CacheKey]) -> StoreFuture<Vec<Read>> {
         self.inner.get_many(keys)
     }
 
@@ -60,6 +59,12 @@ impl Store for Capture {
     fn remove(&self, key: &CacheKey) -> StoreFuture<()> {
         self.inner.remove(key)
     }
+}
+
+impl Invalidation for Capture {
+    fn stamp(&self) -> u64 {
+        self.inner.stamp()
+    }
 
     fn invalidate_tags(&self, tags: Vec<String>) -> StoreFuture<()> {
         self.inner.invalidate_tags(tags)
@@ -69,6 +74,8 @@ impl Store for Capture {
         self.inner.purge()
     }
 }
+
+impl Store for Capture {}
 
 /// `len` bytes that LZ4 cannot compress (xorshift64).
 fn random_body(len: usize) -> Bytes {

@@ -27,7 +27,7 @@ async fn populate(cache: &CacheHandle, n: usize) {
     let seed = cache.key("seed");
     let mut entry = None;
     for _ in 0..100 {
-        entry = cache.store().get(&seed).await.expect("store get");
+        entry = cache.store().get(&seed).await.expect("store get").visible();
         if entry.is_some() {
             break;
         }

@@ -16,6 +16,7 @@ use crate::{
     entry::{Freshness, derive_etag},
     phase::fill,
     stats::Outcome,
+    store::Read,
 };
 
 /// How long a typed value stays fresh and which tags it carries.
@@ -54,7 +55,7 @@ impl CacheHandle {
             .call(stats, Op::Get, fut)
             .await
             .ok()
-            .flatten();
+            .and_then(Read::visible);
         let value = entry.and_then(|e| self.decode(&e));
         stats.record(if value.is_some() {
             Outcome::Hit
@@ -69,10 +70,13 @@ impl CacheHandle {
         let cache_keys: Vec<CacheKey> = keys.iter().map(|k| self.key(k)).collect();
         let stats = &self.shared.typed;
         let fut = self.shared.store.get_many(&cache_keys);
-        let entries = match self.shared.breaker.call(stats, Op::GetMany, fut).await {
-            Ok(entries) if entries.len() == keys.len() => entries,
-            _ => vec![None; keys.len()],
-        };
+        let entries: Vec<Option<Arc<Entry>>> =
+            match self.shared.breaker.call(stats, Op::GetMany, fut).await {
+                Ok(reads) if reads.len() == keys.len() => {
+                    reads.into_iter().map(Read::visible).collect()
+                }
+                _ => vec![None; keys.len()],
+            };
         entries
             .iter()
             .map(|e| {
@@ -284,7 +288,12 @@ impl CacheHandle {
     async fn read_entry(&self, key: &CacheKey) -> Option<Arc<Entry>> {
         let fut = self.shared.store.get(key);
         let stats = &self.shared.typed;
-        self.shared.breaker.call(stats, Op::Get, fut).await.ok()?
+        self.shared
+            .breaker
+            .call(stats, Op::Get, fut)
+            .await
+            .ok()?
+            .visible()
     }
 
     /// Reads `key` from the store; its value if there is a usable one (counted as a hit).

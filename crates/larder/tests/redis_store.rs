@@ -146,13 +146,14 @@ async fn garbage_truncated_foreign_and_old_values_are_misses() {
 
 /// A valid entry, produced the way the cache produces one (a typed value).
 async fn entry_for_test() -> larder::Entry {
-    use larder::Store;
+    use larder::store::Entries;
     let store = larder::MemoryStore::default();
     let cache = CacheHandle::new(store.clone());
     cache
         .insert("seed", &"seed", &EntryOptions::new(Duration::from_secs(60)))
         .await;
-    let entry = store.get(&cache.key("seed")).await.unwrap().unwrap();
+    let read = store.get(&cache.key("seed")).await.unwrap();
+    let entry = read.visible().unwrap();
     (*entry).clone()
 }
 

@@ -15,8 +15,8 @@ use std::{
 
 use http::StatusCode;
 use larder::{
-    EntryOptions, Store,
-    store::{RedisStore, TieredStore},
+    EntryOptions,
+    store::{Entries, RedisStore, TieredStore},
 };
 use larder_testkit::{Proxy, RedisServer};
 use support::metrics_app::{app, eventually, get_once, handle};

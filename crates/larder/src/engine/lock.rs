@@ -14,6 +14,7 @@ use crate::{
     CacheKey, Entry,
     engine::breaker::{Breaker, Op},
     stats::RouteStats,
+    store::Read,
 };
 
 const POLL_EVERY: Duration = Duration::from_millis(20);
@@ -36,8 +37,10 @@ impl LockHeld {
 }
 
 async fn unlock(breaker: &Breaker, stats: &RouteStats, key: &CacheKey, token: String) {
-    let fut = breaker.store().unlock(key, token);
-    let _ = breaker.call(stats, Op::Unlock, fut).await;
+    if let Some(fill_lock) = breaker.store().fill_lock() {
+        let fut = fill_lock.unlock(key, token);
+        let _ = breaker.call(stats, Op::Unlock, fut).await;
+    }
 }
 
 impl Drop for LockHeld {
@@ -72,15 +75,15 @@ pub(crate) async fn acquire(
     usable: impl Fn(&Entry) -> bool,
 ) -> LockOutcome {
     let store = breaker.store();
-    if !store.shares_locks() {
+    let Some(fill_lock) = store.fill_lock() else {
         return LockOutcome::Call(None);
-    }
+    };
     let deadline = tokio::time::Instant::now() + wait;
     // The lock outlives the wait a little, so a slow holder is not joined by everyone at once.
     let ttl = wait + Duration::from_secs(1);
     loop {
         let taken = breaker
-            .call(stats, Op::Lock, store.try_lock(key, ttl))
+            .call(stats, Op::Lock, fill_lock.try_lock(key, ttl))
             .await;
         match taken {
             Ok(Some(token)) => {
@@ -99,7 +102,8 @@ pub(crate) async fn acquire(
             return LockOutcome::Call(None);
         }
         tokio::time::sleep(POLL_EVERY).await;
-        if let Ok(Some(entry)) = breaker.call(stats, Op::Get, store.get(key)).await {
+        let read = breaker.call(stats, Op::Get, store.get(key)).await;
+        if let Some(entry) = read.ok().and_then(Read::visible) {
             if usable(&entry) {
                 return LockOutcome::Found(entry);
             }

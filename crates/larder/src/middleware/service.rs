@@ -22,7 +22,7 @@ use crate::{
     engine::breaker::Op,
     middleware::{body::CacheBody, future::ResponseFuture, status::CacheStatus},
     phase::{
-        classify::{self, Class, Intent, Read},
+        classify::{self, Class, Intent, ReadRequest},
         exchange::{self, Exchange},
         lookup::{self, Found},
         write::Write,
@@ -30,6 +30,7 @@ use crate::{
     reason::{Bypass, Fwd},
     rules::route::{Params, Route, RouteSet},
     stats::Outcome,
+    store::Read,
 };
 
 /// A response cache in front of a service. Built by a [`CacheLayer`](crate::CacheLayer).
@@ -157,7 +158,7 @@ fn read<S, ReqBody, B>(
     handle: &CacheHandle,
     route: &Arc<Route>,
     params: Params,
-    read: Read,
+    read: ReadRequest,
     parts: Parts,
     body: ReqBody,
 ) -> ResponseFuture<S::Future, B, S::Error>
@@ -169,7 +170,7 @@ where
     B: Body<Data = Bytes> + Send + 'static,
 {
     let shared = &handle.shared;
-    let exchange = |read: Read, looked_up| Exchange {
+    let exchange = |read: ReadRequest, looked_up| Exchange {
         handle: handle.clone(),
         route: Arc::clone(route),
         key: read.key,
@@ -196,22 +197,25 @@ where
             async move {
                 let shared = &exchange.handle.shared;
                 let stats = &exchange.route.stats;
-                let entry = shared.breaker.call(stats, Op::Get, store_call).await;
+                let read = shared.breaker.call(stats, Op::Get, store_call).await;
+                let entry = read.ok().and_then(Read::visible);
                 // Taken after the lookup: it saw every invalidation that completed before.
                 exchange.since = shared.store.stamp();
                 let now = shared.clock.now_ms();
-                let found =
-                    lookup::judge(entry.unwrap_or(None), &exchange.key, &parts.headers, now);
+                let found = lookup::judge(entry, &exchange.key, &parts.headers, now);
                 exchange.answer(found, now, inner, parts, body).await
             }
             .instrument(span),
         ));
     };
-    let entry = result.unwrap_or_else(|e| {
-        route.stats.error();
-        tracing::warn!(error = %e, "cache lookup failed");
-        None
-    });
+    let entry = match result {
+        Ok(read) => read.visible(),
+        Err(e) => {
+            route.stats.error();
+            tracing::warn!(error = %e, "cache lookup failed");
+            None
+        }
+    };
     let now = shared.clock.now_ms();
     match lookup::judge(entry, &read.key, &parts.headers, now) {
         Found::Fresh { entry, ttl } => {

@@ -26,11 +26,11 @@ pub(crate) enum Class {
     /// A write: forwarded, and when it succeeds its tags are invalidated before it is answered.
     Write { scope: Option<String> },
     /// A read the store may answer.
-    Read(Read),
+    Read(ReadRequest),
 }
 
 /// A read the store may answer.
-pub(crate) struct Read {
+pub(crate) struct ReadRequest {
     pub(crate) key: CacheKey,
     pub(crate) scope: Option<String>,
     pub(crate) directives: RequestDirectives,
@@ -116,7 +116,7 @@ pub(crate) fn classify(shared: &Shared, route: &Route, parts: &Parts) -> Class {
     } else {
         Intent::Lookup
     };
-    Class::Read(Read {
+    Class::Read(ReadRequest {
         key,
         scope,
         directives,

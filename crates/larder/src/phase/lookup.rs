@@ -76,8 +76,8 @@ pub(crate) async fn read(
         .breaker
         .call(stats, Op::Get, fut)
         .await
-        .ok()
-        .flatten()
+        .ok()?
+        .visible()
 }
 
 /// A fresh entry, as judged at `now_ms`.

@@ -21,7 +21,7 @@ use moka::notification::RemovalCause;
 // the layer judges, not how long the store keeps an entry.
 use std::time::Instant as Deadline;
 
-use super::{Store, StoreFuture};
+use super::{Entries, Invalidation, Marks, Read, Store, StoreFuture};
 use crate::{CacheKey, Entry};
 
 const DEFAULT_CAPACITY: u64 = 256 * 1024 * 1024;
@@ -103,18 +103,23 @@ impl MemoryStore {
         self.shared.counter.fetch_add(1, Ordering::AcqRel) + 1
     }
 
-    fn visible(&self, entry: &Entry) -> bool {
+    /// What the invalidation records say about `entry`: the tags' stamps are looked up only
+    /// when a tag was invalidated after the entry was born.
+    fn marks(&self, entry: &Entry) -> Marks {
         let s = &self.shared;
-        if entry.born < s.floor.load(Ordering::Acquire) {
-            return false;
+        let floor = s.floor.load(Ordering::Acquire);
+        let newest = s.last_tagged.load(Ordering::Acquire);
+        if newest <= entry.born {
+            return Marks::newest_tag_invalidation(floor, newest);
         }
-        if s.last_tagged.load(Ordering::Acquire) <= entry.born {
-            return true;
-        }
-        entry
-            .tags
-            .iter()
-            .all(|t| s.tags.get(&**t).is_none_or(|stamp| stamp <= entry.born))
+        let stamps = entry.tags.iter().map(|t| s.tags.get(&**t).unwrap_or(0));
+        Marks::tag_stamps(floor, stamps)
+    }
+
+    fn is_visible(&self, entry: &Arc<Entry>) -> bool {
+        Read::new(Some(Arc::clone(entry)), self.marks(entry))
+            .visible()
+            .is_some()
     }
 
     /// Records an invalidation stamped by another store's clock (the tiered store's L2), so
@@ -142,7 +147,7 @@ impl MemoryStore {
 
     /// Stores an entry unless its tags were invalidated after it was born.
     pub(crate) fn insert(&self, key: &CacheKey, entry: Arc<Entry>) {
-        if self.visible(&entry) {
+        if self.is_visible(&entry) {
             let keep = entry.time_to_keep(entry.stored_at).min(self.shared.max_ttl);
             if keep.is_zero() {
                 return;
@@ -164,17 +169,20 @@ impl MemoryStore {
         self.shared.entries.clear();
     }
 
-    pub(crate) fn lookup(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        let held = self.shared.entries.get(key.digest())?;
-        if held.until > Deadline::now() && self.visible(&held.entry) {
-            Some(held.entry)
-        } else {
-            // Only the entry read: a fresh one stored meanwhile stays.
-            self.shared
-                .entries
-                .remove_if(key.digest(), |h| Arc::ptr_eq(&h.entry, &held.entry));
-            None
+    /// Reads `key`: the entry and its marks. One kept past its time is removed and is a miss.
+    pub(crate) fn read(&self, key: &CacheKey) -> Read {
+        let Some(held) = self.shared.entries.get(key.digest()) else {
+            return Read::miss();
+        };
+        if held.until > Deadline::now() {
+            let marks = self.marks(&held.entry);
+            return Read::new(Some(held.entry), marks);
         }
+        // Only the entry read: a fresh one stored meanwhile stays.
+        self.shared
+            .entries
+            .remove_if(key.digest(), |h| Arc::ptr_eq(&h.entry, &held.entry));
+        Read::miss()
     }
 }
 
@@ -291,21 +299,17 @@ impl quick_cache::Weighter<[u8; 32], Held> for ByWeight {
     }
 }
 
-impl Store for MemoryStore {
+impl Entries for MemoryStore {
     fn name(&self) -> &'static str {
         "memory"
     }
 
-    fn stamp(&self) -> u64 {
-        self.shared.counter.load(Ordering::Acquire)
+    fn get(&self, key: &CacheKey) -> StoreFuture<Read> {
+        StoreFuture::ready(Ok(self.read(key)))
     }
 
-    fn get(&self, key: &CacheKey) -> StoreFuture<Option<Arc<Entry>>> {
-        StoreFuture::ready(Ok(self.lookup(key)))
-    }
-
-    fn get_many(&self, keys: &[CacheKey]) -> StoreFuture<Vec<Option<Arc<Entry>>>> {
-        StoreFuture::ready(Ok(keys.iter().map(|k| self.lookup(k)).collect()))
+    fn get_many(&self, keys: &[CacheKey]) -> StoreFuture<Vec<Read>> {
+        StoreFuture::ready(Ok(keys.iter().map(|k| self.read(k)).collect()))
     }
 
     fn put(&self, key: CacheKey, entry: Arc<Entry>) -> StoreFuture<()> {
@@ -317,6 +321,12 @@ impl Store for MemoryStore {
     fn remove(&self, key: &CacheKey) -> StoreFuture<()> {
         self.delete(key);
         StoreFuture::ready(Ok(()))
+    }
+}
+
+impl Invalidation for MemoryStore {
+    fn stamp(&self) -> u64 {
+        self.shared.counter.load(Ordering::Acquire)
     }
 
     fn invalidate_tags(&self, tags: Vec<String>) -> StoreFuture<()> {
@@ -337,6 +347,9 @@ impl Store for MemoryStore {
         StoreFuture::ready(Ok(()))
     }
 }
+
+/// One process's store: no fill lock.
+impl Store for MemoryStore {}
 
 #[cfg(test)]
 mod tests {

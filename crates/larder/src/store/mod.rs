@@ -1,19 +1,33 @@
-//! Where entries live: the [`Store`] trait and its implementations.
+//! Where entries live: the store traits and their implementations.
 //!
-//! A store keeps [`Entry`] values by [`CacheKey`] and makes tagged entries unreachable in one
-//! step: [`Store::invalidate_tags`] costs the same whether a tag marks one entry or a million,
-//! because entries record the store's [`stamp`](Store::stamp) from before their origin call and
-//! a read hides every entry born before one of its tags was invalidated.
+//! A store does three separate jobs, each its own trait:
 //!
-//! Store calls return a [`StoreFuture`], which is either already complete (an in-process store
-//! answers without allocating or suspending) or a boxed future (a network store). The layer puts
-//! a deadline only on the second kind, and treats every [`StoreError`] as a miss.
+//! - [`Entries`]: keeps [`Entry`] values by [`CacheKey`]. Each read returns a [`Read`], the
+//!   entry as stored plus the [`Marks`] of the store's invalidation records for it; the cache
+//!   applies the visibility rule to it (see [`Read::visible`]), so no store applies it, and
+//!   none can get it wrong.
+//! - [`Invalidation`]: the invalidation clock. [`Invalidation::invalidate_tags`] costs the
+//!   same whether a tag marks one entry or a million, because entries record the store's
+//!   [`stamp`](Invalidation::stamp) from before their origin call, and a read's marks hide
+//!   every entry born before one of its tags was invalidated.
+//! - [`FillLock`]: the cross-instance fill lock, offered only by stores that several
+//!   processes share ([`Store::fill_lock`]).
+//!
+//! [`Store`] is what a [`CacheHandle`](crate::CacheHandle) takes: entries and invalidation,
+//! and the fill lock if there is one. Store calls return a [`StoreFuture`], which is either
+//! already complete (an in-process store answers without allocating or suspending) or a
+//! boxed future (a network store). The layer puts a deadline only on the second kind, and
+//! treats every [`StoreError`] as a miss.
+//!
+//! A store outside the process can keep entries in the versioned envelope of
+//! [`codec`](crate::codec), as the Redis store does.
 
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis")]
 mod tiered;
+mod visibility;
 
 use std::{
     fmt,
@@ -21,6 +35,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 #[cfg(feature = "redis")]
@@ -28,57 +43,60 @@ pub use self::redis::{RedisStore, RedisStoreBuilder};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 pub use tiered::{TieredStore, TieredStoreBuilder};
+pub use visibility::{Marks, Read};
 
 use crate::{CacheKey, Entry};
 
-/// A backend for entries.
-///
-/// Implementations check entries' tags and [`Entry::born`] on read: `get` never returns an
-/// entry that an invalidation made unreachable.
-pub trait Store: Send + Sync + 'static {
+/// Keeps entries by key: the data.
+pub trait Entries: Send + Sync + 'static {
     /// A short name for logs and statistics (`"memory"`, `"redis"`).
     fn name(&self) -> &'static str;
 
-    /// The current invalidation stamp. An entry whose origin call started at stamp `s` is
-    /// hidden by any invalidation of one of its tags that happens after `s` was read.
-    fn stamp(&self) -> u64;
+    /// Reads one entry, with the marks that decide whether it may be seen.
+    fn get(&self, key: &CacheKey) -> StoreFuture<Read>;
 
-    /// Reads one entry.
-    fn get(&self, key: &CacheKey) -> StoreFuture<Option<Arc<Entry>>>;
+    /// Reads many entries at once (one round trip for a network store), one [`Read`] per key
+    /// in order.
+    fn get_many(&self, keys: &[CacheKey]) -> StoreFuture<Vec<Read>>;
 
-    /// Reads many entries at once (one round trip for a network store).
-    fn get_many(&self, keys: &[CacheKey]) -> StoreFuture<Vec<Option<Arc<Entry>>>>;
-
-    /// Stores an entry. A store drops the entry instead if its tags were invalidated after it
-    /// was born.
+    /// Stores an entry. A store may drop it instead when its marks already hide it.
     fn put(&self, key: CacheKey, entry: Arc<Entry>) -> StoreFuture<()>;
 
     /// Removes one entry.
     fn remove(&self, key: &CacheKey) -> StoreFuture<()>;
+}
+
+/// The invalidation clock and its records.
+pub trait Invalidation: Send + Sync + 'static {
+    /// The current invalidation stamp. An entry whose origin call started at stamp `s` is
+    /// hidden by any invalidation of one of its tags that happens after `s` was read.
+    fn stamp(&self) -> u64;
 
     /// Makes every entry carrying one of `tags` unreachable, at a cost that does not grow
-    /// with the number of entries.
+    /// with the number of entries: records the tags' invalidation with a new stamp, which
+    /// later reads report in their [`Marks`].
     fn invalidate_tags(&self, tags: Vec<String>) -> StoreFuture<()>;
 
-    /// Makes every entry unreachable.
+    /// Makes every entry unreachable (raises the purge floor of later reads' marks).
     fn purge(&self) -> StoreFuture<()>;
+}
 
-    /// Tries to take the cross-instance fill lock for `key` for at most `ttl`; `Some(token)`
-    /// when taken. Stores that serve one process need no lock: the default always grants it.
-    fn try_lock(&self, key: &CacheKey, ttl: std::time::Duration) -> StoreFuture<Option<String>> {
-        let _ = (key, ttl);
-        StoreFuture::ready(Ok(Some(String::new())))
-    }
+/// The cross-instance fill lock: one instance fills a missing key, the others wait for it.
+pub trait FillLock: Send + Sync + 'static {
+    /// Tries to take the lock for `key` for at most `ttl`; `Some(token)` when taken.
+    fn try_lock(&self, key: &CacheKey, ttl: Duration) -> StoreFuture<Option<String>>;
 
     /// Releases a lock taken with `try_lock`, only if `token` still holds it.
-    fn unlock(&self, key: &CacheKey, token: String) -> StoreFuture<()> {
-        let _ = (key, token);
-        StoreFuture::ready(Ok(()))
-    }
+    fn unlock(&self, key: &CacheKey, token: String) -> StoreFuture<()>;
+}
 
-    /// Whether `try_lock` coordinates several processes (so taking it is worth a round trip).
-    fn shares_locks(&self) -> bool {
-        false
+/// A store a [`CacheHandle`](crate::CacheHandle) can use: entries and their invalidation, and
+/// a fill lock if several processes share it.
+pub trait Store: Entries + Invalidation {
+    /// The fill lock, for a store that several processes share; `None` (the default) for a
+    /// store that serves one process, whose in-process single-flight is enough.
+    fn fill_lock(&self) -> Option<&dyn FillLock> {
+        None
     }
 }
 

@@ -32,7 +32,9 @@ use redis::{
     aio::ConnectionManagerConfig, cluster::ClusterClient, cluster_async::ClusterConnection,
 };
 
-use super::{Store, StoreError, StoreErrorKind, StoreFuture};
+use super::{
+    Entries, FillLock, Invalidation, Marks, Read, Store, StoreError, StoreErrorKind, StoreFuture,
+};
 use bytes::Bytes;
 
 use crate::{CacheKey, Entry, codec};
@@ -233,8 +235,10 @@ impl RedisStore {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
-    /// Reads entries and decides which are still reachable, in at most two round trips.
-    async fn read(&self, keys: Vec<CacheKey>) -> Result<Vec<Option<Arc<Entry>>>, StoreError> {
+    /// Reads entries and the marks that judge them, in at most two round trips: the entries
+    /// with the purge floor and the clock in one `MGET`, then (only when the clock has moved
+    /// since an entry was born) the stamps of their tags.
+    async fn read(&self, keys: Vec<CacheKey>) -> Result<Vec<Read>, StoreError> {
         let s = &self.shared;
         let mut mget = redis::cmd("MGET");
         for k in &keys {
@@ -256,53 +260,16 @@ impl RedisStore {
         let mut entries = Vec::with_capacity(keys.len());
         let mut corrupt = None;
         for (key, value) in keys.iter().zip(values) {
-            let entry = match value {
+            entries.push(match value {
                 None => None,
                 Some(bytes) => match codec::decode_bytes(key, Bytes::from(bytes)) {
-                    Ok(e) => Some(e),
+                    Ok(e) => Some(Arc::new(e)),
                     Err(e) => {
                         corrupt = Some(e);
                         None
                     }
                 },
-            };
-            // Born at or after the last purge (its clock value) is reachable.
-            entries.push(entry.filter(|e| e.born >= floor));
-        }
-
-        // While the clock has not moved since an entry was born, no tag of it was invalidated.
-        let mut tags: Vec<&str> = entries
-            .iter()
-            .flatten()
-            .filter(|e| clock > e.born)
-            .flat_map(|e| e.tags.iter().map(|t| &**t))
-            .collect();
-        if !tags.is_empty() {
-            tags.sort_unstable();
-            tags.dedup();
-            let mut mget = redis::cmd("MGET");
-            for tag in &tags {
-                mget.arg(self.tag_key(tag));
-            }
-            let stamps: Vec<Option<Vec<u8>>> = s.conn.query(&mget).await.map_err(backend)?;
-            let stamps: Vec<u64> = stamps.iter().map(|v| parse_u64(v.as_deref())).collect();
-            let stamp_of = |tag: &str| {
-                tags.binary_search(&tag)
-                    .ok()
-                    .and_then(|i| stamps.get(i).copied())
-                    .unwrap_or(0)
-            };
-            let hidden: Vec<usize> = entries
-                .iter()
-                .enumerate()
-                .filter_map(|(i, e)| {
-                    let e = e.as_ref()?;
-                    (clock > e.born && e.tags.iter().any(|t| stamp_of(t) > e.born)).then_some(i)
-                })
-                .collect();
-            for i in hidden {
-                entries[i] = None;
-            }
+            });
         }
         // A single read of a value that is not ours reports it (counted as an error, served as a miss).
         if keys.len() == 1 && entries[0].is_none() {
@@ -310,7 +277,45 @@ impl RedisStore {
                 return Err(e);
             }
         }
-        Ok(entries.into_iter().map(|e| e.map(Arc::new)).collect())
+
+        // While the clock has not moved since an entry was born, no tag of it was invalidated.
+        let needs_tags = |e: &Entry| clock > e.born && e.born >= floor;
+        let mut tags: Vec<&str> = entries
+            .iter()
+            .flatten()
+            .filter(|e| needs_tags(e))
+            .flat_map(|e| e.tags.iter().map(|t| &**t))
+            .collect();
+        let mut stamps = Vec::new();
+        if !tags.is_empty() {
+            tags.sort_unstable();
+            tags.dedup();
+            let mut mget = redis::cmd("MGET");
+            for tag in &tags {
+                mget.arg(self.tag_key(tag));
+            }
+            let values: Vec<Option<Vec<u8>>> = s.conn.query(&mget).await.map_err(backend)?;
+            stamps = values.iter().map(|v| parse_u64(v.as_deref())).collect();
+        }
+        // A tag whose stamp is missing from the answer counts as invalidated now: hidden.
+        let stamp_of = |tag: &str| {
+            tags.binary_search(&tag)
+                .ok()
+                .and_then(|i| stamps.get(i).copied())
+                .unwrap_or(u64::MAX)
+        };
+        Ok(entries
+            .iter()
+            .map(|entry| {
+                let marks = match entry {
+                    Some(e) if needs_tags(e) => {
+                        Marks::tag_stamps(floor, e.tags.iter().map(|t| stamp_of(t)))
+                    }
+                    _ => Marks::newest_tag_invalidation(floor, clock),
+                };
+                Read::new(entry.clone(), marks)
+            })
+            .collect())
     }
 }
 
@@ -320,6 +325,8 @@ impl RedisStore {
     pub(crate) async fn invalidate_stamped(&self, tags: Vec<String>) -> Result<u64, StoreError> {
         let s = &self.shared;
         let stamp = s.conn.tick(&s.tick, &s.clock_key).await.map_err(backend)?;
+        // This instance's next requests start after it: they must see it.
+        s.observed.fetch_max(stamp, Ordering::AcqRel);
         let ttl = s.max_ttl + TAG_MARGIN;
         for tag in &tags {
             s.conn
@@ -340,6 +347,7 @@ impl RedisStore {
     pub(crate) async fn purge_stamped(&self) -> Result<u64, StoreError> {
         let s = &self.shared;
         let stamp = s.conn.tick(&s.tick, &s.clock_key).await.map_err(backend)?;
+        s.observed.fetch_max(stamp, Ordering::AcqRel);
         s.conn
             .raise(&s.raise, &s.floor_key, stamp, Duration::ZERO)
             .await
@@ -590,22 +598,21 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-impl Store for RedisStore {
+impl Entries for RedisStore {
     fn name(&self) -> &'static str {
         "redis"
     }
 
-    fn stamp(&self) -> u64 {
-        self.shared.observed.load(Ordering::Acquire)
-    }
-
-    fn get(&self, key: &CacheKey) -> StoreFuture<Option<Arc<Entry>>> {
+    fn get(&self, key: &CacheKey) -> StoreFuture<Read> {
         let this = self.clone();
         let key = key.clone();
-        StoreFuture::pending(async move { Ok(this.read(vec![key]).await?.pop().flatten()) })
+        StoreFuture::pending(async move {
+            let mut reads = this.read(vec![key]).await?;
+            Ok(reads.pop().unwrap_or_else(Read::miss))
+        })
     }
 
-    fn get_many(&self, keys: &[CacheKey]) -> StoreFuture<Vec<Option<Arc<Entry>>>> {
+    fn get_many(&self, keys: &[CacheKey]) -> StoreFuture<Vec<Read>> {
         if keys.is_empty() {
             return StoreFuture::ready(Ok(Vec::new()));
         }
@@ -643,6 +650,12 @@ impl Store for RedisStore {
                 .map_err(backend)
         })
     }
+}
+
+impl Invalidation for RedisStore {
+    fn stamp(&self) -> u64 {
+        self.shared.observed.load(Ordering::Acquire)
+    }
 
     fn invalidate_tags(&self, tags: Vec<String>) -> StoreFuture<()> {
         if tags.is_empty() {
@@ -656,7 +669,9 @@ impl Store for RedisStore {
         let this = self.clone();
         StoreFuture::pending(async move { this.purge_stamped().await.map(drop) })
     }
+}
 
+impl FillLock for RedisStore {
     fn try_lock(&self, key: &CacheKey, ttl: Duration) -> StoreFuture<Option<String>> {
         let this = self.clone();
         let lock_key = format!("{}l:{}", self.shared.prefix, key.hex());
@@ -685,9 +700,12 @@ impl Store for RedisStore {
             s.conn.invoke::<i64>(&inv).await.map(drop).map_err(backend)
         })
     }
+}
 
-    fn shares_locks(&self) -> bool {
-        true
+/// Shared by every instance: offers the fill lock.
+impl Store for RedisStore {
+    fn fill_lock(&self) -> Option<&dyn FillLock> {
+        Some(self)
     }
 }
 

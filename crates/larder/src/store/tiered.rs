@@ -21,7 +21,10 @@ use std::{
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::{MemoryStore, RedisStore, Store, StoreFuture, redis::BusMessage};
+use super::{
+    Entries, FillLock, Invalidation, MemoryStore, Read, RedisStore, Store, StoreFuture,
+    redis::BusMessage,
+};
 use crate::{CacheKey, Entry};
 
 const PING_EVERY: Duration = Duration::from_secs(1);
@@ -74,12 +77,14 @@ impl TieredStore {
         self.shared.coherent.load(Ordering::Acquire)
     }
 
-    fn l1_get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        if self.is_coherent() {
-            self.shared.l1.lookup(key)
-        } else {
-            None
+    /// The L1's read of `key`, if the L1 is in use and holds an entry its marks let be seen.
+    fn l1_get(&self, key: &CacheKey) -> Option<Read> {
+        if !self.is_coherent() {
+            return None;
         }
+        let read = self.shared.l1.read(key);
+        // The same rule the cache applies: an entry the L1's records hide is read from Redis.
+        read.is_visible().then_some(read)
     }
 
     fn l1_fill(&self, key: &CacheKey, entry: &Arc<Entry>) {
@@ -193,49 +198,48 @@ impl std::fmt::Debug for TieredStore {
     }
 }
 
-impl Store for TieredStore {
+impl Entries for TieredStore {
     fn name(&self) -> &'static str {
         "tiered"
     }
 
-    fn stamp(&self) -> u64 {
-        self.shared.l2.stamp()
-    }
-
-    fn get(&self, key: &CacheKey) -> StoreFuture<Option<Arc<Entry>>> {
-        if let Some(entry) = self.l1_get(key) {
-            return StoreFuture::ready(Ok(Some(entry)));
+    fn get(&self, key: &CacheKey) -> StoreFuture<Read> {
+        if let Some(read) = self.l1_get(key) {
+            return StoreFuture::ready(Ok(read));
         }
         let this = self.clone();
         let key = key.clone();
         let l2 = self.shared.l2.get(&key);
         StoreFuture::pending(async move {
-            let entry = l2.await?;
-            if let Some(e) = &entry {
-                this.l1_fill(&key, e);
+            let read = l2.await?;
+            if let Some(e) = read.clone().visible() {
+                this.l1_fill(&key, &e);
             }
-            Ok(entry)
+            Ok(read)
         })
     }
 
-    fn get_many(&self, keys: &[CacheKey]) -> StoreFuture<Vec<Option<Arc<Entry>>>> {
-        let mut found: Vec<Option<Arc<Entry>>> = keys.iter().map(|k| self.l1_get(k)).collect();
+    fn get_many(&self, keys: &[CacheKey]) -> StoreFuture<Vec<Read>> {
+        let mut found: Vec<Option<Read>> = keys.iter().map(|k| self.l1_get(k)).collect();
         let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
         if missing.is_empty() {
-            return StoreFuture::ready(Ok(found));
+            return StoreFuture::ready(Ok(found.into_iter().flatten().collect()));
         }
         let this = self.clone();
         let wanted: Vec<CacheKey> = missing.iter().map(|&i| keys[i].clone()).collect();
         let l2 = self.shared.l2.get_many(&wanted);
         StoreFuture::pending(async move {
-            let entries = l2.await?;
-            for ((i, key), entry) in missing.into_iter().zip(&wanted).zip(entries) {
-                if let Some(e) = &entry {
-                    this.l1_fill(key, e);
+            let reads = l2.await?;
+            for ((i, key), read) in missing.into_iter().zip(&wanted).zip(reads) {
+                if let Some(e) = read.clone().visible() {
+                    this.l1_fill(key, &e);
                 }
-                found[i] = entry;
+                found[i] = Some(read);
             }
-            Ok(found)
+            Ok(found
+                .into_iter()
+                .map(|r| r.unwrap_or_else(Read::miss))
+                .collect())
         })
     }
 
@@ -247,6 +251,12 @@ impl Store for TieredStore {
     fn remove(&self, key: &CacheKey) -> StoreFuture<()> {
         self.shared.l1.delete(key);
         self.shared.l2.remove(key)
+    }
+}
+
+impl Invalidation for TieredStore {
+    fn stamp(&self) -> u64 {
+        self.shared.l2.stamp()
     }
 
     fn invalidate_tags(&self, tags: Vec<String>) -> StoreFuture<()> {
@@ -268,18 +278,6 @@ impl Store for TieredStore {
         })
     }
 
-    fn try_lock(&self, key: &CacheKey, ttl: Duration) -> StoreFuture<Option<String>> {
-        self.shared.l2.try_lock(key, ttl)
-    }
-
-    fn unlock(&self, key: &CacheKey, token: String) -> StoreFuture<()> {
-        self.shared.l2.unlock(key, token)
-    }
-
-    fn shares_locks(&self) -> bool {
-        true
-    }
-
     fn purge(&self) -> StoreFuture<()> {
         let this = self.clone();
         StoreFuture::pending(async move {
@@ -294,5 +292,12 @@ impl Store for TieredStore {
                 }
             }
         })
+    }
+}
+
+/// Shared by every instance: Redis's fill lock.
+impl Store for TieredStore {
+    fn fill_lock(&self) -> Option<&dyn FillLock> {
+        Some(&self.shared.l2)
     }
 }
