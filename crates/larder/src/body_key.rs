@@ -280,7 +280,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, S, B>;
+    type Future = BodyKeyFuture<S::Future, S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -296,8 +296,8 @@ where
                 .is_ok_and(|lower: usize| lower <= self.max_size);
         if !read {
             let req = Request::from_parts(parts, KeyedBody::streaming(body));
-            return ResponseFuture {
-                state: State::Calling {
+            return BodyKeyFuture {
+                state: KeyingState::Calling {
                     future: self.inner.call(req),
                 },
             };
@@ -305,8 +305,8 @@ where
         // Keep the service that was made ready for the call once the body is read.
         let clone = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture {
-            state: State::Reading {
+        BodyKeyFuture {
+            state: KeyingState::Reading {
                 reading: Some(Reading {
                     service,
                     parts,
@@ -322,15 +322,15 @@ where
 
 pin_project! {
     /// Response future of [`BodyKey`]: reads the body if it was selected, then calls the service.
-    pub struct ResponseFuture<F, S, B> {
+    pub struct BodyKeyFuture<F, S, B> {
         #[pin]
-        state: State<F, S, B>,
+        state: KeyingState<F, S, B>,
     }
 }
 
 pin_project! {
-    #[project = StateProj]
-    enum State<F, S, B> {
+    #[project = KeyingStateProj]
+    enum KeyingState<F, S, B> {
         Reading { reading: Option<Reading<S, B>> },
         Calling { #[pin] future: F },
     }
@@ -347,7 +347,7 @@ struct Reading<S, B> {
 }
 
 /// How reading a body stopped.
-enum Read<E> {
+enum ReadEnd<E> {
     /// The body ended (with these trailers, if any).
     Ended(Option<HeaderMap>),
     /// The body grew past the limit.
@@ -360,14 +360,14 @@ impl<S, B> Reading<S, B>
 where
     B: Body<Data = Bytes>,
 {
-    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Read<B::Error>> {
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<ReadEnd<B::Error>> {
         if self.body.is_end_stream() {
-            return Poll::Ready(Read::Ended(None));
+            return Poll::Ready(ReadEnd::Ended(None));
         }
         loop {
             let frame = match ready!(self.body.as_mut().poll_frame(cx)) {
-                None => return Poll::Ready(Read::Ended(None)),
-                Some(Err(e)) => return Poll::Ready(Read::Failed(e)),
+                None => return Poll::Ready(ReadEnd::Ended(None)),
+                Some(Err(e)) => return Poll::Ready(ReadEnd::Failed(e)),
                 Some(Ok(frame)) => frame,
             };
             match frame.into_data() {
@@ -377,21 +377,21 @@ where
                         self.chunks.push_back(data);
                     }
                     if self.size > self.limit {
-                        return Poll::Ready(Read::TooBig);
+                        return Poll::Ready(ReadEnd::TooBig);
                     }
                 }
                 // Trailers are the last frame of a body.
-                Err(frame) => return Poll::Ready(Read::Ended(frame.into_trailers().ok())),
+                Err(frame) => return Poll::Ready(ReadEnd::Ended(frame.into_trailers().ok())),
             }
             // A body with a known length may never say `None` after its last byte.
             if self.body.is_end_stream() {
-                return Poll::Ready(Read::Ended(None));
+                return Poll::Ready(ReadEnd::Ended(None));
             }
         }
     }
 }
 
-impl<F, S, B> Future for ResponseFuture<F, S, B>
+impl<F, S, B> Future for BodyKeyFuture<F, S, B>
 where
     S: Service<Request<KeyedBody<B>>, Future = F>,
     F: Future<Output = Result<S::Response, S::Error>>,
@@ -403,11 +403,11 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Reading { reading } => {
+                KeyingStateProj::Reading { reading } => {
                     let read = ready!(
                         reading
                             .as_mut()
-                            .expect("ResponseFuture polled after completion")
+                            .expect("BodyKeyFuture polled after completion")
                             .poll_read(cx)
                     );
                     let Some(Reading {
@@ -421,31 +421,31 @@ where
                         unreachable!("checked above");
                     };
                     let body = match read {
-                        Read::Ended(None) => {
+                        ReadEnd::Ended(None) => {
                             parts
                                 .extensions
                                 .insert(RequestBodyDigest::of_chunks(&chunks));
                             KeyedBody::buffered(chunks, None)
                         }
                         // Trailers could change the answer and are not hashed: no key.
-                        Read::Ended(trailers) => KeyedBody::buffered(chunks, trailers),
-                        Read::TooBig => KeyedBody::resumed(chunks, None, Some(body)),
-                        Read::Failed(e) => KeyedBody::resumed(chunks, Some(e), None),
+                        ReadEnd::Ended(trailers) => KeyedBody::buffered(chunks, trailers),
+                        ReadEnd::TooBig => KeyedBody::resumed(chunks, None, Some(body)),
+                        ReadEnd::Failed(e) => KeyedBody::resumed(chunks, Some(e), None),
                     };
                     let future = service.call(Request::from_parts(parts, body));
-                    this.state.set(State::Calling { future });
+                    this.state.set(KeyingState::Calling { future });
                 }
-                StateProj::Calling { future } => return future.poll(cx),
+                KeyingStateProj::Calling { future } => return future.poll(cx),
             }
         }
     }
 }
 
-impl<F, S, B> fmt::Debug for ResponseFuture<F, S, B> {
+impl<F, S, B> fmt::Debug for BodyKeyFuture<F, S, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match &self.state {
-            State::Reading { .. } => "body_key::ResponseFuture::Reading",
-            State::Calling { .. } => "body_key::ResponseFuture::Calling",
+            KeyingState::Reading { .. } => "body_key::BodyKeyFuture::Reading",
+            KeyingState::Calling { .. } => "body_key::BodyKeyFuture::Calling",
         })
     }
 }
@@ -459,13 +459,13 @@ pin_project! {
         B: Body,
     {
         #[pin]
-        kind: Kind<B>,
+        kind: KeyedBodyKind<B>,
     }
 }
 
 pin_project! {
-    #[project = KindProj]
-    enum Kind<B>
+    #[project = KeyedBodyKindProj]
+    enum KeyedBodyKind<B>
     where
         B: Body,
     {
@@ -482,13 +482,13 @@ where
     /// A body passed on as it is, unread.
     pub fn streaming(body: B) -> Self {
         KeyedBody {
-            kind: Kind::Streaming { body },
+            kind: KeyedBodyKind::Streaming { body },
         }
     }
 
     fn buffered(chunks: VecDeque<Bytes>, trailers: Option<HeaderMap>) -> Self {
         KeyedBody {
-            kind: Kind::Buffered { chunks, trailers },
+            kind: KeyedBodyKind::Buffered { chunks, trailers },
         }
     }
 
@@ -498,7 +498,7 @@ where
         rest: Option<Pin<Box<B>>>,
     ) -> Self {
         KeyedBody {
-            kind: Kind::Resumed {
+            kind: KeyedBodyKind::Resumed {
                 prefix,
                 error,
                 rest,
@@ -519,12 +519,14 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().kind.project() {
-            KindProj::Streaming { body } => body.poll_frame(cx),
-            KindProj::Buffered { chunks, trailers } => Poll::Ready(match chunks.pop_front() {
-                Some(data) => Some(Ok(Frame::data(data))),
-                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
-            }),
-            KindProj::Resumed {
+            KeyedBodyKindProj::Streaming { body } => body.poll_frame(cx),
+            KeyedBodyKindProj::Buffered { chunks, trailers } => {
+                Poll::Ready(match chunks.pop_front() {
+                    Some(data) => Some(Ok(Frame::data(data))),
+                    None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+                })
+            }
+            KeyedBodyKindProj::Resumed {
                 prefix,
                 error,
                 rest,
@@ -545,9 +547,9 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Streaming { body } => body.is_end_stream(),
-            Kind::Buffered { chunks, trailers } => chunks.is_empty() && trailers.is_none(),
-            Kind::Resumed {
+            KeyedBodyKind::Streaming { body } => body.is_end_stream(),
+            KeyedBodyKind::Buffered { chunks, trailers } => chunks.is_empty() && trailers.is_none(),
+            KeyedBodyKind::Resumed {
                 prefix,
                 error,
                 rest,
@@ -562,9 +564,9 @@ where
     fn size_hint(&self) -> SizeHint {
         let len = |chunks: &VecDeque<Bytes>| chunks.iter().map(|c| c.len() as u64).sum::<u64>();
         match &self.kind {
-            Kind::Streaming { body } => body.size_hint(),
-            Kind::Buffered { chunks, .. } => SizeHint::with_exact(len(chunks)),
-            Kind::Resumed { prefix, rest, .. } => {
+            KeyedBodyKind::Streaming { body } => body.size_hint(),
+            KeyedBodyKind::Buffered { chunks, .. } => SizeHint::with_exact(len(chunks)),
+            KeyedBodyKind::Resumed { prefix, rest, .. } => {
                 let read = len(prefix);
                 match rest {
                     None => SizeHint::with_exact(read),
@@ -589,9 +591,9 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match &self.kind {
-            Kind::Streaming { .. } => "KeyedBody::Streaming",
-            Kind::Buffered { .. } => "KeyedBody::Buffered",
-            Kind::Resumed { .. } => "KeyedBody::Resumed",
+            KeyedBodyKind::Streaming { .. } => "KeyedBody::Streaming",
+            KeyedBodyKind::Buffered { .. } => "KeyedBody::Buffered",
+            KeyedBodyKind::Resumed { .. } => "KeyedBody::Resumed",
         })
     }
 }

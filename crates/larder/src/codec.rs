@@ -1,5 +1,10 @@
 //! The versioned binary envelope of an [`Entry`], for stores outside the process.
 //!
+//! Public API for third-party stores (a store in memcached, a database, a file): [`encode`]
+//! an entry under its key, [`decode_bytes`] what comes back. The format is identified by
+//! [`FORMAT_VERSION`]; a build reads only its own version, and any other value is a
+//! [`StoreErrorKind::Corrupt`] error, served as a miss.
+//!
 //! A value read back from a shared store is untrusted: another application, an older Larder,
 //! a truncated write or plain garbage may sit under the key. The envelope starts with a magic
 //! number, the format version and the digest of the key it was written for; every length is

@@ -79,7 +79,7 @@ impl Entry {
         self.tags.iter().map(|t| &**t)
     }
 
-    /// The store stamp taken before the origin was asked (see [`Store::stamp`](crate::Store::stamp)).
+    /// The store stamp taken before the origin was asked (see [`Invalidation::stamp`](crate::store::Invalidation::stamp)).
     pub fn born(&self) -> u64 {
         self.born
     }

@@ -2,8 +2,6 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use http::HeaderName;
-
 use crate::{
     CacheKey, StatsSnapshot,
     engine::{
@@ -24,10 +22,6 @@ const DEFAULT_BREAKER_THRESHOLD: u32 = 3;
 const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_millis(500);
 const DEFAULT_MAX_PENDING: usize = 10_000;
 
-/// The response header in which a handler may name extra tags for its response
-/// (comma-separated). The layer removes it before the response leaves.
-pub const TAGS_HEADER: HeaderName = HeaderName::from_static("larder-tags");
-
 /// A cache: a store plus the statistics, single-flight state and settings that every layer
 /// built from it shares. Cloning is cheap (an `Arc`).
 ///
@@ -44,11 +38,11 @@ pub const TAGS_HEADER: HeaderName = HeaderName::from_static("larder-tags");
 /// ```
 #[derive(Clone)]
 pub struct CacheHandle {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<CacheState>,
 }
 
 /// What every layer and typed call of one cache shares.
-pub(crate) struct Shared {
+pub(crate) struct CacheState {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) namespace: Box<str>,
     pub(crate) clock: Clock,
@@ -295,7 +289,7 @@ impl CacheHandleBuilder {
             },
         );
         CacheHandle {
-            shared: Arc::new(Shared {
+            shared: Arc::new(CacheState {
                 store: self.store,
                 namespace: self.namespace,
                 clock: Clock::new(),

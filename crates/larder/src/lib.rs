@@ -22,6 +22,52 @@
 //! # let _ = app;
 //! ```
 //!
+//! # Layout
+//!
+//! ```text
+//! lib.rs          this map, the public re-exports
+//! handle.rs       CacheHandle: one store and what every layer of it shares; invalidation
+//! typed.rs        typed cache-aside (get_or_insert_with, batches) on the same handle
+//! entry.rs        Entry, the stored form of a response; stats.rs: the counters
+//! reason.rs       why the cache did what it did: Fwd, Bypass, Uncacheable, Alone (as_str())
+//! middleware/     the tower surface: layer, service (each request top-down), future, body,
+//!                 respond (responses from entries), status (Cache-Status, X-Cache)
+//! phase/          the request's phases: classify -> lookup -> exchange -> fill; write
+//! rules/          rule, route (rule by path), key, policy (RFC 9111), tags
+//! engine/         coalesce (single-flight), predictor, lock (cross-instance), breaker, clock
+//! store/          the Entries, Invalidation and FillLock traits; visibility (the rule, once);
+//!                 memory, redis, tiered
+//! codec.rs        the envelope of entries in stores outside the process (public)
+//! body_key.rs     reading and hashing request bodies, for POST reads (public)
+//! ```
+//!
+//! Modules depend downwards only: no two import each other, directly or through others
+//! (`tests/module_graph.rs` checks it).
+//!
+//! # The life of a request
+//!
+//! 1. [`Cache`]'s `call` finds the request's rule by path (`rules::route`); none: it passes through.
+//! 2. **Classify** (`phase::classify`): a write goes to the service and invalidates its rule's
+//!    tags before it is answered (`phase::write`); a request the cache must not answer
+//!    (credentials without a user scope, `Range`, the store's breaker open...) bypasses it
+//!    with a reason; a read gets its key (`rules::key`).
+//! 3. **Lookup** (`phase::lookup`): the store returns the entry with its invalidation marks,
+//!    the visibility rule hides what an invalidation replaced (`store::visibility`), and the
+//!    request judges the rest: its `Vary` variant, fresh, stale within a window, or a miss.
+//! 4. **Exchange** (`phase::exchange`): a fresh entry is served (a hit); a stale one within
+//!    stale-while-revalidate is served and refreshed in the background. A miss takes its
+//!    turn with the coalescer (`engine::coalesce`): it follows a flight in progress and shares
+//!    its entry if the visibility rule allows, or reads the store again after it, or leads;
+//!    a leader may take the cross-instance fill lock (`engine::lock`), then asks the service.
+//! 5. **Fill** (`phase::fill`): the response is judged by RFC 9111 and the rule (`rules::policy`);
+//!    a storable one streams to the client while its body is copied; at its end the flight
+//!    lands for the followers and the entry is written to the store. An uncacheable one
+//!    releases the followers at once, and its key's next misses skip the flight
+//!    (`engine::predictor`).
+//!
+//! Every store call goes through the breaker (`engine::breaker`): a deadline, failures
+//! counted, the store skipped while it fails, invalidations kept until they are applied.
+//!
 //! # What is stored
 //!
 //! The rules of RFC 9111 for a shared cache: only `GET` (a stored `GET` also answers
@@ -93,11 +139,12 @@ mod typed;
 
 pub use body_key::{BodyKey, BodyKeyLayer, KeyedBody, RequestBodyDigest};
 pub use entry::Entry;
-pub use handle::{CacheHandle, CacheHandleBuilder, TAGS_HEADER};
+pub use handle::{CacheHandle, CacheHandleBuilder};
 pub use middleware::{body::CacheBody, future::ResponseFuture, layer::CacheLayer, service::Cache};
 pub use rules::{
     key::{CacheKey, KeyOptions, Pagination, QueryMode},
     rule::{Rule, Rules, UserScope},
+    tags::TAGS_HEADER,
 };
 pub use stats::{RouteSnapshot, StatsSnapshot};
 pub use store::{MemoryStore, Store, StoreError, StoreErrorKind, StoreFuture};

@@ -75,10 +75,10 @@ pub(crate) struct BreakerSettings {
 /// The store behind its deadline and circuit breaker. Cloning shares it.
 #[derive(Clone)]
 pub(crate) struct Breaker {
-    inner: Arc<Inner>,
+    inner: Arc<BreakerState>,
 }
 
-struct Inner {
+struct BreakerState {
     store: Arc<dyn Store>,
     /// The namespace of the probe's key.
     namespace: Box<str>,
@@ -101,7 +101,7 @@ struct Pending {
 impl Breaker {
     pub(crate) fn new(store: Arc<dyn Store>, namespace: &str, settings: BreakerSettings) -> Self {
         Breaker {
-            inner: Arc::new(Inner {
+            inner: Arc::new(BreakerState {
                 store,
                 namespace: namespace.into(),
                 settings: BreakerSettings {
@@ -223,7 +223,7 @@ impl Breaker {
     }
 }
 
-impl Inner {
+impl BreakerState {
     /// Takes the queue; `has_pending` stays set until the replay has succeeded.
     fn take_pending(&self) -> Pending {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
@@ -252,7 +252,7 @@ impl std::fmt::Debug for Breaker {
 
 /// Probes the store until it answers, replays deferred invalidations, then closes the breaker.
 /// Stops when the cache is dropped.
-async fn probe(inner: Weak<Inner>) {
+async fn probe(inner: Weak<BreakerState>) {
     let Some(open_for) = inner.upgrade().map(|s| s.settings.open_for) else {
         return;
     };

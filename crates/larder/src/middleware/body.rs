@@ -21,13 +21,13 @@ pin_project! {
     /// body and trailers.
     pub struct CacheBody<B> {
         #[pin]
-        kind: Kind<B>,
+        kind: BodyKind<B>,
     }
 }
 
 pin_project! {
-    #[project = KindProj]
-    enum Kind<B> {
+    #[project = BodyKindProj]
+    enum BodyKind<B> {
         // Boxed: what a miss records is large, and a small body keeps every move of the
         // response cheap.
         Stream { #[pin] body: B, recorder: Option<Box<Recorder>> },
@@ -47,7 +47,7 @@ impl<B> CacheBody<B> {
     /// The service's body, untouched.
     pub(crate) fn stream(body: B) -> Self {
         CacheBody {
-            kind: Kind::Stream {
+            kind: BodyKind::Stream {
                 body,
                 recorder: None,
             },
@@ -57,7 +57,7 @@ impl<B> CacheBody<B> {
     /// The service's body, copied into `fill` as it streams, up to `limit` bytes.
     pub(crate) fn recording(body: B, fill: Fill, limit: usize) -> Self {
         CacheBody {
-            kind: Kind::Stream {
+            kind: BodyKind::Stream {
                 body,
                 recorder: Some(Box::new(Recorder {
                     chunks: Vec::new(),
@@ -72,7 +72,7 @@ impl<B> CacheBody<B> {
     /// A stored body and its trailers.
     pub(crate) fn replay(data: Bytes, trailers: Option<&HeaderMap>) -> Self {
         CacheBody {
-            kind: Kind::Replay {
+            kind: BodyKind::Replay {
                 data: (!data.is_empty()).then_some(data),
                 trailers: trailers.map(|t| Box::new(t.clone())),
             },
@@ -82,7 +82,7 @@ impl<B> CacheBody<B> {
     /// No body (HEAD, 304, 504).
     pub(crate) fn empty() -> Self {
         CacheBody {
-            kind: Kind::Replay {
+            kind: BodyKind::Replay {
                 data: None,
                 trailers: None,
             },
@@ -102,13 +102,13 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().kind.project() {
-            KindProj::Replay { data, trailers } => {
+            BodyKindProj::Replay { data, trailers } => {
                 if let Some(d) = data.take() {
                     return Poll::Ready(Some(Ok(Frame::data(d))));
                 }
                 Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t))))
             }
-            KindProj::Stream { mut body, recorder } => {
+            BodyKindProj::Stream { mut body, recorder } => {
                 let frame = ready!(body.as_mut().poll_frame(cx));
                 match &frame {
                     Some(Ok(f)) => {
@@ -154,18 +154,18 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Replay { data, trailers } => data.is_none() && trailers.is_none(),
+            BodyKind::Replay { data, trailers } => data.is_none() && trailers.is_none(),
             // Report the end only after poll_frame has seen it, so the recorder can finish.
-            Kind::Stream { body, recorder } => recorder.is_none() && body.is_end_stream(),
+            BodyKind::Stream { body, recorder } => recorder.is_none() && body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Replay { data, .. } => {
+            BodyKind::Replay { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Kind::Stream { body, .. } => body.size_hint(),
+            BodyKind::Stream { body, .. } => body.size_hint(),
         }
     }
 }
@@ -173,11 +173,11 @@ where
 impl<B> std::fmt::Debug for CacheBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match &self.kind {
-            Kind::Stream {
+            BodyKind::Stream {
                 recorder: Some(_), ..
             } => "CacheBody::Recording",
-            Kind::Stream { .. } => "CacheBody::Stream",
-            Kind::Replay { .. } => "CacheBody::Replay",
+            BodyKind::Stream { .. } => "CacheBody::Stream",
+            BodyKind::Replay { .. } => "CacheBody::Replay",
         })
     }
 }

@@ -29,13 +29,13 @@ pin_project! {
     /// wait for.
     pub struct ResponseFuture<F, B, E> {
         #[pin]
-        state: State<F, B, E>,
+        state: FutureState<F, B, E>,
     }
 }
 
 pin_project! {
-    #[project = StateProj]
-    enum State<F, B, E> {
+    #[project = FutureStateProj]
+    enum FutureState<F, B, E> {
         Forward { future: Pin<Box<F>>, status: CacheStatus, x_cache: XCache },
         Ready { response: Option<Response<CacheBody<B>>> },
         Boxed { future: BoxResponseFuture<B, E> },
@@ -45,7 +45,7 @@ pin_project! {
 impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn forward(future: F, status: CacheStatus, x_cache: XCache) -> Self {
         ResponseFuture {
-            state: State::Forward {
+            state: FutureState::Forward {
                 future: Box::pin(future),
                 status,
                 x_cache,
@@ -55,7 +55,7 @@ impl<F, B, E> ResponseFuture<F, B, E> {
 
     pub(crate) fn ready(response: Response<CacheBody<B>>) -> Self {
         ResponseFuture {
-            state: State::Ready {
+            state: FutureState::Ready {
                 response: Some(response),
             },
         }
@@ -63,7 +63,7 @@ impl<F, B, E> ResponseFuture<F, B, E> {
 
     pub(crate) fn boxed(future: BoxResponseFuture<B, E>) -> Self {
         ResponseFuture {
-            state: State::Boxed { future },
+            state: FutureState::Boxed { future },
         }
     }
 }
@@ -77,7 +77,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.state.project() {
-            StateProj::Forward {
+            FutureStateProj::Forward {
                 future,
                 status,
                 x_cache,
@@ -85,10 +85,10 @@ where
                 let response = ready!(future.as_mut().poll(cx))?;
                 Poll::Ready(Ok(respond::passed_through(response, *status, *x_cache)))
             }
-            StateProj::Ready { response } => Poll::Ready(Ok(response
+            FutureStateProj::Ready { response } => Poll::Ready(Ok(response
                 .take()
                 .expect("ResponseFuture polled after completion"))),
-            StateProj::Boxed { future } => future.as_mut().poll(cx),
+            FutureStateProj::Boxed { future } => future.as_mut().poll(cx),
         }
     }
 }
@@ -96,9 +96,9 @@ where
 impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match &self.state {
-            State::Forward { .. } => "ResponseFuture::Forward",
-            State::Ready { .. } => "ResponseFuture::Ready",
-            State::Boxed { .. } => "ResponseFuture::Boxed",
+            FutureState::Forward { .. } => "ResponseFuture::Forward",
+            FutureState::Ready { .. } => "ResponseFuture::Ready",
+            FutureState::Boxed { .. } => "ResponseFuture::Boxed",
         })
     }
 }

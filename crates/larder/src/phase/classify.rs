@@ -10,7 +10,7 @@ use http::{HeaderMap, Method, header, request::Parts};
 
 use crate::{
     CacheKey, RequestBodyDigest,
-    handle::{Reloads, Shared},
+    handle::{CacheState, Reloads},
     reason::Bypass,
     rules::{
         key::KeyInput,
@@ -47,7 +47,7 @@ pub(crate) enum Intent {
 }
 
 /// Classifies a request that `route` covers.
-pub(crate) fn classify(shared: &Shared, route: &Route, parts: &Parts) -> Class {
+pub(crate) fn classify(shared: &CacheState, route: &Route, parts: &Parts) -> Class {
     // Under `cache_posts_by_body`, a POST is a read keyed by the digest of its body.
     let digest = if parts.method == Method::POST && route.rule.posts_by_body {
         match parts.extensions.get::<RequestBodyDigest>() {

@@ -23,7 +23,7 @@ use crate::{
         lock::{self, LockHeld, LockOutcome},
     },
     entry::Freshness,
-    handle::Shared,
+    handle::CacheState,
     middleware::{body::CacheBody, future::ResponseFuture, respond, status::CacheStatus},
     phase::{
         fill::{self, Asked, Fill},
@@ -42,7 +42,7 @@ type Reply<B, E> = Result<Response<CacheBody<B>>, E>;
 /// Answers a request (its `method` and `headers`) from `entry` at `now_ms`, with `status`,
 /// and counts it: the one way an entry is served (hits, stale, shared and re-read entries).
 pub(crate) fn serve<B>(
-    shared: &Shared,
+    shared: &CacheState,
     route: &Route,
     entry: &Entry,
     method: &Method,

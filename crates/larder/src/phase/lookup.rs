@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 use http::HeaderMap;
 
 use crate::{
-    CacheKey, Entry, engine::breaker::Op, entry::Freshness, handle::Shared, reason::Fwd,
+    CacheKey, Entry, engine::breaker::Op, entry::Freshness, handle::CacheState, reason::Fwd,
     stats::RouteStats,
 };
 
@@ -67,7 +67,7 @@ pub(crate) fn vary_matches(entry: &Entry, key: &CacheKey, headers: &HeaderMap) -
 
 /// Reads `key` through the breaker (a failure is a miss, counted against `stats`).
 pub(crate) async fn read(
-    shared: &Shared,
+    shared: &CacheState,
     stats: &RouteStats,
     key: &CacheKey,
 ) -> Option<Arc<Entry>> {
@@ -89,7 +89,7 @@ pub(crate) struct Fresh {
 
 /// Reads `key` again and judges it now: the entry if it may be served fresh.
 pub(crate) async fn read_fresh(
-    shared: &Shared,
+    shared: &CacheState,
     stats: &RouteStats,
     key: &CacheKey,
     headers: &HeaderMap,

@@ -1,13 +1,16 @@
 //! The tags of a stored response and of a write: the rule's templates, the handler's
 //! [`TAGS_HEADER`], and the tag of the request's own path (RFC 9111 §4.4).
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use crate::{
-    TAGS_HEADER,
     reason::Uncacheable,
     rules::route::{Params, Route},
 };
+
+/// The response header in which a handler may name extra tags for its response
+/// (comma-separated). The layer removes it before the response leaves.
+pub const TAGS_HEADER: HeaderName = HeaderName::from_static("larder-tags");
 
 /// The tags an entry carries: the rule's, the handler's, and its path's.
 pub(crate) fn of_entry(

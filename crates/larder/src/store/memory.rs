@@ -46,10 +46,10 @@ const DEFAULT_MAX_TAGS: u64 = 1_000_000;
 /// ```
 #[derive(Clone)]
 pub struct MemoryStore {
-    shared: Arc<Shared>,
+    shared: Arc<MemoryState>,
 }
 
-struct Shared {
+struct MemoryState {
     /// Keys are BLAKE3 digests already: a fast hash seeded per process spreads them (SipHash
     /// would cost more than the rest of the lookup).
     entries: quick_cache::sync::Cache<[u8; 32], Held, ByWeight, foldhash::fast::RandomState>,
@@ -239,7 +239,7 @@ impl MemoryStoreBuilder {
             })
             .build();
         MemoryStore {
-            shared: Arc::new(Shared {
+            shared: Arc::new(MemoryState {
                 entries,
                 tags,
                 max_ttl,

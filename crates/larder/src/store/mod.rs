@@ -154,10 +154,10 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 
 /// The result of a store call: ready at once, or a boxed future.
 #[must_use = "futures do nothing unless polled"]
 pub struct StoreFuture<T> {
-    inner: Inner<T>,
+    inner: Progress<T>,
 }
 
-enum Inner<T> {
+enum Progress<T> {
     Ready(Option<Result<T, StoreError>>),
     Pending(BoxFuture<T>),
 }
@@ -166,7 +166,7 @@ impl<T> StoreFuture<T> {
     /// A call that has already finished.
     pub fn ready(result: Result<T, StoreError>) -> Self {
         StoreFuture {
-            inner: Inner::Ready(Some(result)),
+            inner: Progress::Ready(Some(result)),
         }
     }
 
@@ -176,15 +176,15 @@ impl<T> StoreFuture<T> {
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         StoreFuture {
-            inner: Inner::Pending(Box::pin(future)),
+            inner: Progress::Pending(Box::pin(future)),
         }
     }
 
     /// Takes the result if the call finished at once.
     pub(crate) fn try_ready(&mut self) -> Option<Result<T, StoreError>> {
         match &mut self.inner {
-            Inner::Ready(r) => r.take(),
-            Inner::Pending(_) => None,
+            Progress::Ready(r) => r.take(),
+            Progress::Pending(_) => None,
         }
     }
 }
@@ -197,8 +197,10 @@ impl<T> Future for StoreFuture<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.get_mut().inner {
-            Inner::Ready(r) => Poll::Ready(r.take().expect("StoreFuture polled after completion")),
-            Inner::Pending(f) => f.as_mut().poll(cx),
+            Progress::Ready(r) => {
+                Poll::Ready(r.take().expect("StoreFuture polled after completion"))
+            }
+            Progress::Pending(f) => f.as_mut().poll(cx),
         }
     }
 }
@@ -206,8 +208,8 @@ impl<T> Future for StoreFuture<T> {
 impl<T> fmt::Debug for StoreFuture<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self.inner {
-            Inner::Ready(_) => "StoreFuture::Ready",
-            Inner::Pending(_) => "StoreFuture::Pending",
+            Progress::Ready(_) => "StoreFuture::Ready",
+            Progress::Pending(_) => "StoreFuture::Pending",
         })
     }
 }

@@ -87,10 +87,10 @@ return 0
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    shared: Arc<Shared>,
+    shared: Arc<RedisState>,
 }
 
-struct Shared {
+struct RedisState {
     conn: Conn,
     /// For the backplane's own connection (pub/sub needs a dedicated one).
     pubsub: Client,
@@ -516,7 +516,7 @@ impl RedisStoreBuilder {
         let pubsub = self.client(&pubsub_url)?;
         let prefix = format!("{}:", self.namespace);
         Ok(RedisStore {
-            shared: Arc::new(Shared {
+            shared: Arc::new(RedisState {
                 conn,
                 pubsub,
                 bus: format!("{prefix}bus"),
@@ -702,7 +702,7 @@ impl FillLock for RedisStore {
     }
 }
 
-/// Shared by every instance: offers the fill lock.
+/// RedisState by every instance: offers the fill lock.
 impl Store for RedisStore {
     fn fill_lock(&self) -> Option<&dyn FillLock> {
         Some(self)

@@ -42,10 +42,10 @@ const RETRY_AFTER: Duration = Duration::from_millis(200);
 /// ```
 #[derive(Clone)]
 pub struct TieredStore {
-    shared: Arc<Shared>,
+    shared: Arc<TieredState>,
 }
 
-struct Shared {
+struct TieredState {
     l1: MemoryStore,
     l2: RedisStore,
     /// True while the backplane is subscribed: only then may the L1 be read.
@@ -114,7 +114,7 @@ impl TieredStoreBuilder {
             .max_ttl(self.l1_max_ttl)
             .build();
         let (stop, stopped) = watch::channel(());
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(TieredState {
             l1,
             l2: self.l2,
             coherent: AtomicBool::new(false),
@@ -127,7 +127,7 @@ impl TieredStoreBuilder {
 
 /// Subscribes to the invalidation channel and applies what arrives to the L1, forever
 /// reconnecting; clears the L1 whenever it may have missed something.
-async fn backplane(shared: Weak<Shared>, mut stopped: watch::Receiver<()>) {
+async fn backplane(shared: Weak<TieredState>, mut stopped: watch::Receiver<()>) {
     let Some((client, channel)) = shared.upgrade().map(|s| s.l2.backplane()) else {
         return;
     };
@@ -295,7 +295,7 @@ impl Invalidation for TieredStore {
     }
 }
 
-/// Shared by every instance: Redis's fill lock.
+/// TieredState by every instance: Redis's fill lock.
 impl Store for TieredStore {
     fn fill_lock(&self) -> Option<&dyn FillLock> {
         Some(&self.shared.l2)
