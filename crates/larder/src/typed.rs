@@ -11,7 +11,7 @@ use crate::{
     CacheHandle, CacheKey, Entry,
     engine::{
         breaker::Op,
-        coalesce::{Recheck, Ticket, Turn},
+        coalesce::{Lead, Recheck, Ticket, Turn},
     },
     entry::{Freshness, derive_etag},
     phase::fill,
@@ -142,34 +142,9 @@ impl CacheHandle {
         if let Some(v) = self.read_hit(&cache_key).await {
             return Ok(v);
         }
-        let ticket = Ticket {
-            since: self.shared.store.stamp(),
-            wait: self.shared.collapse_timeout,
-            recheck: Recheck::Never,
-        };
-        let reread = || async {
-            let entry = self.read_entry(&cache_key).await?;
-            let value = self.decode(&entry)?;
-            Some((entry, value))
-        };
-        let coalescer = &self.shared.coalescer;
-        let lead = match coalescer
-            .take_turn(*cache_key.digest(), ticket, reread)
-            .await
-        {
-            Turn::Lead(lead) => Some(lead),
-            Turn::Found(value) => {
-                stats.record(Outcome::Hit);
-                return Ok(value);
-            }
-            Turn::Shared(entry) => match self.decode(&entry) {
-                Some(value) => {
-                    stats.record(Outcome::Collapsed);
-                    return Ok(value);
-                }
-                None => None,
-            },
-            Turn::Alone(_) => None,
+        let lead = match self.take_turn(&cache_key).await {
+            Ok(value) => return Ok(value),
+            Err(lead) => lead,
         };
         stats.record(Outcome::Miss);
         let born = self.shared.store.stamp();
@@ -230,33 +205,11 @@ impl CacheHandle {
     {
         let keys: Vec<&str> = items.iter().map(|(k, _)| *k).collect();
         let mut found: Vec<Option<T>> = self.get_many(&keys).await;
-        let since = self.shared.store.stamp();
-        let stats = &self.shared.typed;
-        let mut leads = Vec::new();
-        let mut missing = Vec::new();
-        for (i, slot) in found.iter_mut().enumerate() {
-            if slot.is_some() {
-                continue;
-            }
-            let digest = *self.key(keys[i]).digest();
-            match self.shared.coalescer.lead_or_peek(digest, since) {
-                // Another call's value, born after every invalidation this batch must see.
-                Some(Err(entry)) => {
-                    if let Some(value) = self.decode(&entry) {
-                        stats.record(Outcome::Collapsed);
-                        *slot = Some(value);
-                        continue;
-                    }
-                    leads.push(None);
-                }
-                Some(Ok(lead)) => leads.push(Some(lead)),
-                None => leads.push(None),
-            }
-            missing.push(i);
-        }
+        let (missing, leads) = self.join_missing(&keys, &mut found);
         if missing.is_empty() {
             return Ok(found.into_iter().flatten().collect());
         }
+        let stats = &self.shared.typed;
         let born = self.shared.store.stamp();
         // If `f` fails, the leads drop here: their followers ask for themselves.
         let values = f(missing.clone()).await?;
@@ -278,6 +231,74 @@ impl CacheHandle {
             found[i] = Some(value);
         }
         Ok(found.into_iter().flatten().collect())
+    }
+
+    /// For each key of a batch that missed: another call's value if one has just landed
+    /// (filled into `found`), else the key's index and its flight if this batch may lead it.
+    fn join_missing<T: DeserializeOwned>(
+        &self,
+        keys: &[&str],
+        found: &mut [Option<T>],
+    ) -> (Vec<usize>, Vec<Option<Lead>>) {
+        let since = self.shared.store.stamp();
+        let (mut missing, mut leads) = (Vec::new(), Vec::new());
+        for (i, slot) in found.iter_mut().enumerate() {
+            if slot.is_some() {
+                continue;
+            }
+            let digest = *self.key(keys[i]).digest();
+            match self.shared.coalescer.lead_or_peek(digest, since) {
+                // Another call's value, born after every invalidation this batch must see.
+                Some(Err(entry)) => {
+                    if let Some(value) = self.decode(&entry) {
+                        self.shared.typed.record(Outcome::Collapsed);
+                        *slot = Some(value);
+                        continue;
+                    }
+                    leads.push(None);
+                }
+                Some(Ok(lead)) => leads.push(Some(lead)),
+                None => leads.push(None),
+            }
+            missing.push(i);
+        }
+        (missing, leads)
+    }
+
+    /// Takes a typed call's turn with the coalescer: `Ok` with another call's value, or
+    /// `Err` to compute it (leading the flight, if it may).
+    async fn take_turn<T: DeserializeOwned>(&self, key: &CacheKey) -> Result<T, Option<Lead>> {
+        let stats = &self.shared.typed;
+        let ticket = Ticket {
+            since: self.shared.store.stamp(),
+            wait: self.shared.collapse_timeout,
+            recheck: Recheck::Never,
+        };
+        let reread = || async {
+            let entry = self.read_entry(key).await?;
+            let value = self.decode(&entry)?;
+            Some((entry, value))
+        };
+        match self
+            .shared
+            .coalescer
+            .take_turn(*key.digest(), ticket, reread)
+            .await
+        {
+            Turn::Lead(lead) => Err(Some(lead)),
+            Turn::Found(value) => {
+                stats.record(Outcome::Hit);
+                Ok(value)
+            }
+            Turn::Shared(entry) => match self.decode(&entry) {
+                Some(value) => {
+                    stats.record(Outcome::Collapsed);
+                    Ok(value)
+                }
+                None => Err(None),
+            },
+            Turn::Alone(_) => Err(None),
+        }
     }
 
     fn is_fresh(&self, entry: &Entry) -> bool {

@@ -203,40 +203,11 @@ impl Coalescer {
                 }
                 Joined::Follow(state) => state,
             };
-            // A flight that had landed before this request joined: its entry is on its way
-            // to the store, which is then the truth for this request like for any other.
-            let late = !matches!(*state.borrow(), FlightState::Running);
-            let settled = tokio::time::timeout(ticket.wait, settle(state)).await;
-            let (settled, state) = match settled {
-                Ok(settled) => settled,
-                Err(_) => return Turn::Alone(Alone::CollapseTimeout),
-            };
-            match settled {
-                FlightState::Landed(entry) | FlightState::Written(entry)
-                    if !late && entry.born >= ticket.since =>
-                {
-                    return Turn::Shared(entry);
-                }
-                // Joined late, or born before an invalidation this request must see: wait
-                // for the write, then read the store like any lookup.
-                FlightState::Landed(_) | FlightState::Written(_) => {
-                    let _ = tokio::time::timeout(ticket.wait, released(state)).await;
-                    if let Some((_, value)) = reread().await {
-                        return Turn::Found(value);
-                    }
-                    if follows == MAX_FOLLOWS {
-                        return Turn::Alone(Alone::WritePending);
-                    }
-                }
-                FlightState::Uncacheable => return Turn::Alone(Alone::Uncollapsible),
-                // The leader went away without an answer: try to lead.
-                FlightState::Abandoned | FlightState::Running => {
-                    if follows == MAX_FOLLOWS {
-                        return Turn::Alone(Alone::LeaderLost);
-                    }
-                }
+            match follow(state, ticket, &mut reread).await {
+                Ok(turn) => return turn,
+                Err(why) if follows == MAX_FOLLOWS => return Turn::Alone(why),
+                Err(_) => follows += 1,
             }
-            follows += 1;
         }
     }
 
@@ -301,6 +272,44 @@ impl Drop for Lead {
                 other => other,
             }
         });
+    }
+}
+
+/// Follows a flight: `Ok` with the request's answer, or `Err` when the flight gave none and
+/// the request may take its turn again (the reason is its answer once it may not).
+async fn follow<V, R, Fut>(
+    state: watch::Receiver<FlightState>,
+    ticket: Ticket,
+    reread: &mut R,
+) -> Result<Turn<V>, Alone>
+where
+    R: FnMut() -> Fut,
+    Fut: Future<Output = Option<(Arc<Entry>, V)>>,
+{
+    // A flight that had landed before this request joined: its entry is on its way to the
+    // store, which is then the truth for this request like for any other.
+    let late = !matches!(*state.borrow(), FlightState::Running);
+    let Ok((settled, state)) = tokio::time::timeout(ticket.wait, settle(state)).await else {
+        return Ok(Turn::Alone(Alone::CollapseTimeout));
+    };
+    match settled {
+        FlightState::Landed(entry) | FlightState::Written(entry)
+            if !late && entry.born >= ticket.since =>
+        {
+            Ok(Turn::Shared(entry))
+        }
+        // Joined late, or born before an invalidation this request must see: wait for the
+        // write, then read the store like any lookup.
+        FlightState::Landed(_) | FlightState::Written(_) => {
+            let _ = tokio::time::timeout(ticket.wait, released(state)).await;
+            match reread().await {
+                Some((_, value)) => Ok(Turn::Found(value)),
+                None => Err(Alone::WritePending),
+            }
+        }
+        FlightState::Uncacheable => Ok(Turn::Alone(Alone::Uncollapsible)),
+        // The leader went away without an answer: try to lead.
+        FlightState::Abandoned | FlightState::Running => Err(Alone::LeaderLost),
     }
 }
 

@@ -30,7 +30,7 @@ use crate::{
     reason::{Bypass, Fwd},
     rules::route::{Params, Route, RouteSet},
     stats::Outcome,
-    store::Read,
+    store::{Read, StoreFuture},
 };
 
 /// A response cache in front of a service. Built by a [`CacheLayer`](crate::CacheLayer).
@@ -170,43 +170,20 @@ where
     B: Body<Data = Bytes> + Send + 'static,
 {
     let shared = &handle.shared;
-    let exchange = |read: ReadRequest, looked_up| Exchange {
-        handle: handle.clone(),
-        route: Arc::clone(route),
-        key: read.key,
-        scope: read.scope,
-        params,
-        directives: read.directives,
-        since: shared.store.stamp(),
-        looked_up,
-    };
     if read.intent == Intent::Reload {
         let found = Found::Miss {
             stale: None,
             fwd: Fwd::Request,
         };
         let now = shared.clock.now_ms();
-        return exchange(read, None).answer(found, now, take(inner), parts, body);
+        let exchange = Exchange::new(handle, route, params, read, None);
+        return exchange.answer(found, now, take(inner), parts, body);
     }
     let mut store_call = shared.store.get(&read.key);
     let Some(result) = store_call.try_ready() else {
-        let mut exchange = exchange(read, Some(tokio::time::Instant::now()));
-        let inner = take(inner);
-        let span = tracing::debug_span!("larder.lookup", route = %route.rule.name);
-        return ResponseFuture::boxed(Box::pin(
-            async move {
-                let shared = &exchange.handle.shared;
-                let stats = &exchange.route.stats;
-                let read = shared.breaker.call(stats, Op::Get, store_call).await;
-                let entry = read.ok().and_then(Read::visible);
-                // Taken after the lookup: it saw every invalidation that completed before.
-                exchange.since = shared.store.stamp();
-                let now = shared.clock.now_ms();
-                let found = lookup::judge(entry, &exchange.key, &parts.headers, now);
-                exchange.answer(found, now, inner, parts, body).await
-            }
-            .instrument(span),
-        ));
+        let looked_up = Some(tokio::time::Instant::now());
+        let exchange = Exchange::new(handle, route, params, read, looked_up);
+        return read_later(exchange, store_call, take(inner), parts, body);
     };
     let entry = match result {
         Ok(read) => read.visible(),
@@ -230,10 +207,46 @@ where
                 now,
             );
             if exchange::refresh_early(route, &entry, now) {
-                exchange(read, None).refresh(take(inner), parts, body);
+                let exchange = Exchange::new(handle, route, params, read, None);
+                exchange.refresh(take(inner), parts, body);
             }
             ResponseFuture::ready(response)
         }
-        found => exchange(read, None).answer(found, now, take(inner), parts, body),
+        found => {
+            let exchange = Exchange::new(handle, route, params, read, None);
+            exchange.answer(found, now, take(inner), parts, body)
+        }
     }
+}
+
+/// The rest of a read whose store call is under way (a network store), as one task.
+fn read_later<S, ReqBody, B>(
+    mut exchange: Exchange,
+    store_call: StoreFuture<Read>,
+    inner: S,
+    parts: Parts,
+    body: ReqBody,
+) -> ResponseFuture<S::Future, B, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+{
+    let span = tracing::debug_span!("larder.lookup", route = %exchange.route.rule.name);
+    ResponseFuture::boxed(Box::pin(
+        async move {
+            let shared = &exchange.handle.shared;
+            let stats = &exchange.route.stats;
+            let read = shared.breaker.call(stats, Op::Get, store_call).await;
+            let entry = read.ok().and_then(Read::visible);
+            // Taken after the lookup: it saw every invalidation that completed before.
+            exchange.since = shared.store.stamp();
+            let now = shared.clock.now_ms();
+            let found = lookup::judge(entry, &exchange.key, &parts.headers, now);
+            exchange.answer(found, now, inner, parts, body).await
+        }
+        .instrument(span),
+    ))
 }

@@ -92,22 +92,7 @@ pub(crate) fn classify(shared: &CacheState, route: &Route, parts: &Parts) -> Cla
     }
 
     let directives = policy::request_directives(&parts.headers);
-    let key = route.rule.key.build(&KeyInput {
-        namespace: &shared.namespace,
-        // A stored GET answers HEAD (RFC 9110 §9.3.2); a HEAD never stores. A POST's
-        // entry answers only the same POST.
-        method: if digest.is_some() {
-            &Method::POST
-        } else {
-            &Method::GET
-        },
-        authority: authority(parts),
-        path: parts.uri.path(),
-        query: parts.uri.query(),
-        headers: &parts.headers,
-        scope: scope.as_deref(),
-        body: digest.map(RequestBodyDigest::as_bytes),
-    });
+    let key = key(shared, route, parts, scope.as_deref(), digest);
     // Reloads are honoured only when configured: by default a client cannot make the origin
     // do work the cache was put there to save.
     let reload = directives.no_cache || directives.max_age == Some(Duration::ZERO);
@@ -121,6 +106,32 @@ pub(crate) fn classify(shared: &CacheState, route: &Route, parts: &Parts) -> Cla
         scope,
         directives,
         intent,
+    })
+}
+
+/// The key of a read: the digest of a POST's body stands for its content.
+fn key(
+    shared: &CacheState,
+    route: &Route,
+    parts: &Parts,
+    scope: Option<&str>,
+    digest: Option<&RequestBodyDigest>,
+) -> CacheKey {
+    route.rule.key.build(&KeyInput {
+        namespace: &shared.namespace,
+        // A stored GET answers HEAD (RFC 9110 §9.3.2); a HEAD never stores. A POST's
+        // entry answers only the same POST.
+        method: if digest.is_some() {
+            &Method::POST
+        } else {
+            &Method::GET
+        },
+        authority: authority(parts),
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        scope,
+        body: digest.map(RequestBodyDigest::as_bytes),
     })
 }
 

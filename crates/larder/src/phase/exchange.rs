@@ -26,6 +26,7 @@ use crate::{
     handle::CacheState,
     middleware::{body::CacheBody, future::ResponseFuture, respond, status::CacheStatus},
     phase::{
+        classify::ReadRequest,
         fill::{self, Asked, Fill},
         lookup::{self, Found},
     },
@@ -79,6 +80,27 @@ pub(crate) struct Exchange {
 }
 
 impl Exchange {
+    /// The exchange of a classified read of `route` (`looked_up`: when a network store's
+    /// lookup started). Its stamp is the store's now, after an in-process lookup.
+    pub(crate) fn new(
+        handle: &CacheHandle,
+        route: &Arc<Route>,
+        params: Params,
+        read: ReadRequest,
+        looked_up: Option<tokio::time::Instant>,
+    ) -> Self {
+        Exchange {
+            handle: handle.clone(),
+            route: Arc::clone(route),
+            key: read.key,
+            scope: read.scope,
+            params,
+            directives: read.directives,
+            since: handle.shared.store.stamp(),
+            looked_up,
+        }
+    }
+
     /// Serves what the lookup found at `now_ms`, or goes to the service.
     pub(crate) fn answer<S, ReqBody, B>(
         self,
@@ -313,37 +335,53 @@ impl Exchange {
         B: Body<Data = Bytes>,
     {
         let shared = &self.handle.shared;
-        // Taken before the call: an invalidation from now on hides what this call returns.
-        let born = shared.store.stamp();
-        let (method, headers) = (parts.method.clone(), parts.headers.clone());
-        let path = parts.uri.path().to_owned();
-        let started = tokio::time::Instant::now();
-        let response = match inner.call(Request::from_parts(parts, body)).await {
-            Ok(r) if !r.status().is_server_error() => r,
+        let asked = Origin {
+            // Taken before the call: an invalidation from now on hides what this call returns.
+            born: shared.store.stamp(),
+            started: tokio::time::Instant::now(),
+            method: parts.method.clone(),
+            headers: parts.headers.clone(),
+            path: parts.uri.path().to_owned(),
+        };
+        match inner.call(Request::from_parts(parts, body)).await {
+            Ok(r) if !r.status().is_server_error() => Ok(self.record(r, asked, lead, lock, fwd)),
             failed => {
                 // RFC 5861 §4: stale-if-error. `lead` drops: followers ask for themselves.
                 if let Some(entry) = &stale {
-                    return Ok(self.serve_stale_if_error(entry, &method, &headers));
+                    return Ok(self.serve_stale_if_error(entry, &asked.method, &asked.headers));
                 }
                 let status =
                     CacheStatus::forward(fwd, Detail::Uncacheable(Uncacheable::ServerError));
-                return failed.map(|r| respond::passed_through(r, status, shared.x_cache));
+                failed.map(|r| respond::passed_through(r, status, shared.x_cache))
             }
-        };
-        let (mut rparts, rbody) = response.into_parts();
+        }
+    }
+
+    /// Hands the origin's response to the fill phase: copied into the entry as it streams to
+    /// the client, or passed on with the reason it is not stored (the followers are told).
+    fn record<B: Body<Data = Bytes>>(
+        self,
+        response: Response<B>,
+        origin: Origin,
+        lead: Option<Lead>,
+        lock: Option<LockHeld>,
+        fwd: Fwd,
+    ) -> Response<CacheBody<B>> {
+        let shared = &self.handle.shared;
+        let (mut parts, body) = response.into_parts();
         let asked = Asked {
             route: &self.route,
             key: &self.key,
             scope: self.scope.as_deref(),
             params: &self.params,
             directives: self.directives,
-            method: &method,
-            headers: &headers,
-            path: &path,
-            born,
+            method: &origin.method,
+            headers: &origin.headers,
+            path: &origin.path,
+            born: origin.born,
             now: shared.clock.now(),
         };
-        let entry = match fill::prepare(&asked, &mut rparts, rbody.size_hint()) {
+        let entry = match fill::prepare(&asked, &mut parts, body.size_hint()) {
             Ok(entry) => entry,
             Err(reason) => {
                 if let Some(lead) = &lead {
@@ -351,20 +389,20 @@ impl Exchange {
                 }
                 shared.predictor.remember(*self.key.digest(), reason);
                 CacheStatus::forward(fwd, Detail::Uncacheable(reason))
-                    .apply(&mut rparts.headers, shared.x_cache);
-                return Ok(Response::from_parts(rparts, CacheBody::stream(rbody)));
+                    .apply(&mut parts.headers, shared.x_cache);
+                return Response::from_parts(parts, CacheBody::stream(body));
             }
         };
         // Say `stored` only when the length is known to fit; a stream of unknown length may
         // still turn out too big after the headers have left.
-        let known = rparts.headers.contains_key(header::CONTENT_LENGTH)
-            || rbody.size_hint().exact().is_some();
+        let known = parts.headers.contains_key(header::CONTENT_LENGTH)
+            || body.size_hint().exact().is_some();
         let status = if known {
             CacheStatus::Stored { fwd }
         } else {
             CacheStatus::forward(fwd, None)
         };
-        status.apply(&mut rparts.headers, shared.x_cache);
+        status.apply(&mut parts.headers, shared.x_cache);
         let limit = self.route.max_body_size;
         let fill = Fill {
             handle: self.handle.clone(),
@@ -373,10 +411,9 @@ impl Exchange {
             stats: Arc::clone(&self.route.stats),
             lead,
             lock,
-            started,
+            started: origin.started,
         };
-        let body = CacheBody::recording(rbody, fill, limit);
-        Ok(Response::from_parts(rparts, body))
+        Response::from_parts(parts, CacheBody::recording(body, fill, limit))
     }
 
     /// RFC 5861 §4: the service failed and a stale entry may stand in for its response.
@@ -424,6 +461,15 @@ impl Exchange {
             self.handle.shared.x_cache,
         ))
     }
+}
+
+/// The leader's request as the origin was asked it.
+struct Origin {
+    born: u64,
+    started: tokio::time::Instant,
+    method: Method,
+    headers: HeaderMap,
+    path: String,
 }
 
 /// How a miss was answered without leading.

@@ -20,7 +20,7 @@ use crate::{
     entry::derive_etag,
     reason::Uncacheable,
     rules::{
-        policy::{self, Decision, RequestDirectives, RouteTtl},
+        policy::{self, Decision, Lifetimes, RequestDirectives, RouteTtl},
         route::{Params, Route},
         tags,
     },
@@ -50,38 +50,7 @@ pub(crate) fn prepare(
     body: SizeHint,
 ) -> Result<Entry, Uncacheable> {
     let handler_tags = tags::take_from_handler(&mut response.headers);
-    let rule = &asked.route.rule;
-    let decision = policy::decide(&policy::Candidate {
-        status: response.status,
-        response_headers: &response.headers,
-        request: asked.directives,
-        user_scoped: asked.scope.is_some(),
-        route: RouteTtl {
-            ttl: rule.ttl,
-            override_response: rule.override_ttl,
-            stale_while_revalidate: rule.stale_while_revalidate,
-            stale_if_error: rule.stale_if_error,
-        },
-        now: asked.now,
-    });
-    let lifetimes = match decision {
-        // A HEAD response has no content: it must never become a GET's entry.
-        Decision::Store(_) if *asked.method == Method::HEAD => return Err(Uncacheable::Head),
-        Decision::Store(lifetimes) => lifetimes,
-        Decision::Skip(reason) => return Err(reason),
-    };
-    let declared = response
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .or(body.upper());
-    if declared.is_some_and(|n| n > asked.route.max_body_size as u64) {
-        return Err(Uncacheable::TooBig);
-    }
-    // A Trailers-Only gRPC error carries grpc-status in the headers, with HTTP 200.
-    if policy::grpc_failed(&response.headers) {
-        return Err(Uncacheable::GrpcStatus);
-    }
+    let lifetimes = lifetimes(asked, response, body)?;
     let tags = tags::of_entry(
         asked.route,
         asked.scope,
@@ -120,6 +89,47 @@ pub(crate) fn prepare(
         vary,
         hit_headers: Default::default(),
     })
+}
+
+/// How long the response may be used, by RFC 9111 and the rule; or why it is not stored.
+fn lifetimes(
+    asked: &Asked<'_>,
+    response: &response::Parts,
+    body: SizeHint,
+) -> Result<Lifetimes, Uncacheable> {
+    let rule = &asked.route.rule;
+    let decision = policy::decide(&policy::Candidate {
+        status: response.status,
+        response_headers: &response.headers,
+        request: asked.directives,
+        user_scoped: asked.scope.is_some(),
+        route: RouteTtl {
+            ttl: rule.ttl,
+            override_response: rule.override_ttl,
+            stale_while_revalidate: rule.stale_while_revalidate,
+            stale_if_error: rule.stale_if_error,
+        },
+        now: asked.now,
+    });
+    let lifetimes = match decision {
+        // A HEAD response has no content: it must never become a GET's entry.
+        Decision::Store(_) if *asked.method == Method::HEAD => return Err(Uncacheable::Head),
+        Decision::Store(lifetimes) => lifetimes,
+        Decision::Skip(reason) => return Err(reason),
+    };
+    let declared = response
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .or(body.upper());
+    if declared.is_some_and(|n| n > asked.route.max_body_size as u64) {
+        return Err(Uncacheable::TooBig);
+    }
+    // A Trailers-Only gRPC error carries grpc-status in the headers, with HTTP 200.
+    if policy::grpc_failed(&response.headers) {
+        return Err(Uncacheable::GrpcStatus);
+    }
+    Ok(lifetimes)
 }
 
 /// An entry waiting for its body. Dropping it unfinished abandons its flight without storing.

@@ -381,70 +381,81 @@ fn expires_lifetime(headers: &HeaderMap, now: SystemTime) -> Duration {
         .min(Duration::from_secs(MAX_DELTA_SECONDS))
 }
 
-/// Decides whether a response may be stored by a shared cache and, if so, its freshness.
-pub(crate) fn decide(ex: &Candidate<'_>) -> Decision {
+/// Why RFC 9111 (or this cache) forbids storing the response at all, in the order checked.
+fn forbidden(ex: &Candidate<'_>, cc: &ResponseDirectives) -> Option<Uncacheable> {
     let headers = ex.response_headers;
     // RFC 9111 §5.2.1.5
     if ex.request.no_store {
-        return Decision::Skip(Uncacheable::RequestNoStore);
+        return Some(Uncacheable::RequestNoStore);
     }
-    let cc = response_directives(headers);
     // RFC 9111 §5.2.2.3: must-understand lets a cache that knows the status ignore no-store,
     // and forbids storing a status it does not know.
     if cc.must_understand && !understood(ex.status) {
-        return Decision::Skip(Uncacheable::MustUnderstand);
+        return Some(Uncacheable::MustUnderstand);
     }
     // RFC 9111 §5.2.2.5
     if cc.no_store && !cc.must_understand {
-        return Decision::Skip(Uncacheable::NoStore);
+        return Some(Uncacheable::NoStore);
     }
     // RFC 9111 §5.2.2.7: a private response may only go in a cache scoped to its user.
     if cc.private && !ex.user_scoped {
-        return Decision::Skip(Uncacheable::Private);
+        return Some(Uncacheable::Private);
     }
     // RFC 9111 §7.3 leaves this to the cache: we never store a Set-Cookie.
     if headers.contains_key(SET_COOKIE) {
-        return Decision::Skip(Uncacheable::SetCookie);
+        return Some(Uncacheable::SetCookie);
     }
     // RFC 9111 §4.1: Vary: * (or an unparseable Vary) never matches a later request.
     if vary(headers) == Vary::Any {
-        return Decision::Skip(Uncacheable::VaryStar);
+        return Some(Uncacheable::VaryStar);
     }
     // RFC 9111 §5.2.2.4: no-cache requires revalidation on every use, which we do not do.
     if cc.no_cache {
-        return Decision::Skip(Uncacheable::NoCache);
+        return Some(Uncacheable::NoCache);
     }
+    None
+}
+
+/// The freshness lifetime (RFC 9111 §4.2.1, in order of precedence for a shared cache), or
+/// why the status or the lack of freshness forbids storing.
+fn lifetime(ex: &Candidate<'_>, cc: &ResponseDirectives) -> Result<Duration, Uncacheable> {
+    let headers = ex.response_headers;
     let has_expires = headers.contains_key(EXPIRES);
     let explicit = cc.s_maxage.is_some() || cc.max_age.is_some() || has_expires;
     let class = status_class(ex.status);
     match class {
-        StatusClass::Never => return Decision::Skip(Uncacheable::Status),
-        StatusClass::ExplicitOnly if !explicit => return Decision::Skip(Uncacheable::Status),
+        StatusClass::Never => return Err(Uncacheable::Status),
+        StatusClass::ExplicitOnly if !explicit => return Err(Uncacheable::Status),
         StatusClass::ExplicitOnly | StatusClass::RouteTtl => {}
     }
+    let route_override = ex.route.override_response && class == StatusClass::RouteTtl;
+    if let Some(ttl) = ex.route.ttl.filter(|_| route_override) {
+        return Ok(ttl);
+    }
+    if cc.conflicting {
+        return Ok(Duration::ZERO);
+    }
+    // RFC 9111 §5.2.2.10: s-maxage overrides max-age for a shared cache.
+    if let Some(lifetime) = cc.s_maxage.or(cc.max_age) {
+        return Ok(lifetime);
+    }
+    if has_expires {
+        return Ok(expires_lifetime(headers, ex.now));
+    }
+    ex.route.ttl.ok_or(Uncacheable::NoFreshness)
+}
 
-    let route_override = match ex.route.ttl {
-        Some(ttl) if ex.route.override_response && class == StatusClass::RouteTtl => Some(ttl),
-        _ => None,
+/// Decides whether a response may be stored by a shared cache and, if so, its freshness.
+pub(crate) fn decide(ex: &Candidate<'_>) -> Decision {
+    let headers = ex.response_headers;
+    let cc = response_directives(headers);
+    if let Some(reason) = forbidden(ex, &cc) {
+        return Decision::Skip(reason);
+    }
+    let lifetime = match lifetime(ex, &cc) {
+        Ok(lifetime) => lifetime,
+        Err(reason) => return Decision::Skip(reason),
     };
-    // RFC 9111 §4.2.1, in order of precedence for a shared cache.
-    let lifetime = if let Some(ttl) = route_override {
-        ttl
-    } else if cc.conflicting {
-        Duration::ZERO
-    } else if let Some(s_maxage) = cc.s_maxage {
-        // RFC 9111 §5.2.2.10: s-maxage overrides max-age for a shared cache.
-        s_maxage
-    } else if let Some(max_age) = cc.max_age {
-        max_age
-    } else if has_expires {
-        expires_lifetime(headers, ex.now)
-    } else if let Some(ttl) = ex.route.ttl {
-        ttl
-    } else {
-        return Decision::Skip(Uncacheable::NoFreshness);
-    };
-
     // RFC 9111 §4.2.3: the age on arrival is the larger of the upstream caches' Age and the
     // apparent age (now - Date); both count against the lifetime.
     let apparent_age = headers
