@@ -1,6 +1,12 @@
 //! The stored form of a response: status, headers, body, trailers and freshness.
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -34,10 +40,41 @@ pub struct Entry {
     /// storing request had for them (RFC 9111 §4.1).
     pub(crate) vary: Option<(Box<[HeaderName]>, [u8; 32])>,
     /// Not part of the stored form (never encoded, never read by a store): the headers a hit
-    /// starts from, made by the layer at the entry's first hit, `headers` followed by `Age`
-    /// and a `Cache-Status` placeholder, so each later hit of an entry an in-process store
-    /// holds clones them without growing and overwrites the placeholders in place.
-    pub(crate) hit_headers: OnceLock<HeaderMap>,
+    /// starts from, `headers` followed by `Age` and a `Cache-Status` placeholder, kept by the
+    /// layer from the entry's second hit, so each later hit of an entry that an in-process
+    /// store holds clones them without growing and overwrites the placeholders in place.
+    pub(crate) hit_headers: SecondUse<HeaderMap>,
+}
+
+/// A value made at its second use and kept: an entry read from a network store is served
+/// once and never pays for it; one an in-process store holds is served many times.
+#[derive(Debug, Default)]
+pub(crate) struct SecondUse<T> {
+    value: OnceLock<T>,
+    used: AtomicBool,
+}
+
+impl<T: Clone> SecondUse<T> {
+    /// The value: a clone of the kept one, or one made by `make` (kept from the second use).
+    pub(crate) fn get_or_make(&self, make: impl FnOnce() -> T) -> T {
+        if let Some(value) = self.value.get() {
+            return value.clone();
+        }
+        if self.used.swap(true, Ordering::Relaxed) {
+            self.value.get_or_init(make).clone()
+        } else {
+            make()
+        }
+    }
+}
+
+impl<T: Clone> Clone for SecondUse<T> {
+    fn clone(&self) -> Self {
+        SecondUse {
+            value: self.value.clone(),
+            used: AtomicBool::new(self.used.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 /// How usable an entry is at a given time.
@@ -173,7 +210,7 @@ impl Entry {
             fill_time: Duration::ZERO,
             tags: Box::new([]),
             vary: None,
-            hit_headers: OnceLock::new(),
+            hit_headers: SecondUse::default(),
         }
     }
 }

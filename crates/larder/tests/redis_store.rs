@@ -419,3 +419,84 @@ async fn lookups_that_miss_while_the_leaders_write_is_on_its_way_call_the_origin
     );
     assert_eq!(collapsed_or_hit, 49);
 }
+
+/// How many `MGET`s the server has run (its `INFO commandstats`).
+fn mgets(redis: &RedisServer) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_mget:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The visibility rule holds for followers across instances: after an invalidation through
+/// instance B has completed, a request to instance A that joins a flight A started before it
+/// is not answered with that flight's response (its lookup saw the invalidation's clock; it
+/// reads the store again, which hides the older response, and asks the origin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_after_another_instances_invalidation_is_not_answered_by_an_older_flight() {
+    use axum::routing::get;
+
+    // `INFO` is a @dangerous command: this server is not the locked-down kind.
+    let redis = RedisServer::start();
+    let a = handle(store(&redis.url()).await);
+    let b = handle(store(&redis.url()).await);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (c, r) = (Arc::clone(&calls), Arc::clone(&release));
+    let app = Router::new().route(
+        "/r",
+        get(move || {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            let release = Arc::clone(&r);
+            async move {
+                if n == 0 {
+                    // The first call read the data before B's write.
+                    release.notified().await;
+                }
+                format!("v{n}")
+            }
+        })
+        .layer(
+            a.layer(
+                larder::Rule::new("r")
+                    .ttl(Duration::from_secs(60))
+                    .tag("data"),
+            ),
+        ),
+    );
+
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { get_once(&app, "/r").await }
+    });
+    support::metrics_app::eventually(|| async {
+        (calls.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await
+    .expect("the first request is at the origin");
+    b.invalidate_tags(["data"]).await.unwrap();
+    let before = mgets(&redis);
+    let second = tokio::spawn({
+        let app = app.clone();
+        async move { get_once(&app, "/r").await }
+    });
+    // Its lookup has been answered; what is left before it follows the flight is CPU work.
+    support::metrics_app::eventually(|| async { (mgets(&redis) > before).then_some(()) })
+        .await
+        .expect("the second request looked the key up");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    release.notify_one();
+
+    let (_, _, _, body) = first.await.unwrap();
+    assert_eq!(body, "v0");
+    let (status, _, cache_status, body) = second.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body, "v1",
+        "started after the invalidation: not the older flight's response ({cache_status})"
+    );
+    assert!(!cache_status.contains("collapsed"), "{cache_status}");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

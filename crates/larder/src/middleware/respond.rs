@@ -60,8 +60,8 @@ pub(crate) fn from_entry<B>(
         *response.headers_mut() = out;
         return response;
     }
-    // Made at the entry's first hit, kept with it while a store holds it in memory.
-    let mut out = entry.hit_headers.get_or_init(|| template(entry)).clone();
+    // Kept with the entry from its second hit (an in-process store's entry serves many).
+    let mut out = entry.hit_headers.get_or_make(|| template(entry));
     // Both overwrite the template's placeholders in place.
     out.insert(header::AGE, age);
     status.fill(&mut out, x_cache);

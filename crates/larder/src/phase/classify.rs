@@ -47,6 +47,7 @@ pub(crate) enum Intent {
 }
 
 /// Classifies a request that `route` covers.
+#[inline]
 pub(crate) fn classify(shared: &CacheState, route: &Route, parts: &Parts) -> Class {
     // Under `cache_posts_by_body`, a POST is a read keyed by the digest of its body.
     let digest = if parts.method == Method::POST && route.rule.posts_by_body {
@@ -110,6 +111,7 @@ pub(crate) fn classify(shared: &CacheState, route: &Route, parts: &Parts) -> Cla
 }
 
 /// The key of a read: the digest of a POST's body stands for its content.
+#[inline]
 fn key(
     shared: &CacheState,
     route: &Route,

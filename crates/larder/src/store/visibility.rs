@@ -60,6 +60,7 @@ impl Read {
     /// The entry, unless an invalidation hides it: hidden when born before the purge floor,
     /// or before the stamp of one of its tags (when a tag may have been invalidated since it
     /// was born), or when the marks do not cover all of its tags.
+    #[inline]
     pub fn visible(self) -> Option<Arc<Entry>> {
         self.entry.filter(|e| self.marks.allow(e))
     }
