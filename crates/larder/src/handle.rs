@@ -31,7 +31,7 @@ const DEFAULT_MAX_PENDING: usize = 10_000;
 ///
 /// let cache = CacheHandle::builder(MemoryStore::new(64 * 1024 * 1024))
 ///     .namespace("dashboard")
-///     .x_cache(true)
+///     .x_cache()
 ///     .build();
 /// let layer = cache.layer(Rule::new("profile").ttl(Duration::from_secs(300)));
 /// # let _ = layer;
@@ -79,8 +79,8 @@ pub struct CacheHandleBuilder {
     store_timeout: Duration,
     collapse_timeout: Duration,
     max_body_size: usize,
-    x_cache: bool,
-    honor_request_no_cache: bool,
+    x_cache: XCache,
+    reloads: Reloads,
     breaker_threshold: u32,
     breaker_open_for: Duration,
     max_pending_invalidations: usize,
@@ -106,8 +106,8 @@ impl CacheHandle {
             store_timeout: DEFAULT_STORE_TIMEOUT,
             collapse_timeout: DEFAULT_COLLAPSE_TIMEOUT,
             max_body_size: DEFAULT_MAX_BODY,
-            x_cache: false,
-            honor_request_no_cache: false,
+            x_cache: XCache::Omit,
+            reloads: Reloads::Ignore,
             breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
             breaker_open_for: DEFAULT_BREAKER_OPEN_FOR,
             max_pending_invalidations: DEFAULT_MAX_PENDING,
@@ -237,16 +237,16 @@ impl CacheHandleBuilder {
     }
 
     /// Also send `X-Cache: HIT | MISS | STALE | BYPASS` (off by default; `Cache-Status` is always sent).
-    pub fn x_cache(mut self, on: bool) -> Self {
-        self.x_cache = on;
+    pub fn x_cache(mut self) -> Self {
+        self.x_cache = XCache::Send;
         self
     }
 
     /// Treat a request's `Cache-Control: no-cache` or `max-age=0` as a miss, as RFC 9111
     /// §5.2.1 asks (off by default, as in most reverse proxies: a reload would otherwise reach
     /// the origin whenever a client wants).
-    pub fn honor_request_no_cache(mut self, on: bool) -> Self {
-        self.honor_request_no_cache = on;
+    pub fn honor_request_no_cache(mut self) -> Self {
+        self.reloads = Reloads::Honor;
         self
     }
 
@@ -298,16 +298,8 @@ impl CacheHandleBuilder {
                 predictor: Predictor::default(),
                 collapse_timeout: self.collapse_timeout,
                 max_body_size: self.max_body_size,
-                x_cache: if self.x_cache {
-                    XCache::Send
-                } else {
-                    XCache::Omit
-                },
-                reloads: if self.honor_request_no_cache {
-                    Reloads::Honor
-                } else {
-                    Reloads::Ignore
-                },
+                x_cache: self.x_cache,
+                reloads: self.reloads,
                 breaker,
                 lock_wait: self.lock_wait,
                 typed,

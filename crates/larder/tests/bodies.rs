@@ -19,7 +19,7 @@ use support::Chunks;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 fn cache(store: &MemoryStore) -> CacheHandle {
-    CacheHandle::builder(store.clone()).x_cache(true).build()
+    CacheHandle::builder(store.clone()).x_cache().build()
 }
 
 fn req() -> Request<()> {

@@ -20,7 +20,7 @@ use tower::{Layer, ServiceExt, service_fn};
 
 fn cache() -> CacheHandle {
     CacheHandle::builder(MemoryStore::default())
-        .x_cache(true)
+        .x_cache()
         .build()
 }
 

@@ -27,7 +27,7 @@ fn peak_rss() -> usize {
 async fn a_50_mib_streamed_body_passes_through_uncached_with_bounded_memory() {
     const TOTAL: usize = 50 * 1024 * 1024;
     let store = MemoryStore::default();
-    let cache = CacheHandle::builder(store.clone()).x_cache(true).build();
+    let cache = CacheHandle::builder(store.clone()).x_cache().build();
     let svc = service_fn(|_req: Request<()>| async {
         Ok::<_, Infallible>(Response::new(Chunks::new(TOTAL, 64 * 1024)))
     });

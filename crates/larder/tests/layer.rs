@@ -23,7 +23,7 @@ use tower::ServiceExt;
 
 fn cache() -> CacheHandle {
     CacheHandle::builder(MemoryStore::default())
-        .x_cache(true)
+        .x_cache()
         .build()
 }
 

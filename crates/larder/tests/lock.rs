@@ -23,7 +23,7 @@ async fn instance(url: &str, calls: &Arc<AtomicUsize>, lock: bool) -> Router {
         .build()
         .await
         .unwrap();
-    let mut builder = CacheHandle::builder(store).namespace("t").x_cache(true);
+    let mut builder = CacheHandle::builder(store).namespace("t").x_cache();
     if lock {
         builder = builder.distributed_lock(Duration::from_secs(3));
     }

@@ -33,7 +33,7 @@ const fn secs(n: u64) -> Duration {
 
 fn cache() -> CacheHandle {
     CacheHandle::builder(MemoryStore::default())
-        .x_cache(true)
+        .x_cache()
         .build()
 }
 

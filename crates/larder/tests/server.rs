@@ -20,7 +20,7 @@ async fn a_real_server_serves_misses_hits_heads_and_304s() {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&calls);
     let cache = CacheHandle::builder(MemoryStore::default())
-        .x_cache(true)
+        .x_cache()
         .build();
     let app = Router::new().route(
         "/api/metrics/{category}",

@@ -51,7 +51,7 @@ pub async fn handle(
                 .build(),
         ),
     };
-    Ok(Some(builder.namespace(namespace).x_cache(true).build()))
+    Ok(Some(builder.namespace(namespace).x_cache().build()))
 }
 
 async fn redis(url: &str, namespace: &str) -> anyhow::Result<RedisStore> {

@@ -8,7 +8,7 @@
 //! use tonic::transport::Server;
 //!
 //! # async fn run() -> Result<(), tonic::transport::Error> {
-//! let cache = CacheHandle::builder(larder::MemoryStore::default()).x_cache(true).build();
+//! let cache = CacheHandle::builder(larder::MemoryStore::default()).x_cache().build();
 //! router(Server::builder(), Catalog::seeded(), &cache)
 //!     .serve("127.0.0.1:50051".parse().unwrap())
 //!     .await

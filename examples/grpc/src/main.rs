@@ -66,7 +66,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // the client's delayed ACK.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let cache = CacheHandle::builder(MemoryStore::default())
-        .x_cache(true)
+        .x_cache()
         .build();
     let catalog = Catalog::seeded().with_latency(args.latency);
     let shutdown = async {

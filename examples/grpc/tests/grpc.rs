@@ -43,7 +43,7 @@ impl Drop for Running {
 
 fn cache() -> CacheHandle {
     CacheHandle::builder(MemoryStore::default())
-        .x_cache(true)
+        .x_cache()
         .build()
 }
 

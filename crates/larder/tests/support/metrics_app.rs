@@ -19,7 +19,7 @@ use tower::ServiceExt;
 /// A handle in namespace `t` with `X-Cache` on and a 300 ms store deadline.
 pub fn handle(store: impl Store) -> CacheHandle {
     CacheHandle::builder(store)
-        .x_cache(true)
+        .x_cache()
         .namespace("t")
         .store_timeout(Duration::from_millis(300))
         .build()
