@@ -211,7 +211,8 @@ impl Exchange {
         };
         self.route.stats.record(Outcome::Miss);
         policy::strip_validators(&mut parts.headers);
-        self.lead(lead, lock, inner, parts, body, stale, fwd).await
+        let req = Request::from_parts(parts, body);
+        self.lead(lead, lock, inner, req, stale, fwd).await
     }
 
     /// Takes this request's turn with the coalescer: `Ok` to lead, or how it was answered.
@@ -309,7 +310,8 @@ impl Exchange {
         }
         policy::strip_validators(&mut parts.headers);
         tokio::spawn(async move {
-            let refreshed = self.lead(Some(lead), None, inner, parts, body, None, Fwd::Stale);
+            let req = Request::from_parts(parts, body);
+            let refreshed = self.lead(Some(lead), None, inner, req, None, Fwd::Stale);
             if let Ok(response) = refreshed.await {
                 // Reading the body to its end is what stores it.
                 let _ = http_body_util::BodyExt::collect(response.into_body()).await;
@@ -319,14 +321,12 @@ impl Exchange {
 
     /// Asks the service (leading the flight `lead`, if any) and hands what may be stored to
     /// the fill phase.
-    #[allow(clippy::too_many_arguments)]
     async fn lead<S, ReqBody, B>(
         self,
         lead: Option<Lead>,
         lock: Option<LockHeld>,
         mut inner: S,
-        parts: Parts,
-        body: ReqBody,
+        req: Request<ReqBody>,
         stale: Option<Arc<Entry>>,
         fwd: Fwd,
     ) -> Reply<B, S::Error>
@@ -339,11 +339,11 @@ impl Exchange {
             // Taken before the call: an invalidation from now on hides what this call returns.
             born: shared.store.stamp(),
             started: tokio::time::Instant::now(),
-            method: parts.method.clone(),
-            headers: parts.headers.clone(),
-            path: parts.uri.path().to_owned(),
+            method: req.method().clone(),
+            headers: req.headers().clone(),
+            path: req.uri().path().to_owned(),
         };
-        match inner.call(Request::from_parts(parts, body)).await {
+        match inner.call(req).await {
             Ok(r) if !r.status().is_server_error() => Ok(self.record(r, asked, lead, lock, fwd)),
             failed => {
                 // RFC 5861 §4: stale-if-error. `lead` drops: followers ask for themselves.
