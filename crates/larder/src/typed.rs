@@ -67,28 +67,29 @@ impl CacheHandle {
 
     /// Reads many typed values in one store call (one round trip for a network store).
     pub async fn get_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Vec<Option<T>> {
+        let values = self.read_many(keys).await;
+        for value in &values {
+            self.shared.typed.record(if value.is_some() {
+                Outcome::Hit
+            } else {
+                Outcome::Miss
+            });
+        }
+        values
+    }
+
+    /// Reads many typed values in one store call, counting nothing but store errors.
+    async fn read_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Vec<Option<T>> {
         let cache_keys: Vec<CacheKey> = keys.iter().map(|k| self.key(k)).collect();
         let stats = &self.shared.typed;
         let fut = self.shared.store.get_many(&cache_keys);
-        let entries: Vec<Option<Arc<Entry>>> =
-            match self.shared.breaker.call(stats, Op::GetMany, fut).await {
-                Ok(reads) if reads.len() == keys.len() => {
-                    reads.into_iter().map(Read::visible).collect()
-                }
-                _ => vec![None; keys.len()],
-            };
-        entries
-            .iter()
-            .map(|e| {
-                let value = e.as_ref().and_then(|e| self.decode(e));
-                stats.record(if value.is_some() {
-                    Outcome::Hit
-                } else {
-                    Outcome::Miss
-                });
-                value
-            })
-            .collect()
+        match self.shared.breaker.call(stats, Op::GetMany, fut).await {
+            Ok(reads) if reads.len() == keys.len() => reads
+                .into_iter()
+                .map(|read| read.visible().and_then(|e| self.decode(&e)))
+                .collect(),
+            _ => keys.iter().map(|_| None).collect(),
+        }
     }
 
     /// Stores a typed value.
@@ -204,7 +205,10 @@ impl CacheHandle {
         Fut: Future<Output = Result<Vec<T>, E>>,
     {
         let keys: Vec<&str> = items.iter().map(|(k, _)| *k).collect();
-        let mut found: Vec<Option<T>> = self.get_many(&keys).await;
+        let mut found: Vec<Option<T>> = self.read_many(&keys).await;
+        for _ in found.iter().flatten() {
+            self.shared.typed.record(Outcome::Hit);
+        }
         let (missing, leads) = self.join_missing(&keys, &mut found);
         if missing.is_empty() {
             return Ok(found.into_iter().flatten().collect());
@@ -260,6 +264,7 @@ impl CacheHandle {
                 Some(Ok(lead)) => leads.push(Some(lead)),
                 None => leads.push(None),
             }
+            self.shared.typed.record(Outcome::Miss);
             missing.push(i);
         }
         (missing, leads)

@@ -90,3 +90,20 @@ async fn an_entry_is_kept_for_its_stale_windows_then_dropped() {
     assert_eq!(cache.get::<u8>("short").await, None);
     assert_eq!(store.entry_count(), 0);
 }
+
+#[tokio::test]
+async fn an_entry_read_after_its_tag_was_invalidated_is_dropped() {
+    let store = MemoryStore::default();
+    let cache = CacheHandle::builder(store.clone()).build();
+    let tagged = EntryOptions::new(Duration::from_secs(3600)).tag("t");
+    cache.insert("a", &1u32, &tagged).await;
+    cache
+        .insert("b", &2u32, &EntryOptions::new(Duration::from_secs(3600)))
+        .await;
+    assert_eq!(store.entry_count(), 2);
+    cache.invalidate_tags(["t"]).await.unwrap();
+    assert_eq!(cache.get::<u32>("a").await, None);
+    assert_eq!(cache.get::<u32>("b").await, Some(2));
+    // It will never be served again: reading it let the memory go.
+    assert_eq!(store.entry_count(), 1);
+}

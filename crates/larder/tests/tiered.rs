@@ -136,3 +136,35 @@ async fn losing_the_backplane_takes_the_l1_out_of_use_and_clears_it() {
     }
     assert_eq!(found, Some(1));
 }
+
+/// While an invalidation waits to be replayed, typed reads do not use the L1 either: the L1
+/// still holds what the invalidation will hide (the timed-out call never cleared it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_reads_skip_the_l1_while_an_invalidation_waits_for_redis() {
+    let redis = RedisServer::restricted();
+    let cache = CacheHandle::builder(tiered(&redis.url()).await)
+        .namespace("t")
+        .store_timeout(Duration::from_millis(100))
+        .circuit_breaker(1, Duration::from_millis(200))
+        .build();
+    let opts = EntryOptions::new(Duration::from_secs(60)).tag("user:7");
+    let v: Result<u32, ()> = cache
+        .get_or_insert_with("profile:7", &opts, || async { Ok(1) })
+        .await;
+    assert_eq!(v, Ok(1));
+    settle().await;
+    assert_eq!(cache.get::<u32>("profile:7").await, Some(1), "an L1 hit");
+
+    redis.pause();
+    assert!(cache.invalidate_tags(["user:7"]).await.is_err(), "deferred");
+    assert_eq!(
+        cache.get::<u32>("profile:7").await,
+        None,
+        "not the L1's copy"
+    );
+    let fresh: Result<u32, ()> = cache
+        .get_or_insert_with("profile:7", &opts, || async { Ok(2) })
+        .await;
+    assert_eq!(fresh, Ok(2), "computed again, not the invalidated value");
+    redis.resume();
+}

@@ -143,11 +143,13 @@ impl Breaker {
         mut fut: StoreFuture<T>,
     ) -> Result<T, StoreError> {
         let inner = &self.inner;
+        // Open, or invalidations wait to be replayed: not even an answer already at hand (a
+        // tiered store's L1) is used, since it may be one of those the replay will hide.
+        if !self.closed() {
+            return Err(StoreError::new(StoreErrorKind::Unavailable, "circuit open"));
+        }
         let result = match fut.try_ready() {
             Some(r) => r,
-            None if !self.closed() => {
-                return Err(StoreError::new(StoreErrorKind::Unavailable, "circuit open"));
-            }
             None => {
                 let timeout = inner.settings.timeout;
                 let started = tokio::time::Instant::now();
@@ -262,7 +264,7 @@ async fn probe(inner: Weak<BreakerState>) {
         let Some(s) = inner.upgrade() else {
             return;
         };
-        wait = (wait * 2).min(MAX_BACKOFF);
+        wait = (wait * 2).min(MAX_BACKOFF).max(open_for.min(MAX_BACKOFF));
         let timeout = s.settings.timeout;
         let probe_key = CacheKey::typed(&s.namespace, "larder:probe");
         let answered = tokio::time::timeout(timeout, s.store.get(&probe_key)).await;

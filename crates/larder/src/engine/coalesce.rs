@@ -84,7 +84,8 @@ pub(crate) struct Ticket {
     /// The store's stamp when the request started (after its lookup): entries born before it
     /// may have been invalidated before the request started.
     pub(crate) since: u64,
-    /// The longest a follower waits for its leader (the collapse timeout).
+    /// The longest a request waits for the flights it follows, all together (the collapse
+    /// timeout).
     pub(crate) wait: Duration,
     /// Whether a new leader reads the store again before calling the service.
     pub(crate) recheck: Recheck,
@@ -186,6 +187,8 @@ impl Coalescer {
         R: FnMut() -> Fut,
         Fut: Future<Output = Option<(Arc<Entry>, V)>>,
     {
+        // One deadline for the whole turn, however many flights it follows.
+        let deadline = Instant::now() + ticket.wait;
         let mut follows = 0;
         loop {
             let state = match self.join(digest) {
@@ -203,7 +206,7 @@ impl Coalescer {
                 }
                 Joined::Follow(state) => state,
             };
-            match follow(state, ticket, &mut reread).await {
+            match follow(state, ticket.since, deadline, &mut reread).await {
                 Ok(turn) => return turn,
                 Err(why) if follows == MAX_FOLLOWS => return Turn::Alone(why),
                 Err(_) => follows += 1,
@@ -279,7 +282,8 @@ impl Drop for Lead {
 /// the request may take its turn again (the reason is its answer once it may not).
 async fn follow<V, R, Fut>(
     state: watch::Receiver<FlightState>,
-    ticket: Ticket,
+    since: u64,
+    deadline: Instant,
     reread: &mut R,
 ) -> Result<Turn<V>, Alone>
 where
@@ -289,19 +293,19 @@ where
     // A flight that had landed before this request joined: its entry is on its way to the
     // store, which is then the truth for this request like for any other.
     let late = !matches!(*state.borrow(), FlightState::Running);
-    let Ok((settled, state)) = tokio::time::timeout(ticket.wait, settle(state)).await else {
+    let Ok((settled, state)) = tokio::time::timeout_at(deadline, settle(state)).await else {
         return Ok(Turn::Alone(Alone::CollapseTimeout));
     };
     match settled {
         FlightState::Landed(entry) | FlightState::Written(entry)
-            if !late && entry.born >= ticket.since =>
+            if !late && entry.born >= since =>
         {
             Ok(Turn::Shared(entry))
         }
         // Joined late, or born before an invalidation this request must see: wait for the
         // write, then read the store like any lookup.
         FlightState::Landed(_) | FlightState::Written(_) => {
-            let _ = tokio::time::timeout(ticket.wait, released(state)).await;
+            let _ = tokio::time::timeout_at(deadline, released(state)).await;
             match reread().await {
                 Some((_, value)) => Ok(Turn::Found(value)),
                 None => Err(Alone::WritePending),

@@ -40,13 +40,29 @@ impl Predictor {
         self.keys.get(digest)
     }
 
-    /// Remembers that the key's response was not stored, for `reason`. Reasons that belong to
-    /// the request, not the response, are not remembered.
+    /// Remembers that the key's response was not stored, for `reason`. Only reasons that are
+    /// the response's own way of being are remembered: not the request's (`no-store`, `HEAD`,
+    /// an unfilled tag), and not a failure that may pass (a 5xx, a gRPC error, a 429 or 401
+    /// status), during which coalescing matters most.
     pub(crate) fn remember(&self, digest: [u8; 32], reason: Uncacheable) {
-        if !matches!(
-            reason,
-            Uncacheable::RequestNoStore | Uncacheable::Head | Uncacheable::ServerError
-        ) {
+        let lasting = match reason {
+            Uncacheable::TooBig
+            | Uncacheable::SetCookie
+            | Uncacheable::NoStore
+            | Uncacheable::Private
+            | Uncacheable::VaryStar
+            | Uncacheable::NoCache
+            | Uncacheable::NoFreshness
+            | Uncacheable::ZeroTtl
+            | Uncacheable::MustUnderstand => true,
+            Uncacheable::RequestNoStore
+            | Uncacheable::Head
+            | Uncacheable::TagUnresolved
+            | Uncacheable::Status
+            | Uncacheable::GrpcStatus
+            | Uncacheable::ServerError => false,
+        };
+        if lasting {
             self.keys.insert(digest, reason);
         }
     }
@@ -66,8 +82,10 @@ mod tests {
         let p = Predictor::default();
         p.remember([1; 32], Uncacheable::TooBig);
         p.remember([2; 32], Uncacheable::RequestNoStore);
+        p.remember([3; 32], Uncacheable::GrpcStatus);
         assert_eq!(p.uncacheable(&[1; 32]), Some(Uncacheable::TooBig));
         assert_eq!(p.uncacheable(&[2; 32]), None, "a request's own reason");
+        assert_eq!(p.uncacheable(&[3; 32]), None, "a failure that may pass");
         p.forget(&[1; 32]);
         assert_eq!(p.uncacheable(&[1; 32]), None);
     }

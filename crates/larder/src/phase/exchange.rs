@@ -268,7 +268,9 @@ impl Exchange {
         fwd: Fwd,
     ) -> Result<Option<LockHeld>, Response<CacheBody<B>>> {
         let shared = &self.handle.shared;
-        let Some(wait) = shared.lock_wait else {
+        // A miss that leads no flight (its key proved uncacheable) takes no lock either:
+        // nobody would wait for it usefully.
+        let (Some(wait), Some(lead)) = (shared.lock_wait, lead) else {
             return Ok(None);
         };
         let usable = |e: &Entry| {
@@ -278,9 +280,7 @@ impl Exchange {
         match lock::acquire(&shared.breaker, &shared.typed, &self.key, wait, usable).await {
             LockOutcome::Call(held) => Ok(held),
             LockOutcome::Found(entry) => {
-                if let Some(lead) = lead {
-                    lead.land(Arc::clone(&entry));
-                }
+                lead.land(Arc::clone(&entry));
                 let status = CacheStatus::Collapsed {
                     fwd,
                     detail: Some(Detail::OtherInstance),

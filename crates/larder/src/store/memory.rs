@@ -169,16 +169,21 @@ impl MemoryStore {
         self.shared.entries.clear();
     }
 
-    /// Reads `key`: the entry and its marks. One kept past its time is removed and is a miss.
+    /// Reads `key`: the entry and its marks. One kept past its time, or hidden by an
+    /// invalidation, is removed and is a miss.
     pub(crate) fn read(&self, key: &CacheKey) -> Read {
         let Some(held) = self.shared.entries.get(key.digest()) else {
             return Read::miss();
         };
         if held.until > Deadline::now() {
             let marks = self.marks(&held.entry);
-            return Read::new(Some(held.entry), marks);
+            let read = Read::new(Some(Arc::clone(&held.entry)), marks);
+            if read.is_visible() {
+                return read;
+            }
         }
-        // Only the entry read: a fresh one stored meanwhile stays.
+        // Past its time or hidden by an invalidation: it will never be served again. Only the
+        // entry read goes: a fresh one stored meanwhile stays.
         self.shared
             .entries
             .remove_if(key.digest(), |h| Arc::ptr_eq(&h.entry, &held.entry));
