@@ -37,7 +37,7 @@ impl Outcome {
         Outcome::Bypass,
     ];
 
-    fn label(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             Outcome::Hit => "hit",
             Outcome::Stale => "stale",
@@ -77,7 +77,7 @@ impl RouteStats {
         counter.fetch_add(1, Relaxed);
         let counters = self.outcomes.get_or_init(|| {
             Outcome::ALL.map(|o| {
-                metrics::counter!("larder_requests_total", "route" => Arc::clone(&self.name), "outcome" => o.label())
+                metrics::counter!("larder_requests_total", "route" => Arc::clone(&self.name), "outcome" => o.as_str())
             })
         });
         counters[outcome as usize].increment(1);
