@@ -113,8 +113,8 @@ pub fn rules() -> Rules {
                         .per_page("per_page")
                         .defaults(1, DEFAULT_PER_PAGE),
                 )
-                // POST (create) invalidates:
-                .invalidates(["stats:{user}", "sessions:{user}"]),
+                // POST (create) invalidates (titles are searched):
+                .invalidates(["stats:{user}", "sessions:{user}", "search:{user}"]),
         )
         // PUT (rename) invalidates these; DELETE also invalidates `stats:{user}`, which its
         // handler does itself (a rule's invalidations are per path, not per method).
@@ -124,9 +124,16 @@ pub fn rules() -> Rules {
         )
         .route(
             "/api/chat/sessions/{sid}/messages",
+            // A message moves its session up the list and changes its count, and spends
+            // the user's credits.
             writes(
                 "message_write",
-                &["stats:{user}", "search:{user}", "user:{user}"],
+                &[
+                    "stats:{user}",
+                    "search:{user}",
+                    "user:{user}",
+                    "sessions:{user}",
+                ],
             ),
         )
 }

@@ -125,7 +125,7 @@ async fn every_write_route_invalidates_exactly_its_tags_and_the_next_read_shows_
         0
     );
 
-    // POST /api/chat/sessions: stats, sessions.
+    // POST /api/chat/sessions: stats, sessions, search (titles are searched).
     warm(&router, a).await;
     let stats = get(&router, "/api/chat/stats", a).await.body;
     let w = send(
@@ -143,12 +143,22 @@ async fn every_write_route_invalidates_exactly_its_tags_and_the_next_read_shows_
         a,
         &[
             "/api/chat/stats",
+            "/api/chat/search?q=churn",
             "/api/chat/sessions",
             "/api/chat/sessions?page=2",
         ],
         "POST /api/chat/sessions",
     )
     .await;
+    let found = get(&router, "/api/chat/search?q=churn", a).await.body;
+    assert!(
+        found["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == created),
+        "search finds the new session's title: {found}"
+    );
     assert_eq!(
         get(&router, "/api/chat/stats", a).await.body["sessions"],
         stats["sessions"].as_i64().unwrap() + 1
@@ -182,8 +192,12 @@ async fn every_write_route_invalidates_exactly_its_tags_and_the_next_read_shows_
     let found = get(&router, "/api/chat/search?q=churn", a).await.body;
     assert_eq!(found["sessions"][0]["title"], "Renamed churn plan");
 
-    // POST /api/chat/sessions/{sid}/messages: stats, search, user (credits).
+    // POST /api/chat/sessions/{sid}/messages: stats, search, user (credits), sessions (the
+    // session moves to the top of the list and its count changes).
     warm(&router, a).await;
+    let page = get(&router, "/api/chat/sessions", a).await.body;
+    let last = page["sessions"].as_array().unwrap().last().unwrap().clone();
+    let target = last["id"].as_i64().unwrap();
     let credits = get(&router, "/api/user/me", a).await.body["credits"]
         .as_i64()
         .unwrap();
@@ -193,7 +207,7 @@ async fn every_write_route_invalidates_exactly_its_tags_and_the_next_read_shows_
     let w = post_message(
         &router,
         a,
-        created,
+        target,
         "What drives churn in the enterprise tier?",
     )
     .await;
@@ -205,10 +219,25 @@ async fn every_write_route_invalidates_exactly_its_tags_and_the_next_read_shows_
             "/api/user/me",
             "/api/chat/stats",
             "/api/chat/search?q=churn",
+            "/api/chat/sessions",
+            "/api/chat/sessions?page=2",
         ],
         "POST /api/chat/sessions/{sid}/messages",
     )
     .await;
+    // Sessions are listed by their last change (in seconds, then newest id first): the one
+    // written to moves up from the bottom of page 1.
+    let page = get(&router, "/api/chat/sessions", a).await.body;
+    let listed = page["sessions"].as_array().unwrap();
+    let at = listed
+        .iter()
+        .position(|s| s["id"] == target)
+        .expect("the session written to is on page 1");
+    assert!(at < listed.len() - 1, "the session moved up: {page}");
+    assert_eq!(
+        listed[at]["message_count"],
+        last["message_count"].as_i64().unwrap() + 2
+    );
     let me = get(&router, "/api/user/me", a).await.body;
     assert_eq!(
         me["credits"],
@@ -245,7 +274,10 @@ async fn every_write_route_invalidates_exactly_its_tags_and_the_next_read_shows_
     )
     .await;
     assert_ne!(first_session(&router, a).await, created);
-    assert_eq!(get(&router, "/api/chat/stats", a).await.body, stats);
+    // Back to the sessions there were; the message posted to another session stays.
+    let now = get(&router, "/api/chat/stats", a).await.body;
+    assert_eq!(now["sessions"], stats["sessions"]);
+    assert_eq!(now["messages"], stats["messages"].as_i64().unwrap() + 2);
 
     // None of user 11's writes touched user 12's entries.
     for uri in READS {
@@ -338,7 +370,8 @@ async fn the_dashboard_reads_its_parts_in_one_batch_and_writes_reach_it() {
         "a dashboard hit makes no query"
     );
 
-    // A message spends credits and changes stats: those two parts reload, the rest hit.
+    // A message spends credits, changes stats and moves its session up: those three parts
+    // reload, the rest hit.
     let sid = first.body["recent_sessions"]["sessions"][0]["id"]
         .as_i64()
         .unwrap();
@@ -351,7 +384,7 @@ async fn the_dashboard_reads_its_parts_in_one_batch_and_writes_reach_it() {
             .cache_status
             .as_deref()
             .unwrap()
-            .contains("2 of 9 parts"),
+            .contains("3 of 9 parts"),
         "{:?}",
         third.cache_status
     );
@@ -363,4 +396,32 @@ async fn the_dashboard_reads_its_parts_in_one_batch_and_writes_reach_it() {
         third.body["chat_stats"]["messages"],
         first.body["chat_stats"]["messages"].as_i64().unwrap() + 2
     );
+    let recent = &third.body["recent_sessions"]["sessions"][0];
+    assert_eq!(recent["id"], sid);
+    assert_eq!(
+        recent["message_count"],
+        first.body["recent_sessions"]["sessions"][0]["message_count"]
+            .as_i64()
+            .unwrap()
+            + 2
+    );
+}
+
+/// The key never accepts what the handler rejects: a page given twice is not page 3's entry.
+#[tokio::test]
+async fn a_page_given_twice_is_rejected_even_when_one_of_them_is_cached() {
+    let (_, router) = dashboard(StoreKind::Memory).await;
+    let user = 41;
+    let page3 = get(&router, "/api/chat/sessions?page=3", user).await;
+    assert_eq!(page3.status, StatusCode::OK);
+    assert!(
+        get(&router, "/api/chat/sessions?page=3", user)
+            .await
+            .is_hit()
+    );
+    for _ in 0..2 {
+        let twice = get(&router, "/api/chat/sessions?page=3&page=1", user).await;
+        assert_eq!(twice.status, StatusCode::BAD_REQUEST, "{:?}", twice.body);
+        assert!(!twice.is_hit(), "{:?}", twice.cache_status);
+    }
 }

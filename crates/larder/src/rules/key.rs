@@ -326,26 +326,42 @@ impl KeyOptions {
     }
 
     fn hash_pages(&self, h: &mut PartHasher, p: &Pagination, query: Option<&str>) {
-        let find = |param: &str| {
-            query_pairs(query.unwrap_or(""))
-                .find(|(n, _)| n == param)
-                .map(|(_, v)| v)
-        };
-        let page = find(&p.page);
-        match page.as_deref().or(p.default_page.as_deref()) {
-            Some(v) => h.some(v.as_bytes()),
-            None => h.none(),
-        }
+        let pairs = || query_pairs(query.unwrap_or(""));
+        hash_page_param(h, pairs, &p.page, p.default_page.as_deref());
         match &p.per_page {
-            Some(name) => {
-                let per = find(name);
-                match per.as_deref().or(p.default_per_page.as_deref()) {
-                    Some(v) => h.some(v.as_bytes()),
-                    None => h.none(),
-                }
-            }
+            Some(name) => hash_page_param(h, pairs, name, p.default_per_page.as_deref()),
             None => h.none(),
         }
+    }
+}
+
+/// A page parameter's value, or its default. Given more than once (`?page=3&page=1`), every
+/// value is part of the key: such a request never shares an entry with one that names a
+/// single page, since the handler may well reject it.
+fn hash_page_param<'q, I>(
+    h: &mut PartHasher,
+    pairs: impl Fn() -> I,
+    param: &str,
+    default: Option<&str>,
+) where
+    I: Iterator<Item = (std::borrow::Cow<'q, str>, std::borrow::Cow<'q, str>)>,
+{
+    let mut values = pairs().filter(|(n, _)| n == param).map(|(_, v)| v);
+    let first = values.next();
+    if values.next().is_some() {
+        let all: Vec<_> = pairs()
+            .filter(|(n, _)| n == param)
+            .map(|(_, v)| v)
+            .collect();
+        h.count(all.len());
+        for v in &all {
+            h.part(v.as_bytes());
+        }
+        return;
+    }
+    match first.as_deref().or(default) {
+        Some(v) => h.some(v.as_bytes()),
+        None => h.none(),
     }
 }
 
@@ -692,6 +708,20 @@ mod tests {
         assert_eq!(p1, key(&o, "/s", Some("per_page=20&page=1"), None));
         assert_ne!(p1, key(&o, "/s", Some("page=2"), None));
         assert_ne!(p1, key(&o, "/s", Some("page=1&per_page=50"), None));
+    }
+
+    #[test]
+    fn a_page_given_twice_shares_no_entry_with_one_page() {
+        let o = KeyOptions::new().paginate(Pagination::new("page").per_page("per_page"));
+        let twice = key(&o, "/s", Some("page=3&page=1"), None);
+        for single in ["page=3", "page=1", "", "page=31"] {
+            assert_ne!(twice, key(&o, "/s", Some(single), None), "{single}");
+        }
+        assert_ne!(twice, key(&o, "/s", Some("page=1&page=3"), None));
+        assert_ne!(
+            key(&o, "/s", Some("per_page=5&per_page=50"), None),
+            key(&o, "/s", Some("per_page=5"), None)
+        );
     }
 
     #[test]
