@@ -27,7 +27,10 @@ async fn fill(cache: &CacheHandle) {
     let value = "v".repeat(200);
     let options = EntryOptions::new(Duration::from_secs(3600));
     for key in KEYS {
-        cache.insert(key, &value, &options).await;
+        cache
+            .insert(key, &value, &options, cache.read_stamp())
+            .await
+            .expect("insert");
     }
     for _ in 0..100 {
         let got: Vec<Option<String>> = cache.get_many(&KEYS).await;

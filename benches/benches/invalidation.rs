@@ -23,7 +23,10 @@ const COUNTS: [usize; 3] = [1, 1_000, 100_000];
 async fn populate(cache: &CacheHandle, n: usize) {
     let value = "x".repeat(200);
     let options = EntryOptions::new(Duration::from_secs(3600)).tag(TAG);
-    cache.insert("seed", &value, &options).await;
+    cache
+        .insert("seed", &value, &options, cache.read_stamp())
+        .await
+        .expect("insert");
     let seed = cache.key("seed");
     let mut entry = None;
     for _ in 0..100 {

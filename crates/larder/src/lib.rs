@@ -148,7 +148,7 @@ pub use rules::{
 };
 pub use stats::{RouteSnapshot, StatsSnapshot};
 pub use store::{MemoryStore, Store, StoreError, StoreErrorKind, StoreFuture};
-pub use typed::EntryOptions;
+pub use typed::{EntryOptions, ReadStamp};
 
 // The README's examples compile and run as doc-tests (they use the Redis store).
 #[cfg(all(doctest, feature = "redis"))]

@@ -16,8 +16,13 @@ use crate::{
     entry::{Freshness, derive_etag},
     phase::fill,
     stats::Outcome,
-    store::Read,
+    store::{Read, StoreError, StoreErrorKind},
 };
+
+/// A moment of the store's invalidation clock, from [`CacheHandle::read_stamp`]: the birth
+/// stamp of a value read from its source after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadStamp(u64);
 
 /// How long a typed value stays fresh and which tags it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,20 +97,53 @@ impl CacheHandle {
         }
     }
 
-    /// Stores a typed value.
-    pub async fn insert<T: Serialize>(&self, key: &str, value: &T, options: &EntryOptions) {
-        let born = self.shared.store.stamp();
-        if let Some(entry) = self.encode(value, options, born) {
-            fill::write(
-                self,
-                &self.shared.typed,
-                self.key(key),
-                Arc::new(entry),
-                None,
-                None,
-            );
-            self.shared.typed.stored();
-        }
+    /// The store's invalidation stamp now. Take it *before* reading from its source a value
+    /// you will [`insert`](Self::insert): an invalidation after this moment then hides the
+    /// value, which may predate it.
+    pub fn read_stamp(&self) -> ReadStamp {
+        ReadStamp(self.shared.store.stamp())
+    }
+
+    /// Stores a typed value read from its source after `read_at` was taken (see
+    /// [`read_stamp`](Self::read_stamp)), and returns once the store has taken the write.
+    ///
+    /// A value read before a concurrent invalidation of one of its tags is never served: the
+    /// store keeps it hidden (or drops it), and this still returns `Ok`. An error says the write
+    /// did not land: the store failed or is skipped while it fails
+    /// ([`StoreErrorKind::Unavailable`]), or the value did not serialize
+    /// ([`StoreErrorKind::Encode`]).
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), larder::StoreError> {
+    /// use std::time::Duration;
+    /// use larder::{CacheHandle, EntryOptions};
+    ///
+    /// let cache = CacheHandle::in_memory();
+    /// let read_at = cache.read_stamp();
+    /// let profile = "{\"credits\": 999}"; // read from the database after the stamp
+    /// let opts = EntryOptions::new(Duration::from_secs(300)).tag("user:42");
+    /// cache.insert("profile:42", &profile, &opts, read_at).await?;
+    /// assert_eq!(cache.get::<String>("profile:42").await.as_deref(), Some(profile));
+    /// # Ok(()) }
+    /// ```
+    pub async fn insert<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        options: &EntryOptions,
+        read_at: ReadStamp,
+    ) -> Result<(), StoreError> {
+        let Some(entry) = self.encode(value, options, read_at.0) else {
+            return Err(StoreError::new(
+                StoreErrorKind::Encode,
+                "the value did not serialize",
+            ));
+        };
+        let stats = &self.shared.typed;
+        let fut = self.shared.store.put(self.key(key), Arc::new(entry));
+        self.shared.breaker.call(stats, Op::Put, fut).await?;
+        stats.stored();
+        Ok(())
     }
 
     /// Returns the cached value for `key`, or computes it with `f`, stores it and returns it.

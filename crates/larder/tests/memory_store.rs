@@ -11,7 +11,10 @@ async fn entries_are_bounded_by_bytes_and_the_newest_stay_readable() {
     let opts = EntryOptions::new(Duration::from_secs(3600));
     let value = "x".repeat(8 * 1024);
     for i in 0..200 {
-        cache.insert(&format!("k{i}"), &value, &opts).await;
+        cache
+            .insert(&format!("k{i}"), &value, &opts, cache.read_stamp())
+            .await
+            .unwrap();
         assert!(
             store.weighted_size() <= 256 * 1024,
             "{} bytes after {i} inserts",
@@ -45,7 +48,10 @@ async fn an_entry_of_a_large_share_of_the_capacity_is_kept() {
         let store = MemoryStore::new(capacity);
         let cache = CacheHandle::builder(store.clone()).build();
         let opts = EntryOptions::new(Duration::from_secs(3600));
-        cache.insert("big", &"x".repeat(size), &opts).await;
+        cache
+            .insert("big", &"x".repeat(size), &opts, cache.read_stamp())
+            .await
+            .unwrap();
         assert_eq!(
             cache.get::<String>("big").await.map(|v| v.len()),
             Some(size),
@@ -57,7 +63,10 @@ async fn an_entry_of_a_large_share_of_the_capacity_is_kept() {
     let store = MemoryStore::default();
     let cache = CacheHandle::builder(store.clone()).build();
     let opts = EntryOptions::new(Duration::from_secs(3600));
-    cache.insert("8mib", &"y".repeat(8 << 20), &opts).await;
+    cache
+        .insert("8mib", &"y".repeat(8 << 20), &opts, cache.read_stamp())
+        .await
+        .unwrap();
     assert!(cache.get::<String>("8mib").await.is_some());
 }
 
@@ -68,7 +77,10 @@ async fn max_ttl_bounds_how_long_an_entry_is_kept_whatever_its_ttl() {
         .build();
     let cache = CacheHandle::builder(store.clone()).build();
     let opts = EntryOptions::new(Duration::from_secs(3600));
-    cache.insert("k", &42u32, &opts).await;
+    cache
+        .insert("k", &42u32, &opts, cache.read_stamp())
+        .await
+        .unwrap();
     assert_eq!(cache.get::<u32>("k").await, Some(42));
     assert_eq!(store.entry_count(), 1);
     // Real time: the store's keep time does not follow a paused test clock.
@@ -83,8 +95,14 @@ async fn an_entry_is_kept_for_its_stale_windows_then_dropped() {
     let cache = CacheHandle::builder(store.clone()).build();
     // A typed value has no stale windows: it is kept for its TTL only.
     cache
-        .insert("short", &1u8, &EntryOptions::new(Duration::from_millis(80)))
-        .await;
+        .insert(
+            "short",
+            &1u8,
+            &EntryOptions::new(Duration::from_millis(80)),
+            cache.read_stamp(),
+        )
+        .await
+        .unwrap();
     assert_eq!(cache.get::<u8>("short").await, Some(1));
     tokio::time::sleep(Duration::from_millis(120)).await;
     assert_eq!(cache.get::<u8>("short").await, None);
@@ -96,10 +114,19 @@ async fn an_entry_read_after_its_tag_was_invalidated_is_dropped() {
     let store = MemoryStore::default();
     let cache = CacheHandle::builder(store.clone()).build();
     let tagged = EntryOptions::new(Duration::from_secs(3600)).tag("t");
-    cache.insert("a", &1u32, &tagged).await;
     cache
-        .insert("b", &2u32, &EntryOptions::new(Duration::from_secs(3600)))
-        .await;
+        .insert("a", &1u32, &tagged, cache.read_stamp())
+        .await
+        .unwrap();
+    cache
+        .insert(
+            "b",
+            &2u32,
+            &EntryOptions::new(Duration::from_secs(3600)),
+            cache.read_stamp(),
+        )
+        .await
+        .unwrap();
     assert_eq!(store.entry_count(), 2);
     cache.invalidate_tags(["t"]).await.unwrap();
     assert_eq!(cache.get::<u32>("a").await, None);

@@ -78,7 +78,10 @@ async fn typed_values_batch_reads_and_tags() {
     assert_eq!(many, vec![Some(1), None, Some(3), Some(2)]);
     // Large values are compressed on the way in and read back whole.
     let big = "x".repeat(100_000);
-    cache.insert("big", &big, &opts).await;
+    cache
+        .insert("big", &big, &opts, cache.read_stamp())
+        .await
+        .unwrap();
     settle().await;
     assert_eq!(
         cache.get::<String>("big").await.as_deref(),
@@ -101,15 +104,23 @@ async fn garbage_truncated_foreign_and_old_values_are_misses() {
     let redis = RedisServer::restricted();
     let cache = handle(store(&redis.url()).await);
     cache
-        .insert("k", &"value", &EntryOptions::new(Duration::from_secs(60)))
-        .await;
+        .insert(
+            "k",
+            &"value",
+            &EntryOptions::new(Duration::from_secs(60)),
+            cache.read_stamp(),
+        )
+        .await
+        .unwrap();
     cache
         .insert(
             "other",
             &"other",
             &EntryOptions::new(Duration::from_secs(60)),
+            cache.read_stamp(),
         )
-        .await;
+        .await
+        .unwrap();
     settle().await;
     let key = cache.key("k");
     let redis_key = format!("t:e:{}:{}", key.label(), key.hex());
@@ -150,8 +161,14 @@ async fn entry_for_test() -> larder::Entry {
     let store = larder::MemoryStore::default();
     let cache = CacheHandle::new(store.clone());
     cache
-        .insert("seed", &"seed", &EntryOptions::new(Duration::from_secs(60)))
-        .await;
+        .insert(
+            "seed",
+            &"seed",
+            &EntryOptions::new(Duration::from_secs(60)),
+            cache.read_stamp(),
+        )
+        .await
+        .unwrap();
     let read = store.get(&cache.key("seed")).await.unwrap();
     let entry = read.visible().unwrap();
     (*entry).clone()
@@ -243,7 +260,10 @@ async fn cluster_spreads_keys_and_keeps_tags_and_batches_working() {
     let keys: Vec<String> = (0..60).map(|i| format!("k{i}")).collect();
     for (i, k) in keys.iter().enumerate() {
         let opts = EntryOptions::new(Duration::from_secs(60)).tag(format!("group:{}", i % 3));
-        cache.insert(k, &i, &opts).await;
+        cache
+            .insert(k, &i, &opts, cache.read_stamp())
+            .await
+            .unwrap();
     }
     settle().await;
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -499,4 +519,29 @@ async fn a_request_after_another_instances_invalidation_is_not_answered_by_an_ol
     );
     assert!(!cache_status.contains("collapsed"), "{cache_status}");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// `insert` returns once Redis has the value: a read right after it, on another instance,
+/// finds it; and a value read before another instance's invalidation is not stored as fresh.
+#[tokio::test]
+async fn insert_lands_before_it_returns_and_keeps_its_read_stamp() {
+    let redis = RedisServer::restricted();
+    let a = handle(store(&redis.url()).await);
+    let b = handle(store(&redis.url()).await);
+    let opts = EntryOptions::new(Duration::from_secs(60)).tag("t");
+    a.insert("k", &1u32, &opts, a.read_stamp()).await.unwrap();
+    let got: Vec<Option<u32>> = b.get_many(&["k"]).await;
+    assert_eq!(got, [Some(1)], "no wait between the write and the read");
+
+    // A reads a value from its source, B invalidates its tag, A inserts what it read.
+    let _ = a.get::<u32>("k").await; // A's clock is current
+    let read_at = a.read_stamp();
+    b.invalidate_tags(["t"]).await.unwrap();
+    a.insert("k", &2u32, &opts, read_at).await.unwrap();
+    assert_eq!(
+        b.get::<u32>("k").await,
+        None,
+        "born before the invalidation"
+    );
+    assert_eq!(a.get::<u32>("k").await, None);
 }

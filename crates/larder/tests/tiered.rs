@@ -97,7 +97,10 @@ async fn losing_the_backplane_takes_the_l1_out_of_use_and_clears_it() {
     let store = tiered(&redis.url_via(proxy.addr())).await;
     let cache = handle(store.clone());
     let opts = EntryOptions::new(Duration::from_secs(60));
-    cache.insert("k", &1u32, &opts).await;
+    cache
+        .insert("k", &1u32, &opts, cache.read_stamp())
+        .await
+        .unwrap();
     settle().await;
     assert_eq!(cache.get::<u32>("k").await, Some(1));
 

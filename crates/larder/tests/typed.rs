@@ -225,9 +225,18 @@ async fn a_failing_leader_releases_its_followers() {
 async fn get_many_returns_values_in_key_order() {
     let cache = cache();
     let o = opts();
-    cache.insert("a", &1u32, &o).await;
-    cache.insert("c", &3u32, &o).await;
-    cache.insert("d", &4u32, &o).await;
+    cache
+        .insert("a", &1u32, &o, cache.read_stamp())
+        .await
+        .unwrap();
+    cache
+        .insert("c", &3u32, &o, cache.read_stamp())
+        .await
+        .unwrap();
+    cache
+        .insert("d", &4u32, &o, cache.read_stamp())
+        .await
+        .unwrap();
     let got = cache
         .get_many::<u32>(&["d", "b", "a", "c", "zz", "a"])
         .await;
@@ -238,7 +247,10 @@ async fn get_many_returns_values_in_key_order() {
 #[tokio::test]
 async fn a_value_read_as_an_incompatible_type_is_a_miss() {
     let cache = cache();
-    cache.insert("k", &report(1), &opts()).await;
+    cache
+        .insert("k", &report(1), &opts(), cache.read_stamp())
+        .await
+        .unwrap();
     assert_eq!(cache.get::<u64>("k").await, None);
     assert_eq!(cache.get::<Vec<String>>("k").await, None);
     assert_eq!(cache.get_many::<u64>(&["k"]).await, [None]);
@@ -318,7 +330,10 @@ async fn get_of_an_absent_key_counts_a_miss() {
 #[tokio::test]
 async fn insert_is_counted_as_stored() {
     let cache = cache();
-    cache.insert("k", &1u32, &opts()).await;
+    cache
+        .insert("k", &1u32, &opts(), cache.read_stamp())
+        .await
+        .unwrap();
     let typed = cache.stats().routes["typed"].clone();
     assert_eq!(typed.stored, 1, "{typed:?}");
 }
@@ -328,7 +343,10 @@ async fn a_batch_reads_once_and_fills_only_the_missing_keys() {
     let cache = CacheHandle::in_memory();
     let a = EntryOptions::new(Duration::from_secs(60)).tag("a");
     let b = EntryOptions::new(Duration::from_secs(60)).tag("b");
-    cache.insert("k1", &report(1), &a).await;
+    cache
+        .insert("k1", &report(1), &a, cache.read_stamp())
+        .await
+        .unwrap();
 
     let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = Arc::clone(&asked);
@@ -389,4 +407,39 @@ async fn a_failed_batch_stores_nothing() {
         .unwrap_err();
     assert_eq!(err, Boom("database down"));
     assert_eq!(cache.get::<Report>("x").await, None);
+}
+
+/// `insert`'s value was read from its source before a concurrent invalidation: it is not
+/// stored as fresh, because its birth stamp is the one taken before the read.
+#[tokio::test]
+async fn a_value_read_before_an_invalidation_is_not_inserted_as_fresh() {
+    let cache = cache();
+    let read_at = cache.read_stamp();
+    // ... the value is read from the database here; meanwhile a write invalidates its tag.
+    cache.invalidate_tags(["t"]).await.unwrap();
+    cache
+        .insert("k", &report(1), &opts(), read_at)
+        .await
+        .unwrap();
+    assert_eq!(cache.get::<Report>("k").await, None);
+
+    let read_at = cache.read_stamp();
+    cache
+        .insert("k", &report(2), &opts(), read_at)
+        .await
+        .unwrap();
+    assert_eq!(cache.get::<Report>("k").await, Some(report(2)));
+}
+
+/// A value that does not serialize is an error, not a silent no-op.
+#[tokio::test]
+async fn insert_says_when_the_value_did_not_serialize() {
+    let cache = cache();
+    let mut bad = std::collections::HashMap::new();
+    bad.insert((1, 2), "a map with tuple keys is not JSON");
+    let err = cache
+        .insert("k", &bad, &opts(), cache.read_stamp())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), larder::StoreErrorKind::Encode);
 }

@@ -121,6 +121,8 @@ pub enum StoreErrorKind {
     Corrupt,
     /// The circuit breaker is open; the backend was not called.
     Unavailable,
+    /// A value could not be encoded for the store.
+    Encode,
 }
 
 impl fmt::Display for StoreErrorKind {
@@ -130,6 +132,7 @@ impl fmt::Display for StoreErrorKind {
             StoreErrorKind::Backend => "backend",
             StoreErrorKind::Corrupt => "corrupt",
             StoreErrorKind::Unavailable => "unavailable",
+            StoreErrorKind::Encode => "encode",
         })
     }
 }
