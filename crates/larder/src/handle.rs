@@ -251,7 +251,7 @@ impl CacheHandleBuilder {
     }
 
     /// Open the circuit breaker after this many consecutive failed store calls (default 3),
-    /// and probe the store again after `open_for` (default 500 ms, doubling up to 5 s).
+    /// and probe the store again after `open_for` (default 500 ms, doubling up to 1 s).
     pub fn circuit_breaker(mut self, threshold: u32, open_for: Duration) -> Self {
         self.breaker_threshold = threshold;
         self.breaker_open_for = open_for;

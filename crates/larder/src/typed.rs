@@ -194,7 +194,6 @@ impl CacheHandle {
                 lead.land(Arc::clone(&entry));
             }
             fill::write(self, stats, cache_key, entry, None, lead);
-            stats.stored();
         }
         Ok(value)
     }
@@ -268,7 +267,6 @@ impl CacheHandle {
                     lead.land(Arc::clone(&entry));
                 }
                 fill::write(self, stats, self.key(key), entry, None, lead);
-                stats.stored();
             }
             found[i] = Some(value);
         }

@@ -545,3 +545,60 @@ async fn insert_lands_before_it_returns_and_keeps_its_read_stamp() {
     );
     assert_eq!(a.get::<u32>("k").await, None);
 }
+
+/// During an outage a miss does not say `stored`, and nothing is counted as stored, since
+/// nothing was; and once Redis is back, hits resume within about a second (the probe's
+/// backoff is bounded), however long the outage lasted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_reported_as_it_is_and_hits_resume_promptly_after_it() {
+    use std::time::Instant;
+
+    let mut redis = RedisServer::restricted();
+    let cache = CacheHandle::builder(store(&redis.url()).await)
+        .x_cache()
+        .namespace("t")
+        .store_timeout(Duration::from_millis(300))
+        // The breaker stays closed for the first misses: they still try the store.
+        .circuit_breaker(1000, Duration::from_millis(100))
+        .build();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = app(&cache, &calls);
+    redis.stop();
+    for category in ["finance", "sales", "marketing"] {
+        let (status, x, cache_status, _) =
+            get_once(&app, &format!("/api/metrics/{category}")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(x, "MISS");
+        assert!(!cache_status.contains("stored"), "{cache_status}");
+    }
+    support::metrics_app::eventually(|| async { (cache.stats().total.errors >= 6).then_some(()) })
+        .await
+        .expect("each lookup and each write failed");
+    assert_eq!(cache.stats().total.stored, 0, "nothing was stored");
+
+    // A long outage with the breaker open: the probe has backed off as far as it goes (with
+    // a 5 s ceiling, the next probe after 7 s of outage would come at 11.3 s).
+    let open = CacheHandle::builder(store(&redis.url()).await)
+        .x_cache()
+        .namespace("t")
+        .store_timeout(Duration::from_millis(300))
+        .circuit_breaker(1, Duration::from_millis(100))
+        .build();
+    let app = support::metrics_app::app(&open, &calls);
+    let _ = get_once(&app, "/api/metrics/finance").await;
+    assert!(!open.is_store_available(), "the breaker opened");
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    redis.restart();
+    let back = Instant::now();
+    support::metrics_app::eventually(|| async { open.is_store_available().then_some(()) })
+        .await
+        .expect("the breaker closed");
+    let resumed = back.elapsed();
+    assert!(
+        resumed < Duration::from_millis(2500),
+        "the store was used again {resumed:?} after Redis came back"
+    );
+    let _ = get_once(&app, "/api/metrics/sales").await;
+    settle().await;
+    assert_eq!(get_once(&app, "/api/metrics/sales").await.1, "HIT");
+}

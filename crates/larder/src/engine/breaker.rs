@@ -3,7 +3,7 @@
 //! After `threshold` consecutive failed store calls the breaker opens: the cache stops calling
 //! the store (no timers, no waits; requests go straight to the service, marked
 //! `fwd=bypass; detail=store-unavailable`) and one background task probes the store, backing off
-//! from `open_for` up to 5 s. An invalidation that cannot be written is queued (up to
+//! from `open_for` up to 1 s. An invalidation that cannot be written is queued (up to
 //! `max_pending` tags; past that, the whole namespace will be purged instead) and opens the
 //! breaker at once: while anything is queued the store is not read, so no entry the queue covers
 //! can be served. The probe replays the queue, and only then closes the breaker.
@@ -23,7 +23,9 @@ use crate::{
     store::{Store, StoreError, StoreErrorKind, StoreFuture},
 };
 
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The longest wait between two probes: once the store is back, hits resume within about
+/// this long.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A store call, named for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +127,12 @@ impl Breaker {
     /// The deadline of each network store call.
     pub(crate) fn timeout(&self) -> Duration {
         self.inner.settings.timeout
+    }
+
+    /// Whether the store looks well enough to promise a write: closed, and the last call
+    /// did not fail.
+    pub(crate) fn healthy(&self) -> bool {
+        self.closed() && self.inner.failures.load(Ordering::Acquire) == 0
     }
 
     /// Whether the store may be called (the breaker is closed and no invalidation waits to

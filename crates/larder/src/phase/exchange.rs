@@ -393,11 +393,13 @@ impl Exchange {
                 return Response::from_parts(parts, CacheBody::stream(body));
             }
         };
-        // Say `stored` only when the length is known to fit; a stream of unknown length may
-        // still turn out too big after the headers have left.
+        // Say `stored` only when the length is known to fit (a stream of unknown length may
+        // still turn out too big after the headers have left) and the store is taking writes
+        // (a network store's write lands after the headers have left; a failing one would
+        // not take it).
         let known = parts.headers.contains_key(header::CONTENT_LENGTH)
             || body.size_hint().exact().is_some();
-        let status = if known {
+        let status = if known && shared.breaker.healthy() {
             CacheStatus::Stored { fwd }
         } else {
             CacheStatus::forward(fwd, None)

@@ -212,13 +212,13 @@ impl Fill {
             self.lock.take(),
             lead,
         );
-        self.stats.stored();
     }
 }
 
 /// Writes an entry without making the caller wait for a network store, then releases the
 /// fill lock (so the instances waiting on it find the entry) and ends the flight (so the
-/// requests that joined it late read the entry from the store).
+/// requests that joined it late read the entry from the store). The entry is counted as
+/// stored only once the store has taken it.
 pub(crate) fn write(
     handle: &CacheHandle,
     stats: &Arc<RouteStats>,
@@ -233,7 +233,7 @@ pub(crate) fn write(
     }
     let mut fut = shared.store.put(key, entry);
     match fut.try_ready() {
-        Some(Ok(())) => {}
+        Some(Ok(())) => stats.stored(),
         Some(Err(e)) => {
             stats.error();
             tracing::warn!(error = %e, "cache store write failed");
@@ -245,6 +245,9 @@ pub(crate) fn write(
                 let breaker = &handle.shared.breaker;
                 // Failures are counted and logged by the breaker.
                 let stored = breaker.call(&stats, Op::Put, fut).await.is_ok();
+                if stored {
+                    stats.stored();
+                }
                 if let Some(lead) = lead.filter(|_| stored) {
                     lead.written(breaker.timeout());
                 }
