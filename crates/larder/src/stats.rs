@@ -60,6 +60,8 @@ pub(crate) struct RouteStats {
     stored: AtomicU64,
     errors: AtomicU64,
     invalidations: AtomicU64,
+    audits: AtomicU64,
+    audit_mismatches: AtomicU64,
     /// `larder_requests_total{route, outcome}` per outcome (in [`Outcome::ALL`]'s order),
     /// registered at the first request so the hit path does not build a metric key each time.
     outcomes: OnceLock<[metrics::Counter; 5]>,
@@ -94,6 +96,17 @@ impl RouteStats {
             .increment(1);
     }
 
+    /// Counts an audit, and whether its answer differed from the entry served.
+    pub(crate) fn audited(&self, mismatch: bool) -> u64 {
+        self.audits.fetch_add(1, Relaxed);
+        if !mismatch {
+            return 0;
+        }
+        metrics::counter!("larder_audit_mismatches_total", "route" => Arc::clone(&self.name))
+            .increment(1);
+        self.audit_mismatches.fetch_add(1, Relaxed) + 1
+    }
+
     pub(crate) fn invalidated(&self) {
         self.invalidations.fetch_add(1, Relaxed);
         metrics::counter!("larder_invalidations_total", "route" => Arc::clone(&self.name))
@@ -110,6 +123,8 @@ impl RouteStats {
             stored: self.stored.load(Relaxed),
             errors: self.errors.load(Relaxed),
             invalidations: self.invalidations.load(Relaxed),
+            audits: self.audits.load(Relaxed),
+            audit_mismatches: self.audit_mismatches.load(Relaxed),
             hit_rate: 0.0,
         };
         s.hit_rate = s.rate();
@@ -153,6 +168,8 @@ impl Stats {
             total.stored += r.stored;
             total.errors += r.errors;
             total.invalidations += r.invalidations;
+            total.audits += r.audits;
+            total.audit_mismatches += r.audit_mismatches;
         }
         total.hit_rate = total.rate();
         StatsSnapshot { total, routes }
@@ -187,6 +204,11 @@ pub struct RouteSnapshot {
     pub errors: u64,
     /// Writes that invalidated tags.
     pub invalidations: u64,
+    /// Hits audited against the service (see [`Rule::audit`](crate::Rule::audit)).
+    pub audits: u64,
+    /// Audits whose answer differed from the entry served: stale entries, a rule that misses
+    /// an invalidation.
+    pub audit_mismatches: u64,
     /// `(hits + stale) / (hits + stale + misses + collapsed)`, or 0 before any lookup.
     pub hit_rate: f64,
 }

@@ -62,14 +62,19 @@ async fn redis(url: &str, namespace: &str) -> anyhow::Result<RedisStore> {
         .with_context(|| format!("connect to Redis at {url}"))
 }
 
-/// The rules of every cached or invalidating route under `/api`.
-pub fn rules() -> Rules {
+/// The rules of every cached or invalidating route under `/api`; with `audit`, that fraction
+/// of each cached route's hits is audited against the database.
+pub fn rules(audit: Option<f64>) -> Rules {
     let user = || UserScope::extension::<UserId>();
     let cached = |name: &str, ttl: Duration, tag: &str| {
-        Rule::new(name.to_owned())
+        let rule = Rule::new(name.to_owned())
             .ttl(ttl)
             .user_scope(user())
-            .tag(tag)
+            .tag(tag);
+        match audit {
+            Some(fraction) => rule.audit(fraction),
+            None => rule,
+        }
     };
     let writes = |name: &str, tags: &[&str]| {
         Rule::new(name.to_owned())

@@ -62,6 +62,11 @@ pub struct Config {
     /// Memory for the in-process store (or the tiered store's L1), in MiB.
     #[arg(long, env = "LARDER_MEMORY_MB", default_value_t = 256)]
     pub cache_memory_mb: u64,
+    /// Audit this fraction of the hits of every cached route (0 to 1): the database is asked
+    /// again in the background and a different answer is counted in `/_cache/stats`
+    /// (`audit_mismatches`) and logged: a write that does not invalidate what it changed.
+    #[arg(long, env = "LARDER_AUDIT_RATE")]
+    pub audit_rate: Option<f64>,
 }
 
 impl Config {
@@ -77,6 +82,7 @@ impl Config {
             admin_token: None,
             namespace: "dashboard".into(),
             cache_memory_mb: 256,
+            audit_rate: None,
         }
     }
 }
@@ -95,6 +101,8 @@ pub struct Dashboard {
     pub keys: auth::ApiKeys,
     /// The admin token, if the admin routes are on.
     pub admin_token: Option<Arc<str>>,
+    /// The fraction of hits audited, if any (`--audit-rate`).
+    pub audit_rate: Option<f64>,
 }
 
 /// Opens the database (creating the schema and seed data if it is empty), reads the API
@@ -125,6 +133,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Dashboard> {
             .as_deref()
             .filter(|t| !t.is_empty())
             .map(Arc::from),
+        audit_rate: config.audit_rate,
     })
 }
 
@@ -152,7 +161,7 @@ pub fn app(dashboard: Dashboard) -> Router {
         )
         .route("/api/chat/sessions/{sid}/messages", post(api::post_message));
     if let Some(cache) = &dashboard.cache {
-        api = api.layer(cache.layer_with(cache::rules()));
+        api = api.layer(cache.layer_with(cache::rules(dashboard.audit_rate)));
     }
     // The dashboard reads through the typed API itself; the bearer check runs before all.
     let api =

@@ -425,3 +425,76 @@ async fn a_page_given_twice_is_rejected_even_when_one_of_them_is_cached() {
         assert!(!twice.is_hit(), "{:?}", twice.cache_status);
     }
 }
+
+/// With `--audit-rate 1`, hits are asked again of the database: after a write of every kind,
+/// the audit finds no entry that a write changed without invalidating it. (With the message
+/// route's `sessions:{id}` taken out of its rule, this test fails: the audit sees the stale
+/// session page.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_finds_no_stale_entry_after_every_kind_of_write() {
+    let (state, router) = support::dashboard_with(example_dashboard::Config {
+        database_url: Some("sqlite::memory:".into()),
+        db_latency_ms: 0,
+        audit_rate: Some(1.0),
+        ..example_dashboard::Config::defaults()
+    })
+    .await;
+    let cache = state.cache.clone().expect("a cache");
+    let user = 51;
+    warm(&router, user).await;
+    let sid = first_session(&router, user).await;
+    let path = format!("/api/chat/sessions/{sid}");
+    let renamed = json!({ "title": "Renamed churn" });
+    send(&router, Method::PUT, &path, user, renamed).await;
+    let created = json!({ "title": "New churn" });
+    let w = send(&router, Method::POST, "/api/chat/sessions", user, created).await;
+    assert_eq!(w.status, StatusCode::CREATED);
+    send(
+        &router,
+        Method::POST,
+        "/api/connectors/reset",
+        user,
+        json!({}),
+    )
+    .await;
+    // Every entry filled again, then a message: what it changes must have been invalidated.
+    warm(&router, user).await;
+    let last = get(&router, "/api/chat/sessions", user).await.body["sessions"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    post_message(&router, user, last, "churn?").await;
+
+    // Read everything again (a miss, then hits) until every cached rule has been audited
+    // twice since the message.
+    const RULES: [&str; 6] = [
+        "user_me",
+        "connectors_status",
+        "metrics",
+        "chat_stats",
+        "chat_search",
+        "chat_sessions",
+    ];
+    let audits = |stats: &larder::StatsSnapshot, rule: &str| stats.routes[rule].audits;
+    let before = cache.stats();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        for uri in READS {
+            get(&router, uri, user).await;
+        }
+        let now = cache.stats();
+        if RULES
+            .iter()
+            .all(|r| audits(&now, r) >= audits(&before, r) + 2)
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", now.routes);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let total = cache.stats().total;
+    assert_eq!(total.audit_mismatches, 0, "{total:?}");
+}

@@ -22,6 +22,7 @@ use crate::{
     engine::breaker::Op,
     middleware::{body::CacheBody, future::ResponseFuture, status::CacheStatus},
     phase::{
+        audit,
         classify::{self, Class, Intent, ReadRequest},
         exchange::{self, Exchange},
         lookup::{self, Found},
@@ -209,6 +210,8 @@ where
             if exchange::refresh_early(route, &entry, now) {
                 let exchange = Exchange::new(handle, route, params, read, None);
                 exchange.refresh(take(inner), parts, body);
+            } else if audit::due(route, now) {
+                audit::spawn(route, &read.key, entry, take(inner), parts, body);
             }
             ResponseFuture::ready(response)
         }

@@ -26,6 +26,7 @@ use crate::{
     handle::CacheState,
     middleware::{body::CacheBody, future::ResponseFuture, respond, status::CacheStatus},
     phase::{
+        audit,
         classify::ReadRequest,
         fill::{self, Asked, Fill},
         lookup::{self, Found},
@@ -124,6 +125,8 @@ impl Exchange {
                 let response = self.serve(&entry, &parts.method, &parts.headers, status, now_ms);
                 if refresh_early(&self.route, &entry, now_ms) {
                     self.refresh(inner, parts, body);
+                } else if audit::due(&self.route, now_ms) {
+                    audit::spawn(&self.route, &self.key, entry, inner, parts, body);
                 }
                 ResponseFuture::ready(response)
             }

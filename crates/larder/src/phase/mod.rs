@@ -1,7 +1,8 @@
 //! The phases of a request, in the order it goes through them:
 //! [`classify`] -> [`lookup`] -> [`exchange`] (hit, follow, or lead) -> [`fill`]; and
-//! [`write`] for the requests that change data.
+//! [`write`] for the requests that change data; [`audit`] checks a sampled hit afterwards.
 
+pub(crate) mod audit;
 pub(crate) mod classify;
 pub(crate) mod exchange;
 pub(crate) mod fill;

@@ -1,6 +1,9 @@
 //! Matching a request to its rule, and the per-rule state a layer keeps.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicU64, Ordering},
+};
 
 use crate::{CacheHandle, Rule, Rules, stats::RouteStats};
 
@@ -12,6 +15,39 @@ pub(crate) struct Route {
     pub(crate) max_body_size: usize,
     /// Whether any template needs path parameters (if not, matching skips collecting them).
     pub(crate) needs_params: bool,
+    /// Lets one audit of this rule run at a time, at most [`AUDITS_PER_SECOND`].
+    pub(crate) audit_gate: AuditGate,
+}
+
+/// The most audits of one rule started in a second.
+pub(crate) const AUDITS_PER_SECOND: u64 = 10;
+
+/// One audit of a rule in flight at a time, and a bounded rate of them.
+#[derive(Debug, Default)]
+pub(crate) struct AuditGate {
+    in_flight: AtomicBool,
+    /// When the last audit started, in milliseconds of the cache's clock.
+    last_ms: AtomicU64,
+}
+
+impl AuditGate {
+    /// Takes the gate at `now_ms` if no audit runs and the last one started long enough ago.
+    pub(crate) fn try_open(&self, now_ms: u64) -> bool {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < 1000 / AUDITS_PER_SECOND {
+            return false;
+        }
+        if self.in_flight.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.last_ms.store(now_ms, Ordering::Relaxed);
+        true
+    }
+
+    /// Lets the next audit in.
+    pub(crate) fn close(&self) {
+        self.in_flight.store(false, Ordering::Release);
+    }
 }
 
 /// The rules of one layer.
@@ -52,6 +88,7 @@ impl RouteSet {
                     stats: handle.shared.stats.route(&rule.name),
                     max_body_size: rule.max_body_size.unwrap_or(handle.shared.max_body_size),
                     needs_params,
+                    audit_gate: AuditGate::default(),
                     rule,
                 })
             })

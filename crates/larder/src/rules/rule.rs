@@ -93,6 +93,8 @@ pub struct Rule {
     pub(crate) key: KeyOptions,
     pub(crate) max_body_size: Option<usize>,
     pub(crate) early_refresh: Option<f64>,
+    /// The fraction of hits audited against the service (see [`Rule::audit`]).
+    pub(crate) audit: Option<f64>,
     pub(crate) posts_by_body: bool,
 }
 
@@ -113,6 +115,7 @@ impl Rule {
             key: KeyOptions::new(),
             max_body_size: None,
             early_refresh: None,
+            audit: None,
             posts_by_body: false,
         }
     }
@@ -210,6 +213,20 @@ impl Rule {
     /// [`early_refresh`](Self::early_refresh) with another `beta`: above 1 refreshes earlier.
     pub fn early_refresh_beta(mut self, beta: f64) -> Self {
         self.early_refresh = Some(beta.max(0.0));
+        self
+    }
+
+    /// Audits this rule's invalidations in production: on a `fraction` of hits (0 to 1; at
+    /// most one audit in flight per rule and 10 a second), the layer asks the service again in
+    /// the background, as the client's request did, and compares its answer (status and body)
+    /// with the entry it just served. A difference means the entry was stale: some write
+    /// changed what this route returns without invalidating one of its tags. Each is counted
+    /// (`audits` and `audit_mismatches` in [`stats`](crate::CacheHandle::stats),
+    /// `larder_audit_mismatches_total{route}`) and the first ten per rule are logged with the
+    /// key and the entry's tags. Routes whose bodies differ on every call (a timestamp, a
+    /// random id) report every audit as a mismatch: audit the ones that do not.
+    pub fn audit(mut self, fraction: f64) -> Self {
+        self.audit = Some(fraction.clamp(0.0, 1.0));
         self
     }
 
