@@ -211,7 +211,7 @@ where
                 let exchange = Exchange::new(handle, route, params, read, None);
                 exchange.refresh(take(inner), parts, body);
             } else if audit::due(route, now) {
-                audit::spawn(route, &read.key, entry, take(inner), parts, body);
+                audit::spawn(handle, route, &read.key, entry, take(inner), parts, body);
             }
             ResponseFuture::ready(response)
         }

@@ -3,6 +3,11 @@
 //! is compared with the entry served. A difference is a stale entry: some write changed what
 //! the route returns without invalidating one of its tags, the commonest bug of a cache's
 //! rules. It is counted per rule and the first ones are logged.
+//!
+//! A write that *does* invalidate may land while an audit runs: the origin then answers with
+//! the new data while the entry was right when served. So a difference counts only if, a store
+//! deadline after the answer, no invalidation has happened since the audit started and the
+//! store still serves the entry that was compared; otherwise the audit is inconclusive.
 
 use std::sync::Arc;
 
@@ -13,7 +18,8 @@ use http_body_util::BodyExt;
 use tower_service::Service;
 
 use crate::{
-    CacheKey, Entry,
+    CacheHandle, CacheKey, Entry,
+    phase::lookup,
     rules::{policy, route::Route},
 };
 
@@ -32,6 +38,7 @@ pub(crate) fn due(route: &Route, now_ms: u64) -> bool {
 /// Asks the service again for the request `parts` + `body` that `entry` answered, in the
 /// background, and compares. `inner` is the service made ready for this request.
 pub(crate) fn spawn<S, ReqBody, B>(
+    handle: &CacheHandle,
     route: &Arc<Route>,
     key: &CacheKey,
     entry: Arc<Entry>,
@@ -49,23 +56,43 @@ pub(crate) fn spawn<S, ReqBody, B>(
         parts.method = Method::GET;
     }
     policy::strip_validators(&mut parts.headers);
-    let (route, key) = (Arc::clone(route), key.clone());
+    let (handle, route, key) = (handle.clone(), Arc::clone(route), key.clone());
+    let started = handle.shared.store.stamp();
     tokio::spawn(async move {
         // The service's error type need not be `Send`: let it go before the next await.
         let answer = inner.call(Request::from_parts(parts, body)).await.ok();
         if let Some(response) = answer {
             let status = response.status();
             if let Some(body) = read_whole(response.into_body(), route.max_body_size).await {
-                compare(&route, &key, &entry, status, &body);
+                let differs = status != entry.status || body != entry.body;
+                if !differs || still_served(&handle, &route, &key, &entry, started).await {
+                    count(&route, &key, &entry, status, differs);
+                }
             }
         }
         route.audit_gate.close();
     });
 }
 
-/// The answer against the entry: counted, and the first mismatches logged.
-fn compare(route: &Route, key: &CacheKey, entry: &Entry, status: http::StatusCode, body: &[u8]) {
-    let mismatch = status != entry.status || body != entry.body.as_ref();
+/// Whether, a store deadline from now, no invalidation has happened since `started` and the
+/// store still serves `entry` for `key`: a difference is then the rule's, not a write's that
+/// landed during the audit.
+async fn still_served(
+    handle: &CacheHandle,
+    route: &Route,
+    key: &CacheKey,
+    entry: &Entry,
+    started: u64,
+) -> bool {
+    let shared = &handle.shared;
+    tokio::time::sleep(shared.breaker.timeout()).await;
+    let now = lookup::read(shared, &route.stats, key).await;
+    let same = now.is_some_and(|e| e.born == entry.born && e.stored_at == entry.stored_at);
+    same && shared.store.stamp() == started
+}
+
+/// An audit's outcome: counted, and the first mismatches logged.
+fn count(route: &Route, key: &CacheKey, entry: &Entry, status: http::StatusCode, mismatch: bool) {
     let n = route.stats.audited(mismatch);
     if mismatch && n <= LOGGED {
         tracing::warn!(

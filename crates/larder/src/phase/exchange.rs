@@ -126,7 +126,15 @@ impl Exchange {
                 if refresh_early(&self.route, &entry, now_ms) {
                     self.refresh(inner, parts, body);
                 } else if audit::due(&self.route, now_ms) {
-                    audit::spawn(&self.route, &self.key, entry, inner, parts, body);
+                    audit::spawn(
+                        &self.handle,
+                        &self.route,
+                        &self.key,
+                        entry,
+                        inner,
+                        parts,
+                        body,
+                    );
                 }
                 ResponseFuture::ready(response)
             }

@@ -220,7 +220,10 @@ impl Rule {
     /// most one audit in flight per rule and 10 a second), the layer asks the service again in
     /// the background, as the client's request did, and compares its answer (status and body)
     /// with the entry it just served. A difference means the entry was stale: some write
-    /// changed what this route returns without invalidating one of its tags. Each is counted
+    /// changed what this route returns without invalidating one of its tags. (A difference
+    /// is not counted when an invalidation happened while the audit ran, or the store no
+    /// longer serves that entry a store deadline later: a write that invalidated correctly
+    /// landed meanwhile.) Each is counted
     /// (`audits` and `audit_mismatches` in [`stats`](crate::CacheHandle::stats),
     /// `larder_audit_mismatches_total{route}`) and the first ten per rule are logged with the
     /// key and the entry's tags. Routes whose bodies differ on every call (a timestamp, a
