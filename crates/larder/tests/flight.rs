@@ -350,3 +350,51 @@ async fn a_body_over_the_limit_releases_followers_at_once_and_later_misses_skip_
     );
     assert_eq!(cache.stats().routes["big"].stored, 0);
 }
+
+/// The same for a background refresh: a request that starts after an invalidation does not
+/// get what a stale-while-revalidate refresh that started before it computed.
+#[tokio::test(start_paused = true)]
+async fn a_request_after_an_invalidation_is_not_answered_by_an_older_refresh() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let svc = {
+        let (calls, release) = (Arc::clone(&calls), Arc::clone(&release));
+        service_fn(move |_req: Request<Body>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            let release = Arc::clone(&release);
+            async move {
+                if n == 1 {
+                    // The refresh read the data before the write below.
+                    release.notified().await;
+                }
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("v{n}")))))
+            }
+        })
+    };
+    let cache = cache();
+    let rule = Rule::new("r")
+        .ttl(Duration::from_secs(1))
+        .stale_while_revalidate(Duration::from_secs(60))
+        .tag("data");
+    let svc = cache.layer(rule).layer(svc);
+
+    assert_eq!(fetch(svc.clone()).await.unwrap().1, "v0");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    // Stale: served at once, and a refresh (call 1) starts in the background.
+    assert_eq!(fetch(svc.clone()).await.unwrap().1, "v0");
+    tokio::task::yield_now().await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the refresh is at the origin"
+    );
+    cache.invalidate_tags(["data"]).await.unwrap();
+    let after = tokio::spawn(fetch(svc.clone()));
+    tokio::task::yield_now().await; // it misses and waits on the refresh's flight
+    release.notify_one();
+    let (_, body) = after.await.unwrap().unwrap();
+    assert_eq!(
+        body, "v2",
+        "not the refresh that started before the invalidation"
+    );
+}

@@ -132,16 +132,6 @@ async fn a_dead_holder_costs_at_most_the_bounded_wait() {
     );
 }
 
-/// How many `SET`s (fill locks and entry writes) the server has run.
-fn sets(redis: &RedisServer) -> u64 {
-    redis
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_set:calls="))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A key whose response proved uncacheable leads no flight, and takes no fill lock either:
 /// its misses go to the service side by side instead of queueing behind one another's lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,11 +158,15 @@ async fn misses_of_a_key_known_to_be_uncacheable_take_no_fill_lock() {
         .layer(cache.layer(Rule::new("report").ttl(Duration::from_secs(60)))),
     );
     assert_eq!(load(app.clone()).await, "for one client");
-    let before = sets(&redis);
+    let before = redis.command_calls("set");
     let tasks: Vec<_> = (0..20).map(|_| tokio::spawn(load(app.clone()))).collect();
     for t in tasks {
         assert_eq!(t.await.unwrap(), "for one client");
     }
     assert_eq!(calls.load(Ordering::SeqCst), 21);
-    assert_eq!(sets(&redis), before, "no lock taken, nothing stored");
+    assert_eq!(
+        redis.command_calls("set"),
+        before,
+        "no lock taken, nothing stored"
+    );
 }

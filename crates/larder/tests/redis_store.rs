@@ -440,16 +440,6 @@ async fn lookups_that_miss_while_the_leaders_write_is_on_its_way_call_the_origin
     assert_eq!(collapsed_or_hit, 49);
 }
 
-/// How many `MGET`s the server has run (its `INFO commandstats`).
-fn mgets(redis: &RedisServer) -> u64 {
-    let stats = redis.cli(&["INFO", "commandstats"]);
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_mget:calls="))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The visibility rule holds for followers across instances: after an invalidation through
 /// instance B has completed, a request to instance A that joins a flight A started before it
 /// is not answered with that flight's response (its lookup saw the invalidation's clock; it
@@ -497,15 +487,17 @@ async fn a_request_after_another_instances_invalidation_is_not_answered_by_an_ol
     .await
     .expect("the first request is at the origin");
     b.invalidate_tags(["data"]).await.unwrap();
-    let before = mgets(&redis);
+    let before = redis.command_calls("mget");
     let second = tokio::spawn({
         let app = app.clone();
         async move { get_once(&app, "/r").await }
     });
     // Its lookup has been answered; what is left before it follows the flight is CPU work.
-    support::metrics_app::eventually(|| async { (mgets(&redis) > before).then_some(()) })
-        .await
-        .expect("the second request looked the key up");
+    support::metrics_app::eventually(|| async {
+        (redis.command_calls("mget") > before).then_some(())
+    })
+    .await
+    .expect("the second request looked the key up");
     tokio::time::sleep(Duration::from_millis(50)).await;
     release.notify_one();
 

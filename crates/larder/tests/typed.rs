@@ -443,3 +443,41 @@ async fn insert_says_when_the_value_did_not_serialize() {
         .unwrap_err();
     assert_eq!(err.kind(), larder::StoreErrorKind::Encode);
 }
+
+/// A typed call that starts after an invalidation has completed does not share the value of a
+/// call whose computation started before it: it computes its own.
+#[tokio::test]
+async fn a_call_after_an_invalidation_does_not_share_an_older_computation() {
+    let cache = cache();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let first = {
+        let (cache, release) = (cache.clone(), Arc::clone(&release));
+        tokio::spawn(async move {
+            cache
+                .get_or_insert_with("k", &opts(), || async move {
+                    release.notified().await; // read from the source before the write below
+                    Ok::<_, ()>(1u32)
+                })
+                .await
+        })
+    };
+    tokio::task::yield_now().await; // the first call leads, waiting in its closure
+    cache.invalidate_tags(["t"]).await.unwrap();
+    let second = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_insert_with("k", &opts(), || async { Ok::<_, ()>(2u32) })
+                .await
+        })
+    };
+    tokio::task::yield_now().await; // on this single-threaded runtime: it waits on the flight
+    release.notify_one();
+    assert_eq!(first.await.unwrap(), Ok(1));
+    assert_eq!(
+        second.await.unwrap(),
+        Ok(2),
+        "not the older computation's value"
+    );
+    assert_eq!(cache.get::<u32>("k").await, Some(2));
+}

@@ -564,6 +564,18 @@ impl RedisServer {
         String::from_utf8_lossy(&self.cli_output(args).stdout).into_owned()
     }
 
+    /// How many times the server has run `command` (lower case, e.g. `"mget"`), from its
+    /// `INFO commandstats`; 0 if it never has. `INFO` is a `@dangerous` command: not for a
+    /// [`restricted`](Self::restricted) server.
+    pub fn command_calls(&self, command: &str) -> u64 {
+        let prefix = format!("cmdstat_{command}:calls=");
+        self.cli(&["INFO", "commandstats"])
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Runs `redis-cli` as ACL user `user` (`--user USER --pass PASSWORD`) and returns its
     /// standard output, as [`cli`](Self::cli) does.
     ///

@@ -212,3 +212,13 @@ fn restricted_servers_refuse_dangerous_commands_and_connect_as_their_user() {
     assert!(server.cli(&["FLUSHALL"]).contains("NOPERM"));
     assert_eq!(server.cli(&["ACL", "WHOAMI"]).trim(), "larder");
 }
+
+#[test]
+fn command_calls_counts_what_the_server_ran() {
+    let server = RedisServer::start();
+    assert_eq!(server.command_calls("set"), 0);
+    server.cli(&["SET", "a", "1"]);
+    server.cli(&["SET", "b", "2"]);
+    assert_eq!(server.command_calls("set"), 2);
+    assert_eq!(server.command_calls("mget"), 0);
+}

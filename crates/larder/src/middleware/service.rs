@@ -22,7 +22,6 @@ use crate::{
     engine::breaker::Op,
     middleware::{body::CacheBody, future::ResponseFuture, status::CacheStatus},
     phase::{
-        audit,
         classify::{self, Class, Intent, ReadRequest},
         exchange::{self, Exchange},
         lookup::{self, Found},
@@ -207,11 +206,9 @@ where
                 status,
                 now,
             );
-            if exchange::refresh_early(route, &entry, now) {
+            if let Some(then) = exchange::after_hit(route, &entry, now) {
                 let exchange = Exchange::new(handle, route, params, read, None);
-                exchange.refresh(take(inner), parts, body);
-            } else if audit::due(route, now) {
-                audit::spawn(handle, route, &read.key, entry, take(inner), parts, body);
+                exchange.set_off(then, entry, take(inner), parts, body);
             }
             ResponseFuture::ready(response)
         }

@@ -56,12 +56,29 @@ pub(crate) fn serve<B>(
     respond::from_entry(entry, method, headers, now_ms, status, shared.x_cache)
 }
 
-/// Whether early refresh (XFetch) wants a fresh entry refreshed in the background now.
-pub(crate) fn refresh_early(route: &Route, entry: &Entry, now_ms: u64) -> bool {
-    route
+/// What a hit of `entry` sets off in the background, as its rule asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterHit {
+    /// Early refresh (XFetch) wants the entry refreshed now.
+    Refresh,
+    /// The hit was drawn for an audit (see [`audit`]).
+    Audit,
+}
+
+/// Whether a hit of `entry` at `now_ms` sets anything off: a refresh first, else an audit.
+/// Two branches for a rule that asks for neither.
+pub(crate) fn after_hit(route: &Route, entry: &Entry, now_ms: u64) -> Option<AfterHit> {
+    let refresh = route
         .rule
         .early_refresh
-        .is_some_and(|beta| entry.refresh_early(now_ms, beta))
+        .is_some_and(|beta| entry.refresh_early(now_ms, beta));
+    if refresh {
+        Some(AfterHit::Refresh)
+    } else if audit::due(route, now_ms) {
+        Some(AfterHit::Audit)
+    } else {
+        None
+    }
 }
 
 /// One cacheable request, from its lookup to its response.
@@ -118,23 +135,12 @@ impl Exchange {
         ReqBody: Send + 'static,
         B: Body<Data = Bytes> + Send + 'static,
     {
-        let shared = &self.handle.shared;
         match found {
             Found::Fresh { entry, ttl } => {
                 let status = CacheStatus::Hit { ttl };
                 let response = self.serve(&entry, &parts.method, &parts.headers, status, now_ms);
-                if refresh_early(&self.route, &entry, now_ms) {
-                    self.refresh(inner, parts, body);
-                } else if audit::due(&self.route, now_ms) {
-                    audit::spawn(
-                        &self.handle,
-                        &self.route,
-                        &self.key,
-                        entry,
-                        inner,
-                        parts,
-                        body,
-                    );
+                if let Some(then) = after_hit(&self.route, &entry, now_ms) {
+                    self.set_off(then, entry, inner, parts, body);
                 }
                 ResponseFuture::ready(response)
             }
@@ -143,15 +149,7 @@ impl Exchange {
                     by: by.as_secs(),
                     used: StaleUse::WhileRevalidate,
                 };
-                let response = serve(
-                    shared,
-                    &self.route,
-                    &entry,
-                    &parts.method,
-                    &parts.headers,
-                    status,
-                    now_ms,
-                );
+                let response = self.serve(&entry, &parts.method, &parts.headers, status, now_ms);
                 self.refresh(inner, parts, body);
                 ResponseFuture::ready(response)
             }
@@ -298,6 +296,30 @@ impl Exchange {
                 };
                 let now = shared.clock.now_ms();
                 Err(self.serve(&entry, &parts.method, &parts.headers, status, now))
+            }
+        }
+    }
+
+    /// Starts what a hit set off: its refresh or its audit.
+    pub(crate) fn set_off<S, ReqBody, B>(
+        self,
+        then: AfterHit,
+        entry: Arc<Entry>,
+        inner: S,
+        parts: Parts,
+        body: ReqBody,
+    ) where
+        S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+    {
+        match then {
+            AfterHit::Refresh => self.refresh(inner, parts, body),
+            AfterHit::Audit => {
+                let (handle, route, key) = (&self.handle, &self.route, &self.key);
+                audit::spawn(handle, route, key, entry, inner, parts, body);
             }
         }
     }

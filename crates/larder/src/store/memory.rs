@@ -116,10 +116,8 @@ impl MemoryStore {
         Marks::tag_stamps(floor, stamps)
     }
 
-    fn is_visible(&self, entry: &Arc<Entry>) -> bool {
-        Read::new(Some(Arc::clone(entry)), self.marks(entry))
-            .visible()
-            .is_some()
+    fn is_visible(&self, entry: &Entry) -> bool {
+        self.marks(entry).allow(entry)
     }
 
     /// Records an invalidation stamped by another store's clock (the tiered store's L2), so
@@ -177,9 +175,8 @@ impl MemoryStore {
         };
         if held.until > Deadline::now() {
             let marks = self.marks(&held.entry);
-            let read = Read::new(Some(Arc::clone(&held.entry)), marks);
-            if read.is_visible() {
-                return read;
+            if marks.allow(&held.entry) {
+                return Read::new(Some(held.entry), marks);
             }
         }
         // Past its time or hidden by an invalidation: it will never be served again. Only the

@@ -304,17 +304,20 @@ impl RedisStore {
                 .and_then(|i| stamps.get(i).copied())
                 .unwrap_or(u64::MAX)
         };
-        Ok(entries
+        let marks: Vec<Marks> = entries
             .iter()
-            .map(|entry| {
-                let marks = match entry {
-                    Some(e) if needs_tags(e) => {
-                        Marks::tag_stamps(floor, e.tags.iter().map(|t| stamp_of(t)))
-                    }
-                    _ => Marks::newest_tag_invalidation(floor, clock),
-                };
-                Read::new(entry.clone(), marks)
+            .map(|entry| match entry {
+                Some(e) if needs_tags(e) => {
+                    Marks::tag_stamps(floor, e.tags.iter().map(|t| stamp_of(t)))
+                }
+                _ => Marks::newest_tag_invalidation(floor, clock),
             })
+            .collect();
+        drop(tags);
+        Ok(entries
+            .into_iter()
+            .zip(marks)
+            .map(|(e, m)| Read::new(e, m))
             .collect())
     }
 }

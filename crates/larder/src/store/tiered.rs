@@ -212,8 +212,8 @@ impl Entries for TieredStore {
         let l2 = self.shared.l2.get(&key);
         StoreFuture::pending(async move {
             let read = l2.await?;
-            if let Some(e) = read.clone().visible() {
-                this.l1_fill(&key, &e);
+            if let Some(e) = read.visible_entry() {
+                this.l1_fill(&key, e);
             }
             Ok(read)
         })
@@ -231,8 +231,8 @@ impl Entries for TieredStore {
         StoreFuture::pending(async move {
             let reads = l2.await?;
             for ((i, key), read) in missing.into_iter().zip(&wanted).zip(reads) {
-                if let Some(e) = read.clone().visible() {
-                    this.l1_fill(key, &e);
+                if let Some(e) = read.visible_entry() {
+                    this.l1_fill(key, e);
                 }
                 found[i] = Some(read);
             }

@@ -67,7 +67,13 @@ impl Read {
 
     /// Whether the read found an entry that [`visible`](Self::visible) would return.
     pub fn is_visible(&self) -> bool {
-        self.entry.as_ref().is_some_and(|e| self.marks.allow(e))
+        self.visible_entry().is_some()
+    }
+
+    /// The entry [`visible`](Self::visible) would return, borrowed (for a store's own
+    /// bookkeeping, such as filling an L1 from what its L2 answered).
+    pub(crate) fn visible_entry(&self) -> Option<&Arc<Entry>> {
+        self.entry.as_ref().filter(|e| self.marks.allow(e))
     }
 
     /// Whether an entry was stored under the key, visible or not (for stores' own
@@ -110,8 +116,8 @@ impl Marks {
         }
     }
 
-    /// The rule itself.
-    fn allow(&self, entry: &Entry) -> bool {
+    /// The rule itself: whether these marks let `entry` be seen.
+    pub(crate) fn allow(&self, entry: &Entry) -> bool {
         if entry.born < self.floor {
             return false;
         }
