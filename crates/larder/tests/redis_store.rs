@@ -594,3 +594,78 @@ async fn an_outage_is_reported_as_it_is_and_hits_resume_promptly_after_it() {
     settle().await;
     assert_eq!(get_once(&app, "/api/metrics/sales").await.1, "HIT");
 }
+
+/// Deletes every key matching `pattern`, as Redis's eviction may (`KEYS` is fine in a test on
+/// an unrestricted server).
+fn evict(redis: &RedisServer, pattern: &str) -> usize {
+    let keys: Vec<String> = redis
+        .cli(&["KEYS", pattern])
+        .lines()
+        .map(str::to_owned)
+        .filter(|k| !k.is_empty())
+        .collect();
+    for k in &keys {
+        redis.cli(&["DEL", k]);
+    }
+    keys.len()
+}
+
+/// Redis may evict the invalidation records (`allkeys-lru`, `allkeys-random`): a missing
+/// record hides the entries it could have hidden, it never revives them. Tag records and the
+/// purge floor both.
+#[tokio::test]
+async fn an_evicted_invalidation_record_hides_entries_instead_of_reviving_them() {
+    let redis = RedisServer::start();
+    let cache = handle(store(&redis.url()).await);
+    let opts = EntryOptions::new(Duration::from_secs(60)).tag("t");
+    cache
+        .insert("a", &1u32, &opts, cache.read_stamp())
+        .await
+        .unwrap();
+    cache
+        .insert("b", &2u32, &opts, cache.read_stamp())
+        .await
+        .unwrap();
+    cache.invalidate_tags(["t"]).await.unwrap();
+    assert_eq!(cache.get::<u32>("a").await, None);
+    assert!(evict(&redis, "t:t:*") > 0, "the tag records are gone");
+    assert_eq!(cache.get::<u32>("a").await, None, "not revived");
+    assert_eq!(cache.get::<u32>("b").await, None, "not revived");
+
+    // An entry whose tag was never invalidated, once any invalidation has moved the clock
+    // and its record is lost, is hidden too: nothing can say it was not invalidated.
+    cache
+        .insert("c", &3u32, &opts, cache.read_stamp())
+        .await
+        .unwrap();
+    cache.invalidate_tags(["other"]).await.unwrap();
+    assert_eq!(
+        cache.get::<u32>("c").await,
+        Some(3),
+        "its record says it is current"
+    );
+    evict(&redis, "t:t:*");
+    assert_eq!(cache.get::<u32>("c").await, None);
+
+    // The purge floor.
+    cache
+        .insert("d", &4u32, &opts, cache.read_stamp())
+        .await
+        .unwrap();
+    cache.purge().await.unwrap();
+    assert_eq!(evict(&redis, "t:floor"), 1);
+    assert_eq!(
+        cache.get::<u32>("d").await,
+        None,
+        "not revived by a lost purge"
+    );
+    cache
+        .insert("e", &5u32, &opts, cache.read_stamp())
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.get::<u32>("e").await,
+        Some(5),
+        "a new entry is served again"
+    );
+}

@@ -68,6 +68,18 @@ end
 return 1
 ";
 
+/// Makes sure a tag's record exists (at stamp 0 if it did not) for at least `ARGV[1]` ms: an
+/// entry is written only once every tag it carries has a record, so a record missing later
+/// was evicted and hides the entry instead of reviving it.
+const ENSURE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[1], '0', 'PX', ARGV[1])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return 1
+";
+
 /// Deletes a lock only if it still holds the caller's token (a holder whose lock expired
 /// must not delete the next holder's).
 const UNLOCK: &str = r"
@@ -102,6 +114,7 @@ struct RedisState {
     observed: AtomicU64,
     max_ttl: Duration,
     raise: Script,
+    ensure: Script,
     tick: Script,
     unlock: Script,
     /// Makes lock tokens unique to this store instance.
@@ -253,7 +266,11 @@ impl RedisStore {
             ));
         }
         let clock = parse_u64(values.pop().flatten().as_deref());
-        let floor = parse_u64(values.pop().flatten().as_deref());
+        let floor = match values.pop().flatten() {
+            Some(floor) => parse_u64(Some(&floor)),
+            // Evicted (or never written): every entry born before now may have been purged.
+            None => self.restore_floor(clock).await?,
+        };
         // The clock only rises (it is seeded from TIME after a restart), so keep the newest.
         s.observed.fetch_max(clock, Ordering::AcqRel);
 
@@ -295,7 +312,12 @@ impl RedisStore {
                 mget.arg(self.tag_key(tag));
             }
             let values: Vec<Option<Vec<u8>>> = s.conn.query(&mget).await.map_err(backend)?;
-            stamps = values.iter().map(|v| parse_u64(v.as_deref())).collect();
+            // Every tag of a written entry had a record: a missing one was evicted, and
+            // hides the entries that carry the tag rather than reviving them.
+            stamps = values
+                .iter()
+                .map(|v| v.as_deref().map_or(u64::MAX, |b| parse_u64(Some(b))))
+                .collect();
         }
         // A tag whose stamp is missing from the answer counts as invalidated now: hidden.
         let stamp_of = |tag: &str| {
@@ -362,6 +384,31 @@ impl RedisStore {
         })
         .await;
         Ok(stamp)
+    }
+
+    /// Makes sure each of `tags` has a record that outlives any entry carrying it.
+    async fn ensure_tag_records(&self, tags: &[Box<str>]) -> Result<(), StoreError> {
+        let s = &self.shared;
+        let ttl = u64::try_from((s.max_ttl + TAG_MARGIN).as_millis()).unwrap_or(u64::MAX);
+        let ensures = tags.iter().map(|tag| {
+            let mut inv = s.ensure.key(self.tag_key(tag));
+            inv.arg(ttl);
+            async move { s.conn.invoke::<i64>(&inv).await }
+        });
+        futures_util::future::try_join_all(ensures)
+            .await
+            .map(drop)
+            .map_err(backend)
+    }
+
+    /// Writes the purge floor again after it went missing, as the current clock: what was
+    /// born before may have been purged, so it is hidden. Another instance's floor wins.
+    async fn restore_floor(&self, clock: u64) -> Result<u64, StoreError> {
+        let s = &self.shared;
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&s.floor_key).arg(clock).arg("NX");
+        s.conn.query::<()>(&cmd).await.map_err(backend)?;
+        Ok(clock)
     }
 
     async fn publish(&self, message: &BusMessage) {
@@ -529,6 +576,7 @@ impl RedisStoreBuilder {
                 observed: AtomicU64::new(0),
                 max_ttl: self.max_ttl,
                 raise: Script::new(RAISE),
+                ensure: Script::new(ENSURE),
                 tick: Script::new(TICK),
                 unlock: Script::new(UNLOCK),
                 token_seed: format!(
@@ -632,6 +680,7 @@ impl Entries for RedisStore {
         }
         let this = self.clone();
         StoreFuture::pending(async move {
+            this.ensure_tag_records(&entry.tags).await?;
             let value = codec::encode(&key, &entry);
             let mut cmd = redis::cmd("SET");
             cmd.arg(this.entry_key(&key))
