@@ -8,6 +8,7 @@ use crate::{
         breaker::{Breaker, BreakerSettings, Deferred, Op},
         clock::Clock,
         coalesce::Coalescer,
+        journal::Journal,
         predictor::Predictor,
     },
     middleware::status::XCache,
@@ -20,7 +21,6 @@ const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(250);
 const DEFAULT_COLLAPSE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_BREAKER_THRESHOLD: u32 = 3;
 const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_millis(500);
-const DEFAULT_MAX_PENDING: usize = 10_000;
 
 /// A cache: a store plus the statistics, single-flight state and settings that every layer
 /// built from it shares. Cloning is cheap (an `Arc`).
@@ -83,7 +83,7 @@ pub struct CacheHandleBuilder {
     reloads: Reloads,
     breaker_threshold: u32,
     breaker_open_for: Duration,
-    max_pending_invalidations: usize,
+    journal: Option<std::path::PathBuf>,
     lock_wait: Option<Duration>,
 }
 
@@ -110,7 +110,7 @@ impl CacheHandle {
             reloads: Reloads::Ignore,
             breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
             breaker_open_for: DEFAULT_BREAKER_OPEN_FOR,
-            max_pending_invalidations: DEFAULT_MAX_PENDING,
+            journal: None,
             lock_wait: None,
         }
     }
@@ -139,7 +139,13 @@ impl CacheHandle {
         let fut = self.shared.store.invalidate_tags(tags.clone());
         let result = self.shared.breaker.call(stats, Op::Invalidate, fut).await;
         if result.is_err() {
-            self.shared.breaker.defer(tags, Deferred::Tags);
+            self.shared.breaker.defer(Deferred::Tags(&tags));
+            // Other instances' local copies (a tiered store's L1) stop trusting themselves
+            // within this long of losing the store: only then may the write be answered.
+            let lease = self.shared.store.l1_lease();
+            if !lease.is_zero() {
+                tokio::time::sleep(lease).await;
+            }
         }
         result
     }
@@ -163,7 +169,11 @@ impl CacheHandle {
             .call(&self.shared.typed, Op::Purge, fut)
             .await;
         if result.is_err() {
-            self.shared.breaker.defer(Vec::new(), Deferred::Purge);
+            self.shared.breaker.defer(Deferred::Purge);
+            let lease = self.shared.store.l1_lease();
+            if !lease.is_zero() {
+                tokio::time::sleep(lease).await;
+            }
         }
         result
     }
@@ -258,10 +268,14 @@ impl CacheHandleBuilder {
         self
     }
 
-    /// How many tags that could not be invalidated during an outage are kept for replay
-    /// (default 10,000); past that the whole namespace is purged when the store returns.
-    pub fn max_pending_invalidations(mut self, n: usize) -> Self {
-        self.max_pending_invalidations = n;
+    /// Keeps invalidations that cannot reach the store in a journal file at `path`, so they
+    /// survive a restart of this process (off by default; only useful with a store shared by
+    /// several processes). A write whose invalidation fails is answered only once the journal
+    /// holds it, synced to disk; a cache built over a journal that still holds invalidations
+    /// does not read the store until it has purged the namespace (see "Consistency" in the
+    /// README). One journal per process: two caches must not share a file.
+    pub fn journal(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.journal = Some(path.into());
         self
     }
 
@@ -275,7 +289,25 @@ impl CacheHandleBuilder {
     }
 
     /// Builds the handle.
+    ///
+    /// # Panics
+    ///
+    /// If a [`journal`](Self::journal) was asked for and its file cannot be opened or
+    /// created: running without it would silently drop what it is there to keep. Use
+    /// [`try_build`](Self::try_build) to handle that error.
     pub fn build(self) -> CacheHandle {
+        match self.try_build() {
+            Ok(handle) => handle,
+            Err(e) => panic!("larder: cannot open the invalidation journal: {e}"),
+        }
+    }
+
+    /// Builds the handle, or says why its journal cannot be opened.
+    pub fn try_build(self) -> std::io::Result<CacheHandle> {
+        let journal = match &self.journal {
+            Some(path) => Some(Journal::open(path)?),
+            None => None,
+        };
         let stats = Stats::default();
         let typed = stats.route(&Arc::from("typed"));
         let breaker = Breaker::new(
@@ -284,11 +316,11 @@ impl CacheHandleBuilder {
             BreakerSettings {
                 threshold: self.breaker_threshold,
                 open_for: self.breaker_open_for,
-                max_pending: self.max_pending_invalidations,
                 timeout: self.store_timeout,
             },
+            journal,
         );
-        CacheHandle {
+        Ok(CacheHandle {
             shared: Arc::new(CacheState {
                 store: self.store,
                 namespace: self.namespace,
@@ -304,7 +336,7 @@ impl CacheHandleBuilder {
                 lock_wait: self.lock_wait,
                 typed,
             }),
-        }
+        })
     }
 }
 

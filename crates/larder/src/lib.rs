@@ -31,10 +31,12 @@
 //! entry.rs        Entry, the stored form of a response; stats.rs: the counters
 //! reason.rs       why the cache did what it did: Fwd, Bypass, Uncacheable, Alone (as_str())
 //! middleware/     the tower surface: layer, service (each request top-down), future, body,
-//!                 respond (responses from entries), status (Cache-Status, X-Cache)
+//!                 respond (responses from entries), status (Cache-Status, X-Cache),
+//!                 consistency (the larder-consistency token of read-your-writes)
 //! phase/          the request's phases: classify -> lookup -> exchange -> fill; write
 //! rules/          rule, route (rule by path), key, policy (RFC 9111), tags
-//! engine/         coalesce (single-flight), predictor, lock (cross-instance), breaker, clock
+//! engine/         coalesce (single-flight), predictor, lock (cross-instance), breaker (and
+//!                 the outage epoch), journal (deferred invalidations on disk), clock
 //! store/          the Entries, Invalidation and FillLock traits; visibility (the rule, once);
 //!                 memory, redis, tiered
 //! codec.rs        the envelope of entries in stores outside the process (public)
@@ -140,7 +142,10 @@ mod typed;
 pub use body_key::{BodyKey, BodyKeyLayer, KeyedBody, RequestBodyDigest};
 pub use entry::Entry;
 pub use handle::{CacheHandle, CacheHandleBuilder};
-pub use middleware::{body::CacheBody, future::ResponseFuture, layer::CacheLayer, service::Cache};
+pub use middleware::{
+    body::CacheBody, consistency::CONSISTENCY_HEADER, future::ResponseFuture, layer::CacheLayer,
+    service::Cache,
+};
 pub use rules::{
     key::{CacheKey, KeyOptions, Pagination, QueryMode},
     rule::{Rule, Rules, UserScope},

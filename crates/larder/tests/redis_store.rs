@@ -668,4 +668,114 @@ async fn an_evicted_invalidation_record_hides_entries_instead_of_reviving_them()
         Some(5),
         "a new entry is served again"
     );
+
+    // The clock: read as missing it once said "nothing invalidated since", and `allkeys-random`
+    // brought invalidated entries back that way. Invalidated, then the clock and the tag's
+    // record both evicted: hidden.
+    cache
+        .insert("f", &6u32, &opts, cache.read_stamp())
+        .await
+        .unwrap();
+    cache.invalidate_tags(["t"]).await.unwrap();
+    evict(&redis, "t:t:*");
+    assert_eq!(evict(&redis, "t:clock"), 1);
+    assert_eq!(
+        cache.get::<u32>("f").await,
+        None,
+        "not revived by a lost clock"
+    );
+}
+
+/// A real eviction: Redis limited to 4 MB under `allkeys-lru` (then `allkeys-random`), 200
+/// entries stored and invalidated, then 12 MB of other keys make Redis evict. Before records
+/// hid, 16 to 20 of the 200 came back as stale hits. Every one of them must now be a miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_invalidated_before_redis_evicts_never_come_back() {
+    for policy in ["allkeys-lru", "allkeys-random"] {
+        let redis = RedisServer::builder()
+            .args(["--maxmemory", "4mb", "--maxmemory-policy", policy])
+            .start();
+        let store = store(&redis.url()).await;
+        let reported = store.eviction_policy().await.unwrap();
+        assert_eq!(reported.policy, policy);
+        assert!(reported.supported());
+        let cache = handle(store);
+        let page = "x".repeat(2_000);
+        for i in 0..200 {
+            let opts = EntryOptions::new(Duration::from_secs(300)).tag(format!("sessions:{i}"));
+            cache
+                .insert(&format!("page:{i}"), &page, &opts, cache.read_stamp())
+                .await
+                .unwrap();
+        }
+        for i in 0..200 {
+            cache
+                .invalidate_tags([format!("sessions:{i}")])
+                .await
+                .unwrap();
+        }
+        // Other traffic: 12 MB of keys Redis must make room for.
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let filler = vec![b'y'; 4_000];
+        for n in 0..3_000 {
+            let _: () = redis::cmd("SET")
+                .arg(format!("other:{n}"))
+                .arg(&filler)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        let info = redis.cli(&["INFO", "stats"]);
+        let evicted: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("evicted_keys:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap();
+        let records_left = redis
+            .cli(&["KEYS", "t:t:*"])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count();
+        let entries_left = redis
+            .cli(&["KEYS", "t:e:*"])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count();
+        eprintln!(
+            "{policy}: {evicted} keys evicted; {entries_left} entries and {records_left} of 200 tag records left"
+        );
+        assert!(evicted > 300, "Redis evicted only {evicted} keys");
+        let mut revived = Vec::new();
+        for i in 0..200 {
+            if cache.get::<String>(&format!("page:{i}")).await.is_some() {
+                revived.push(i);
+            }
+        }
+        assert!(
+            revived.is_empty(),
+            "{policy}: invalidated entries came back: {revived:?}"
+        );
+    }
+}
+
+/// `noeviction` under a memory limit is the one policy the store does not support (Redis
+/// refuses writes once full), and the store says so.
+#[tokio::test]
+async fn the_store_reports_an_unsupported_eviction_policy() {
+    let redis = RedisServer::builder()
+        .args(["--maxmemory", "8mb", "--maxmemory-policy", "noeviction"])
+        .start();
+    let policy = store(&redis.url()).await.eviction_policy().await.unwrap();
+    assert_eq!(policy.maxmemory, 8 * 1024 * 1024);
+    assert!(!policy.supported());
+    let unlimited = RedisServer::start();
+    assert!(
+        store(&unlimited.url())
+            .await
+            .eviction_policy()
+            .await
+            .unwrap()
+            .supported()
+    );
 }

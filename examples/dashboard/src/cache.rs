@@ -40,6 +40,7 @@ pub async fn handle(
     redis_url: &str,
     namespace: &str,
     memory_bytes: u64,
+    journal: Option<&std::path::Path>,
 ) -> anyhow::Result<Option<CacheHandle>> {
     let builder = match kind {
         StoreKind::None => return Ok(None),
@@ -51,7 +52,15 @@ pub async fn handle(
                 .build(),
         ),
     };
-    Ok(Some(builder.namespace(namespace).x_cache().build()))
+    let builder = builder.namespace(namespace).x_cache();
+    let builder = match journal {
+        Some(path) if kind != StoreKind::Memory => builder.journal(path),
+        _ => builder,
+    };
+    let handle = builder
+        .try_build()
+        .with_context(|| format!("open the invalidation journal {journal:?}"))?;
+    Ok(Some(handle))
 }
 
 async fn redis(url: &str, namespace: &str) -> anyhow::Result<RedisStore> {

@@ -67,6 +67,10 @@ pub struct Config {
     /// (`audit_mismatches`) and logged: a write that does not invalidate what it changed.
     #[arg(long, env = "LARDER_AUDIT_RATE")]
     pub audit_rate: Option<f64>,
+    /// A file that keeps invalidations Redis could not take (an outage) across a restart of
+    /// this process; `--store redis` and `tiered` only. Each instance needs its own.
+    #[arg(long, env = "LARDER_JOURNAL")]
+    pub journal: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -83,6 +87,7 @@ impl Config {
             namespace: "dashboard".into(),
             cache_memory_mb: 256,
             audit_rate: None,
+            journal: None,
         }
     }
 }
@@ -121,6 +126,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Dashboard> {
         &config.redis_url,
         &config.namespace,
         config.cache_memory_mb << 20,
+        config.journal.as_deref(),
     )
     .await?;
     Ok(Dashboard {

@@ -1,21 +1,28 @@
-//! The circuit breaker in front of the store, and the invalidations it must not forget.
+//! The circuit breaker in front of the store, and what it does when the store returns.
 //!
 //! After `threshold` consecutive failed store calls the breaker opens: the cache stops calling
 //! the store (no timers, no waits; requests go straight to the service, marked
 //! `fwd=bypass; detail=store-unavailable`) and one background task probes the store, backing off
-//! from `open_for` up to 1 s. An invalidation that cannot be written is queued (up to
-//! `max_pending` tags; past that, the whole namespace will be purged instead) and opens the
-//! breaker at once: while anything is queued the store is not read, so no entry the queue covers
-//! can be served. The probe replays the queue, and only then closes the breaker.
-
+//! from `open_for` up to 1 s. An invalidation that cannot be written opens the breaker at once,
+//! and is written to the journal first when there is one (see [`journal`](super::journal)).
+//!
+//! **The outage epoch.** While this instance could not reach the store, another instance may
+//! have written and failed to invalidate (its invalidation waits in its own memory or journal,
+//! and it may be down), and this instance cannot know which tags it touched. So when the probe
+//! finds the store back, it purges the namespace (raises the purge floor) before the breaker
+//! closes: an instance that saw an outage never serves an entry stored before it. The cost is a
+//! cold cache after each outage an instance sees; the alternative is serving what a write
+//! replaced. Deferred invalidations are covered by that purge, and the journal is cleared only
+//! once it has landed.
 use std::{
-    collections::HashSet,
     sync::{
-        Arc, Mutex, Weak,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc, Weak,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
+
+use super::journal::Journal;
 
 use crate::{
     CacheKey,
@@ -55,11 +62,11 @@ impl Op {
     }
 }
 
-/// What a deferred invalidation covers.
+/// What a deferred invalidation covered (the recovery purge covers either).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Deferred {
-    /// These tags only.
-    Tags,
+pub(crate) enum Deferred<'a> {
+    /// These tags.
+    Tags(&'a [String]),
     /// Every entry of the namespace.
     Purge,
 }
@@ -69,7 +76,6 @@ pub(crate) enum Deferred {
 pub(crate) struct BreakerSettings {
     pub(crate) threshold: u32,
     pub(crate) open_for: Duration,
-    pub(crate) max_pending: usize,
     /// The deadline of every call to a network store.
     pub(crate) timeout: Duration,
 }
@@ -86,23 +92,34 @@ struct BreakerState {
     namespace: Box<str>,
     settings: BreakerSettings,
     open: AtomicBool,
-    /// Set while invalidations wait in `pending`: the store is not read meanwhile.
+    /// Set from a deferred invalidation until the recovery purge has landed: the store is not
+    /// read meanwhile.
     has_pending: AtomicBool,
+    /// How many invalidations were deferred, so a recovery knows whether one came in while
+    /// it purged.
+    deferrals: AtomicU64,
     failures: AtomicU32,
     probing: AtomicBool,
-    pending: Mutex<Pending>,
-}
-
-#[derive(Debug, Default)]
-struct Pending {
-    tags: HashSet<String>,
-    /// Too many to keep, or a purge failed: purge the namespace on recovery.
-    purge: bool,
+    journal: Option<Journal>,
 }
 
 impl Breaker {
-    pub(crate) fn new(store: Arc<dyn Store>, namespace: &str, settings: BreakerSettings) -> Self {
-        Breaker {
+    /// A breaker over `store`. With a `journal` that holds invalidations from an earlier run,
+    /// the store is not read until the recovery purge has landed.
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        namespace: &str,
+        settings: BreakerSettings,
+        journal: Option<(Journal, bool)>,
+    ) -> Self {
+        let pending = journal.as_ref().is_some_and(|(_, pending)| *pending);
+        if let Some((journal, true)) = &journal {
+            tracing::warn!(
+                journal = %journal.path().display(),
+                "invalidations from an earlier run were not applied: the cache store is not read until the namespace is purged"
+            );
+        }
+        let breaker = Breaker {
             inner: Arc::new(BreakerState {
                 store,
                 namespace: namespace.into(),
@@ -110,13 +127,19 @@ impl Breaker {
                     threshold: settings.threshold.max(1),
                     ..settings
                 },
-                open: AtomicBool::new(false),
-                has_pending: AtomicBool::new(false),
+                open: AtomicBool::new(pending),
+                has_pending: AtomicBool::new(pending),
+                deferrals: AtomicU64::new(0),
                 failures: AtomicU32::new(0),
                 probing: AtomicBool::new(false),
-                pending: Mutex::new(Pending::default()),
+                journal: journal.map(|(j, _)| j),
             }),
+        };
+        if pending {
+            // Without a runtime here, the first request starts it (see `call` and `closed`).
+            breaker.probe_soon();
         }
+        breaker
     }
 
     /// The store behind the breaker.
@@ -138,7 +161,12 @@ impl Breaker {
     /// Whether the store may be called (the breaker is closed and no invalidation waits to
     /// be replayed).
     pub(crate) fn closed(&self) -> bool {
-        !self.inner.open.load(Ordering::Acquire) && !self.inner.has_pending.load(Ordering::Acquire)
+        let closed = !self.inner.open.load(Ordering::Acquire)
+            && !self.inner.has_pending.load(Ordering::Acquire);
+        if !closed {
+            self.probe_soon();
+        }
+        closed
     }
 
     /// Runs a store call under the store deadline. Calls that finished at once (in-process
@@ -194,25 +222,21 @@ impl Breaker {
         }
     }
 
-    /// Keeps invalidations that did not reach the store, and stops reading it until they do.
-    pub(crate) fn defer(&self, tags: Vec<String>, what: Deferred) {
+    /// Records an invalidation that did not reach the store (in the journal, synced, when
+    /// there is one) and stops reading the store until the recovery purge has landed.
+    pub(crate) fn defer(&self, what: Deferred<'_>) {
         let inner = &self.inner;
-        {
-            let mut p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if what == Deferred::Purge {
-                p.purge = true;
+        inner.deferrals.fetch_add(1, Ordering::AcqRel);
+        inner.has_pending.store(true, Ordering::Release);
+        if let Some(journal) = &inner.journal {
+            let (tags, purge) = match what {
+                Deferred::Tags(tags) => (tags, false),
+                Deferred::Purge => (&[][..], true),
+            };
+            if let Err(e) = journal.record(tags, purge) {
+                tracing::error!(journal = %journal.path().display(), error = %e,
+                    "could not journal a deferred invalidation: it is lost if this process stops before the store returns");
             }
-            for t in tags {
-                if p.tags.len() >= inner.settings.max_pending {
-                    p.purge = true;
-                    p.tags.clear();
-                    break;
-                }
-                if !p.purge {
-                    p.tags.insert(t);
-                }
-            }
-            inner.has_pending.store(true, Ordering::Release);
         }
         metrics::counter!("larder_deferred_invalidations_total").increment(1);
         self.trip();
@@ -227,27 +251,20 @@ impl Breaker {
             );
             metrics::counter!("larder_breaker_opened_total").increment(1);
         }
-        if !inner.probing.swap(true, Ordering::AcqRel) {
-            tokio::spawn(probe(Arc::downgrade(inner)));
+        self.probe_soon();
+    }
+
+    /// Starts the probe unless one runs (and a runtime is at hand).
+    fn probe_soon(&self) {
+        let inner = &self.inner;
+        if inner.probing.load(Ordering::Acquire) {
+            return;
         }
-    }
-}
-
-impl BreakerState {
-    /// Takes the queue; `has_pending` stays set until the replay has succeeded.
-    fn take_pending(&self) -> Pending {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    fn queue_empty(&self) -> bool {
-        let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.tags.is_empty() && !p.purge
-    }
-
-    fn restore_pending(&self, back: Pending) {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.purge |= back.purge;
-        p.tags.extend(back.tags);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            if !inner.probing.swap(true, Ordering::AcqRel) {
+                runtime.spawn(probe(Arc::downgrade(inner)));
+            }
+        }
     }
 }
 
@@ -260,8 +277,8 @@ impl std::fmt::Debug for Breaker {
     }
 }
 
-/// Probes the store until it answers, replays deferred invalidations, then closes the breaker.
-/// Stops when the cache is dropped.
+/// Probes the store until it answers, purges the namespace (the outage epoch), clears the
+/// journal, then closes the breaker. Stops when the cache is dropped.
 async fn probe(inner: Weak<BreakerState>) {
     let Some(open_for) = inner.upgrade().map(|s| s.settings.open_for) else {
         return;
@@ -279,33 +296,38 @@ async fn probe(inner: Weak<BreakerState>) {
         if !matches!(answered, Ok(Ok(_))) {
             continue;
         }
-        let pending = s.take_pending();
-        let replayed = if pending.purge {
-            tokio::time::timeout(timeout, s.store.purge()).await
-        } else if pending.tags.is_empty() {
-            Ok(Ok(()))
-        } else {
-            let tags = pending.tags.iter().cloned().collect();
-            tokio::time::timeout(timeout, s.store.invalidate_tags(tags)).await
-        };
-        if matches!(replayed, Ok(Ok(()))) {
-            if !s.queue_empty() {
-                // More invalidations were deferred while the replay ran: replay them too.
-                wait = Duration::ZERO;
-                continue;
-            }
-            s.failures.store(0, Ordering::Release);
-            s.has_pending.store(false, Ordering::Release);
-            s.open.store(false, Ordering::Release);
-            s.probing.store(false, Ordering::Release);
-            tracing::info!(store = s.store.name(), "cache store back: circuit closed");
-            // A deferral that raced with the lines above finds `probing` unset and trips again.
-            if !s.queue_empty() {
-                s.has_pending.store(true, Ordering::Release);
-                Breaker { inner: s }.trip();
-            }
-            return;
+        let deferrals = s.deferrals.load(Ordering::Acquire);
+        let purged = tokio::time::timeout(timeout, s.store.purge()).await;
+        if !matches!(purged, Ok(Ok(()))) {
+            continue;
         }
-        s.restore_pending(pending);
+        // An invalidation deferred while the purge ran may postdate it: purge again.
+        let current = || s.deferrals.load(Ordering::Acquire) == deferrals;
+        let cleared = match &s.journal {
+            Some(journal) => journal.clear_if(current).unwrap_or_else(|e| {
+                tracing::error!(journal = %journal.path().display(), error = %e, "could not clear the journal");
+                false
+            }),
+            None => current(),
+        };
+        if !cleared {
+            wait = Duration::ZERO;
+            continue;
+        }
+        metrics::counter!("larder_outage_purges_total").increment(1);
+        s.failures.store(0, Ordering::Release);
+        s.has_pending.store(false, Ordering::Release);
+        s.open.store(false, Ordering::Release);
+        s.probing.store(false, Ordering::Release);
+        tracing::info!(
+            store = s.store.name(),
+            "cache store back: namespace purged (entries from before the outage are not served), circuit closed"
+        );
+        // A deferral that raced with the lines above finds `probing` unset and trips again.
+        if !current() {
+            s.has_pending.store(true, Ordering::Release);
+            Breaker { inner: s }.trip();
+        }
+        return;
     }
 }

@@ -71,6 +71,7 @@ pub(crate) async fn acquire(
     breaker: &Breaker,
     stats: &Arc<RouteStats>,
     key: &CacheKey,
+    after: Option<u64>,
     wait: Duration,
     usable: impl Fn(&Entry) -> bool,
 ) -> LockOutcome {
@@ -102,7 +103,11 @@ pub(crate) async fn acquire(
             return LockOutcome::Call(None);
         }
         tokio::time::sleep(POLL_EVERY).await;
-        let read = breaker.call(stats, Op::Get, store.get(key)).await;
+        let fut = match after {
+            Some(after) => store.get_after(key, after),
+            None => store.get(key),
+        };
+        let read = breaker.call(stats, Op::Get, fut).await;
         if let Some(entry) = read.ok().and_then(Read::visible) {
             if usable(&entry) {
                 return LockOutcome::Found(entry);

@@ -4,5 +4,6 @@
 pub(crate) mod breaker;
 pub(crate) mod clock;
 pub(crate) mod coalesce;
+pub(crate) mod journal;
 pub(crate) mod lock;
 pub(crate) mod predictor;

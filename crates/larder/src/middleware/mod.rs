@@ -2,6 +2,7 @@
 //! responses and `Cache-Status` it writes.
 
 pub(crate) mod body;
+pub(crate) mod consistency;
 pub(crate) mod future;
 pub(crate) mod layer;
 pub(crate) mod respond;

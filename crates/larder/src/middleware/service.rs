@@ -179,7 +179,10 @@ where
         let exchange = Exchange::new(handle, route, params, read, None);
         return exchange.answer(found, now, take(inner), parts, body);
     }
-    let mut store_call = shared.store.get(&read.key);
+    let mut store_call = match read.after {
+        Some(after) => shared.store.get_after(&read.key, after),
+        None => shared.store.get(&read.key),
+    };
     let Some(result) = store_call.try_ready() else {
         let looked_up = Some(tokio::time::Instant::now());
         let exchange = Exchange::new(handle, route, params, read, looked_up);

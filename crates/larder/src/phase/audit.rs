@@ -86,7 +86,7 @@ async fn still_served(
 ) -> bool {
     let shared = &handle.shared;
     tokio::time::sleep(shared.breaker.timeout()).await;
-    let now = lookup::read(shared, &route.stats, key).await;
+    let now = lookup::read(shared, &route.stats, key, None).await;
     let same = now.is_some_and(|e| e.born == entry.born && e.stored_at == entry.stored_at);
     same && shared.store.stamp() == started
 }

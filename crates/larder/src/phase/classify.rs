@@ -11,6 +11,7 @@ use http::{HeaderMap, Method, header, request::Parts};
 use crate::{
     CacheKey, RequestBodyDigest,
     handle::{CacheState, Reloads},
+    middleware::consistency,
     reason::Bypass,
     rules::{
         key::KeyInput,
@@ -35,6 +36,8 @@ pub(crate) struct ReadRequest {
     pub(crate) scope: Option<String>,
     pub(crate) directives: RequestDirectives,
     pub(crate) intent: Intent,
+    /// The client's consistency token: it has seen the invalidation of this stamp.
+    pub(crate) after: Option<u64>,
 }
 
 /// Whether the store is read for a request.
@@ -107,6 +110,7 @@ pub(crate) fn classify(shared: &CacheState, route: &Route, parts: &Parts) -> Cla
         scope,
         directives,
         intent,
+        after: consistency::token(&parts.headers),
     })
 }
 

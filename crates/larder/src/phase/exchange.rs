@@ -92,6 +92,8 @@ pub(crate) struct Exchange {
     /// The store's stamp when the request started, after its lookup: what a shared entry
     /// must have been born at or after (see the coalescer).
     pub(crate) since: u64,
+    /// The client's consistency token (see [`ReadRequest::after`]).
+    pub(crate) after: Option<u64>,
     /// When the lookup of a network store started (`None`: the store answered at once, so no
     /// write can have crossed it).
     pub(crate) looked_up: Option<tokio::time::Instant>,
@@ -114,7 +116,9 @@ impl Exchange {
             scope: read.scope,
             params,
             directives: read.directives,
-            since: handle.shared.store.stamp(),
+            // A client that saw an invalidation is never answered with what it hid.
+            since: handle.shared.store.stamp().max(read.after.unwrap_or(0)),
+            after: read.after,
             looked_up,
         }
     }
@@ -240,7 +244,7 @@ impl Exchange {
         };
         let (stats, key, headers) = (&*self.route.stats, &self.key, &parts.headers);
         let reread = move || async move {
-            let fresh = lookup::read_fresh(shared, stats, key, headers).await?;
+            let fresh = lookup::read_fresh(shared, stats, key, self.after, headers).await?;
             Some((Arc::clone(&fresh.entry), fresh))
         };
         let digest = *self.key.digest();
@@ -286,7 +290,8 @@ impl Exchange {
             lookup::vary_matches(e, &self.key, &parts.headers)
                 && matches!(e.freshness(shared.clock.now_ms()), Freshness::Fresh { .. })
         };
-        match lock::acquire(&shared.breaker, &shared.typed, &self.key, wait, usable).await {
+        let (breaker, typed, key) = (&shared.breaker, &shared.typed, &self.key);
+        match lock::acquire(breaker, typed, key, self.after, wait, usable).await {
             LockOutcome::Call(held) => Ok(held),
             LockOutcome::Found(entry) => {
                 lead.land(Arc::clone(&entry));

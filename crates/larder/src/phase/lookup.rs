@@ -65,13 +65,18 @@ pub(crate) fn vary_matches(entry: &Entry, key: &CacheKey, headers: &HeaderMap) -
     }
 }
 
-/// Reads `key` through the breaker (a failure is a miss, counted against `stats`).
+/// Reads `key` through the breaker (a failure is a miss, counted against `stats`), for a
+/// client with consistency token `after`.
 pub(crate) async fn read(
     shared: &CacheState,
     stats: &RouteStats,
     key: &CacheKey,
+    after: Option<u64>,
 ) -> Option<Arc<Entry>> {
-    let fut = shared.store.get(key);
+    let fut = match after {
+        Some(after) => shared.store.get_after(key, after),
+        None => shared.store.get(key),
+    };
     shared
         .breaker
         .call(stats, Op::Get, fut)
@@ -92,9 +97,10 @@ pub(crate) async fn read_fresh(
     shared: &CacheState,
     stats: &RouteStats,
     key: &CacheKey,
+    after: Option<u64>,
     headers: &HeaderMap,
 ) -> Option<Fresh> {
-    let entry = read(shared, stats, key).await;
+    let entry = read(shared, stats, key, after).await;
     let now_ms = shared.clock.now_ms();
     match judge(entry, key, headers, now_ms) {
         Found::Fresh { entry, ttl } => Some(Fresh { entry, ttl, now_ms }),

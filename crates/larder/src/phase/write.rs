@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use tower_service::Service;
 
 use crate::{
     CacheHandle,
-    middleware::{body::CacheBody, status::CacheStatus},
+    middleware::{body::CacheBody, consistency::CONSISTENCY_HEADER, status::CacheStatus},
     reason::{Detail, Fwd},
     rules::{
         policy,
@@ -59,7 +59,15 @@ impl Write {
             self.route.stats.invalidated();
             detail = Some(
                 match self.handle.invalidate(&self.route.stats, tags).await {
-                    Ok(()) => Detail::Invalidated,
+                    Ok(()) => {
+                        // What the client carries to read this write on every instance.
+                        if let Some(token) = self.handle.shared.store.consistency_token() {
+                            parts
+                                .headers
+                                .insert(CONSISTENCY_HEADER, HeaderValue::from(token));
+                        }
+                        Detail::Invalidated
+                    }
                     Err(_) => Detail::InvalidationDeferred,
                 },
             );

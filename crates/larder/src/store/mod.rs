@@ -39,7 +39,7 @@ use std::{
 };
 
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisStore, RedisStoreBuilder};
+pub use self::redis::{EvictionPolicy, RedisStore, RedisStoreBuilder};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 pub use tiered::{TieredStore, TieredStoreBuilder};
@@ -54,6 +54,16 @@ pub trait Entries: Send + Sync + 'static {
 
     /// Reads one entry, with the marks that decide whether it may be seen.
     fn get(&self, key: &CacheKey) -> StoreFuture<Read>;
+
+    /// Reads one entry for a client that has seen the invalidation stamped `after` (its
+    /// consistency token, see [`Invalidation::consistency_token`]): a store whose local copies
+    /// may lag behind (a tiered store's L1) answers from where that invalidation is known.
+    /// The default is [`get`](Self::get), right for every store whose reads all see the
+    /// same records.
+    fn get_after(&self, key: &CacheKey, after: u64) -> StoreFuture<Read> {
+        let _ = after;
+        self.get(key)
+    }
 
     /// Reads many entries at once (one round trip for a network store), one [`Read`] per key
     /// in order.
@@ -79,6 +89,23 @@ pub trait Invalidation: Send + Sync + 'static {
 
     /// Makes every entry unreachable (raises the purge floor of later reads' marks).
     fn purge(&self) -> StoreFuture<()>;
+
+    /// What a client must carry to read its own writes on every instance, taken after a
+    /// write's invalidation: `Some` for a store whose instances keep local copies that learn
+    /// of invalidations later (a tiered store's L1), `None` (the default) when every read
+    /// sees the same records. The layer sends it in the `larder-consistency` response header
+    /// and honours it in the request header of the same name.
+    fn consistency_token(&self) -> Option<u64> {
+        None
+    }
+
+    /// How long another instance may still answer from its local copies after the shared
+    /// store stops answering it (a tiered store's L1 lease; zero, the default, for stores
+    /// without local copies). A write whose invalidation fails is answered only this long
+    /// after, so that no copy the invalidation should have hidden outlives its answer.
+    fn l1_lease(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// The cross-instance fill lock: one instance fills a missing key, the others wait for it.

@@ -13,7 +13,9 @@
 //! of one of its tags; while the clock has not moved since an entry was born, its tags need
 //! no lookup at all (otherwise one more `MGET`). No instance's wall clock is involved, so
 //! clock skew between instances cannot resurrect or hide anything, and the clock is seeded from
-//! the server's `TIME` so it keeps rising even after Redis restarts empty.
+//! the server's `TIME` so it keeps rising even after Redis restarts empty or evicts it (a
+//! lookup that finds it missing seeds it again, above every stamp, so every entry's tags are
+//! checked; a missing tag record or purge floor hides, see `ENSURE` and `restore_floor`).
 //!
 //! No `KEYS` or `SCAN`; every multi-key command is one the Cluster client splits by slot and
 //! every script touches one key, so it works on Cluster too (user input never reaches a
@@ -45,15 +47,29 @@ const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Tag timestamps outlive every entry they can hide, with room for a slow origin call.
 const TAG_MARGIN: Duration = Duration::from_secs(60 * 60);
 
-/// Advances the logical clock and returns its new value. A missing clock (a new or restarted
-/// Redis) starts from the server time in microseconds, above any value it had before.
-const TICK: &str = r"
+/// Advances the logical clock and returns its new value; when `ARGV[1]` names a channel,
+/// publishes `{"stamp":<value>` followed by `ARGV[2]` on it in the same atomic step, so the
+/// backplane carries invalidations in the order of their stamps. A missing clock (a new or
+/// restarted Redis) starts from the server time in microseconds, above any value it had before.
+const TICK: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local t = redis.call('TIME')
   redis.call('SET', KEYS[1], tonumber(t[1]) * 1000000 + tonumber(t[2]))
 end
-return redis.call('INCR', KEYS[1])
-";
+local n = redis.call('INCR', KEYS[1])
+if ARGV[1] and ARGV[1] ~= '' then
+  redis.call('PUBLISH', ARGV[1], '{"stamp":' .. string.format('%d', n) .. ARGV[2])
+end
+return n
+"#;
+
+/// Publishes the current clock as a sync message (`{"stamp":<clock>` followed by `ARGV[2]`):
+/// every invalidation stamped at or below it was published before it.
+const SYNC: &str = r#"
+local n = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+redis.call('PUBLISH', ARGV[1], '{"stamp":' .. string.format('%d', n) .. ARGV[2])
+return n
+"#;
 
 /// Raises a stamp key to `ARGV[1]` if it is lower, and (when `ARGV[2]` > 0) sets its expiry.
 const RAISE: &str = r"
@@ -116,6 +132,7 @@ struct RedisState {
     raise: Script,
     ensure: Script,
     tick: Script,
+    sync: Script,
     unlock: Script,
     /// Makes lock tokens unique to this store instance.
     token_seed: String,
@@ -144,8 +161,17 @@ impl Conn {
         }
     }
 
-    async fn tick(&self, script: &Script, key: &str) -> Result<u64, RedisError> {
-        self.invoke(&script.key(key)).await
+    /// Advances the clock at `key` and publishes `message` with the new stamp (see `TICK`).
+    async fn tick(
+        &self,
+        script: &Script,
+        key: &str,
+        channel: &str,
+        message: &BusMessage,
+    ) -> Result<u64, RedisError> {
+        let mut inv = script.key(key);
+        inv.arg(channel).arg(message.suffix());
+        self.invoke(&inv).await
     }
 
     async fn raise(
@@ -265,7 +291,13 @@ impl RedisStore {
                 "MGET answered the wrong number of values",
             ));
         }
-        let clock = parse_u64(values.pop().flatten().as_deref());
+        let clock = match values.pop().flatten() {
+            Some(clock) => parse_u64(Some(&clock)),
+            // Evicted: read as 0 it would say that nothing was invalidated since any entry
+            // was born. Seeded again from the server's time, it is above every stamp, so
+            // every entry's tags are looked up (and a missing record hides).
+            None => self.reseed_clock().await?,
+        };
         let floor = match values.pop().flatten() {
             Some(floor) => parse_u64(Some(&floor)),
             // Evicted (or never written): every entry born before now may have been purged.
@@ -345,45 +377,53 @@ impl RedisStore {
 }
 
 impl RedisStore {
-    /// Invalidates `tags` and returns the clock value they were stamped with, after telling
-    /// every instance's L1 on the backplane.
+    /// Invalidates `tags` and returns the clock value they were stamped with. The clock's
+    /// tick publishes the invalidation on the backplane in the same atomic step (every L1
+    /// learns of invalidations in stamp order), then the tags' records are raised.
     pub(crate) async fn invalidate_stamped(&self, tags: Vec<String>) -> Result<u64, StoreError> {
         let s = &self.shared;
-        let stamp = s.conn.tick(&s.tick, &s.clock_key).await.map_err(backend)?;
+        let message = BusMessage::tags(tags);
+        let stamp = s
+            .conn
+            .tick(&s.tick, &s.clock_key, &s.bus, &message)
+            .await
+            .map_err(backend)?;
         // This instance's next requests start after it: they must see it.
         s.observed.fetch_max(stamp, Ordering::AcqRel);
         let ttl = s.max_ttl + TAG_MARGIN;
-        for tag in &tags {
+        for tag in &message.tags {
             s.conn
                 .raise(&s.raise, &self.tag_key(tag), stamp, ttl)
                 .await
                 .map_err(backend)?;
         }
-        self.publish(&BusMessage {
-            stamp,
-            tags,
-            purge: false,
-        })
-        .await;
         Ok(stamp)
     }
 
     /// Purges the namespace and returns the clock value of the purge.
     pub(crate) async fn purge_stamped(&self) -> Result<u64, StoreError> {
         let s = &self.shared;
-        let stamp = s.conn.tick(&s.tick, &s.clock_key).await.map_err(backend)?;
+        let message = BusMessage::purge();
+        let stamp = s
+            .conn
+            .tick(&s.tick, &s.clock_key, &s.bus, &message)
+            .await
+            .map_err(backend)?;
         s.observed.fetch_max(stamp, Ordering::AcqRel);
         s.conn
             .raise(&s.raise, &s.floor_key, stamp, Duration::ZERO)
             .await
             .map_err(backend)?;
-        self.publish(&BusMessage {
-            stamp,
-            tags: Vec::new(),
-            purge: true,
-        })
-        .await;
         Ok(stamp)
+    }
+
+    /// Publishes a sync message with the current clock on the backplane (see `SYNC`) and
+    /// returns that clock.
+    pub(crate) async fn publish_sync(&self, nonce: u64) -> Result<u64, StoreError> {
+        let s = &self.shared;
+        let mut inv = s.sync.key(&s.clock_key);
+        inv.arg(&s.bus).arg(BusMessage::sync(nonce).suffix());
+        s.conn.invoke(&inv).await.map_err(backend)
     }
 
     /// Makes sure each of `tags` has a record that outlives any entry carrying it.
@@ -401,6 +441,15 @@ impl RedisStore {
             .map_err(backend)
     }
 
+    /// Creates the clock again after it went missing (see `TICK`), and returns it.
+    async fn reseed_clock(&self) -> Result<u64, StoreError> {
+        let s = &self.shared;
+        s.conn
+            .tick(&s.tick, &s.clock_key, "", &BusMessage::default())
+            .await
+            .map_err(backend)
+    }
+
     /// Writes the purge floor again after it went missing, as the current clock: what was
     /// born before may have been purged, so it is hidden. Another instance's floor wins.
     async fn restore_floor(&self, clock: u64) -> Result<u64, StoreError> {
@@ -411,15 +460,36 @@ impl RedisStore {
         Ok(clock)
     }
 
-    async fn publish(&self, message: &BusMessage) {
-        // The stamps in Redis are the truth; a lost message only costs L1s until the
-        // backplane notices and clears them.
-        if let Ok(payload) = serde_json::to_vec(message) {
-            let mut cmd = redis::cmd("PUBLISH");
-            cmd.arg(&self.shared.bus).arg(payload);
-            if let Err(e) = self.shared.conn.query::<()>(&cmd).await {
-                tracing::warn!(error = %e, "could not publish an invalidation on the backplane");
-            }
+    /// Asks Redis (`CONFIG GET`) which eviction policy it runs under which memory limit, and
+    /// whether the store supports it ([`EvictionPolicy::supported`]). Fails when the user's
+    /// ACL does not allow `CONFIG` (then nothing can be said).
+    pub async fn eviction_policy(&self) -> Result<EvictionPolicy, StoreError> {
+        let s = &self.shared;
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg("maxmemory*");
+        let pairs: Vec<String> = s.conn.query(&cmd).await.map_err(backend)?;
+        let value = |name: &str| {
+            pairs
+                .chunks(2)
+                .find(|p| p[0] == name)
+                .and_then(|p| p.get(1).cloned())
+        };
+        Ok(EvictionPolicy {
+            policy: value("maxmemory-policy").unwrap_or_default(),
+            maxmemory: value("maxmemory").and_then(|v| v.parse().ok()).unwrap_or(0),
+        })
+    }
+
+    /// Logs a warning when Redis runs an eviction policy the store does not support.
+    async fn warn_about_eviction_policy(self) {
+        match self.eviction_policy().await {
+            Ok(p) if !p.supported() => tracing::warn!(
+                policy = %p.policy,
+                maxmemory = p.maxmemory,
+                "Redis runs `noeviction` under a memory limit: when it is full, entries stop being stored and invalidations fail (the cache then bypasses Redis until it can purge); use an allkeys-* or volatile-* policy"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "could not read Redis's eviction policy"),
         }
     }
 
@@ -429,14 +499,82 @@ impl RedisStore {
     }
 }
 
-/// An invalidation as published on the backplane.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+/// The eviction policy Redis runs, from [`RedisStore::eviction_policy`].
+///
+/// Every policy that evicts is supported: `allkeys-lru`, `allkeys-lfu`, `allkeys-random` and the
+/// `volatile-*` ones. An evicted entry is a miss, and an evicted invalidation record or purge
+/// floor hides the entries it could have hidden (it never revives them). `noeviction` under a
+/// memory limit is not: once Redis is full it refuses writes, so entries stop being stored and
+/// invalidations fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvictionPolicy {
+    /// `maxmemory-policy`, e.g. `allkeys-lru`.
+    pub policy: String,
+    /// `maxmemory` in bytes; 0 is no limit.
+    pub maxmemory: u64,
+}
+
+impl EvictionPolicy {
+    /// Whether the store keeps its contract under this policy.
+    pub fn supported(&self) -> bool {
+        self.maxmemory == 0 || self.policy != "noeviction"
+    }
+}
+
+/// A message of the backplane: an invalidation (tags, or a purge) or a sync.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct BusMessage {
+    /// The clock value: of the invalidation, or (a sync) the clock when it was published.
+    #[serde(default, skip_serializing)]
     pub(crate) stamp: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) tags: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) purge: bool,
+    /// A sync message's sender's number; absent from invalidations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) sync: Option<u64>,
+    /// The publisher's wall clock (ms since the Unix epoch), to measure propagation.
+    #[serde(default)]
+    pub(crate) sent_ms: u64,
+}
+
+impl BusMessage {
+    fn tags(tags: Vec<String>) -> Self {
+        BusMessage {
+            tags,
+            sent_ms: RedisStore::now_ms(),
+            ..BusMessage::default()
+        }
+    }
+
+    fn purge() -> Self {
+        BusMessage {
+            purge: true,
+            sent_ms: RedisStore::now_ms(),
+            ..BusMessage::default()
+        }
+    }
+
+    fn sync(nonce: u64) -> Self {
+        BusMessage {
+            sync: Some(nonce),
+            sent_ms: RedisStore::now_ms(),
+            ..BusMessage::default()
+        }
+    }
+
+    /// The message after its stamp: `,"tags":[..],...}`, which the scripts append to
+    /// `{"stamp":<value>`.
+    fn suffix(&self) -> Vec<u8> {
+        let mut json = serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec());
+        if json.len() > 2 {
+            json[0] = b',';
+        } else {
+            json.remove(0);
+        }
+        json
+    }
 }
 
 impl RedisStoreBuilder {
@@ -565,7 +703,7 @@ impl RedisStoreBuilder {
         };
         let pubsub = self.client(&pubsub_url)?;
         let prefix = format!("{}:", self.namespace);
-        Ok(RedisStore {
+        let store = RedisStore {
             shared: Arc::new(RedisState {
                 conn,
                 pubsub,
@@ -578,6 +716,7 @@ impl RedisStoreBuilder {
                 raise: Script::new(RAISE),
                 ensure: Script::new(ENSURE),
                 tick: Script::new(TICK),
+                sync: Script::new(SYNC),
                 unlock: Script::new(UNLOCK),
                 token_seed: format!(
                     "{}-{}",
@@ -588,7 +727,22 @@ impl RedisStoreBuilder {
                 ),
                 tokens: AtomicU64::new(0),
             }),
-        })
+        };
+        // Read the clock and the floor once (creating them on a new Redis), so that stamps
+        // taken before the first lookup are the store's and not 0, which a clock created
+        // later would hide. Bounded: a Redis that is down must not hold up the start.
+        let first_read = store.read(Vec::new());
+        if tokio::time::timeout(self.connection_timeout, first_read)
+            .await
+            .is_err()
+        {
+            tracing::debug!("Redis did not answer at start; the clock is read on first use");
+        }
+        // In the background: a Redis that is down must not hold up the start.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(store.clone().warn_about_eviction_policy());
+        }
+        Ok(store)
     }
 }
 

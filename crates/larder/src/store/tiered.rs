@@ -3,19 +3,36 @@
 //! Reads try the L1 first and fill it from Redis on a miss; writes go to both. Entries carry
 //! birth stamps from Redis's invalidation clock, and the L1 records every invalidation with the
 //! clock value Redis gave it, so one comparison means the same thing in both tiers. Each
-//! invalidation is published on `{ns}:bus`; every instance's backplane task applies it to its L1
-//! within the pub/sub delivery time. When the backplane connection is lost (or its liveness ping
-//! fails) the L1 cannot know what it missed: it is not read until the backplane has subscribed
+//! invalidation is published on `{ns}:bus` in the same atomic step as its clock tick, so every
+//! instance's backplane task applies invalidations to its L1 in stamp order, and knows up to
+//! which stamp it has applied them all.
+//!
+//! What the L1 answers, and when:
+//!
+//! - **Only while it can vouch for itself.** The backplane pings Redis every 100 ms on its
+//!   subscribed connection; the L1 is read only within [`L1_LEASE`] (300 ms) of sending a ping
+//!   that was answered. When Redis or the connection stops answering, the L1 stops answering
+//!   within the lease, and it is cleared before it is used again. A write whose invalidation
+//!   fails is answered only after the lease (see [`Invalidation::l1_lease`]), so no other
+//!   instance's L1 serves what that write replaced after the write's answer.
+//! - **To the client that wrote, never older than its write.** A write's answer carries a
+//!   consistency token (the stamp of its invalidation); a read that brings it back is answered
+//!   from the L1 only once this instance has applied every invalidation up to that stamp, and
+//!   from Redis before then ([`Entries::get_after`]).
+//! - **To every other client, within the propagation delay**: from Redis's publish to the
+//!   backplane's apply, recorded in the `larder_backplane_delay_seconds` histogram (and
+//!   measured end to end by the `consistency` load test).
+//!
+//! When the backplane connection is lost the L1 is not read until the backplane has subscribed
 //! again, and then it is cleared. L1 entries are also kept at most [`TieredStore::builder`]'s
-//! `l1_max_ttl` (60 s by default), which bounds staleness if a partition hides messages from a
-//! connection that still looks alive.
+//! `l1_max_ttl` (60 s by default).
 
 use std::{
     sync::{
         Arc, Weak,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use futures_util::StreamExt;
@@ -27,8 +44,14 @@ use super::{
 };
 use crate::{CacheKey, Entry};
 
-const PING_EVERY: Duration = Duration::from_secs(1);
+/// How often the backplane proves that Redis still answers it.
+const PING_EVERY: Duration = Duration::from_millis(100);
+/// How long after sending a ping that was answered the L1 may still be read.
+pub(crate) const L1_LEASE: Duration = Duration::from_millis(300);
 const RETRY_AFTER: Duration = Duration::from_millis(200);
+/// How long after subscribing the L1 takes only entries born since (longer than any store
+/// deadline, after which an invalidation that was under way has landed or failed).
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// An in-process L1 ([`MemoryStore`]) in front of a [`RedisStore`].
 ///
@@ -50,6 +73,17 @@ struct TieredState {
     l2: RedisStore,
     /// True while the backplane is subscribed: only then may the L1 be read.
     coherent: AtomicBool,
+    /// Nanoseconds after `epoch` until which the L1 may be read (the lease).
+    trusted_until: AtomicU64,
+    epoch: Instant,
+    /// Every invalidation stamped at or below this has been applied to the L1.
+    applied: AtomicU64,
+    /// Entries born before this are not copied into the L1: an invalidation published before
+    /// the backplane subscribed was missed, and its records may still be on their way to
+    /// Redis. Raised to the clock at subscription, and lowered to 0 once [`SETTLE`] has passed
+    /// (by then every such invalidation has landed or failed, and a failed one ends in a
+    /// purge that is published).
+    fill_floor: AtomicU64,
     /// Dropped with the store, which stops the backplane task.
     _stop: watch::Sender<()>,
 }
@@ -72,9 +106,17 @@ impl TieredStore {
         }
     }
 
-    /// Whether the L1 is in use (the backplane is subscribed).
+    /// Whether the L1 is in use: the backplane is subscribed and Redis answered it within the
+    /// lease.
     pub fn is_coherent(&self) -> bool {
-        self.shared.coherent.load(Ordering::Acquire)
+        let s = &self.shared;
+        s.coherent.load(Ordering::Acquire)
+            && s.nanos_now() < s.trusted_until.load(Ordering::Acquire)
+    }
+
+    /// The stamp up to which this instance's L1 has applied every invalidation.
+    pub fn applied_stamp(&self) -> u64 {
+        self.shared.applied.load(Ordering::Acquire)
     }
 
     /// The L1's read of `key`, if the L1 is in use and holds an entry its marks let be seen.
@@ -88,7 +130,7 @@ impl TieredStore {
     }
 
     fn l1_fill(&self, key: &CacheKey, entry: &Arc<Entry>) {
-        if self.is_coherent() {
+        if self.is_coherent() && entry.born >= self.shared.fill_floor.load(Ordering::Acquire) {
             self.shared.l1.insert(key, Arc::clone(entry));
         }
     }
@@ -118,10 +160,64 @@ impl TieredStoreBuilder {
             l1,
             l2: self.l2,
             coherent: AtomicBool::new(false),
+            trusted_until: AtomicU64::new(0),
+            epoch: Instant::now(),
+            applied: AtomicU64::new(0),
+            fill_floor: AtomicU64::new(u64::MAX),
             _stop: stop,
         });
         tokio::spawn(backplane(Arc::downgrade(&shared), stopped));
         TieredStore { shared }
+    }
+}
+
+impl TieredState {
+    fn nanos_now(&self) -> u64 {
+        self.nanos_at(Instant::now())
+    }
+
+    fn nanos_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Redis answered a ping sent at `sent`: the L1 may be read until `sent` + the lease. If
+    /// the lease had run out, the L1 may have missed an invalidation that was never published
+    /// (one deferred by a writer that lost Redis): it is cleared first.
+    fn renew(&self, sent: Instant) {
+        let now = self.nanos_now();
+        if now >= self.trusted_until.load(Ordering::Acquire) {
+            self.l1.clear();
+        }
+        let until = self.nanos_at(sent + L1_LEASE);
+        self.trusted_until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Applies one backplane message to the L1.
+    fn apply(&self, payload: &[u8]) {
+        let m = match serde_json::from_slice::<BusMessage>(payload) {
+            Ok(m) => m,
+            // Unknown traffic on our channel: assume the worst.
+            Err(_) => {
+                self.l1.clear();
+                return;
+            }
+        };
+        if m.purge {
+            self.l1.purge_at(m.stamp);
+        } else if !m.tags.is_empty() {
+            self.l1.invalidate_at(&m.tags, m.stamp);
+        }
+        // Messages arrive in stamp order, so every invalidation up to this stamp published
+        // since the subscription has been applied (and what was published before it is
+        // covered by the clear and the fill floor).
+        self.applied.fetch_max(m.stamp, Ordering::AcqRel);
+        if m.sync.is_none() {
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let delay = Duration::from_millis(now_ms.saturating_sub(m.sent_ms));
+            metrics::histogram!("larder_backplane_delay_seconds").record(delay.as_secs_f64());
+        }
     }
 }
 
@@ -131,6 +227,10 @@ async fn backplane(shared: Weak<TieredState>, mut stopped: watch::Receiver<()>) 
     let Some((client, channel)) = shared.upgrade().map(|s| s.l2.backplane()) else {
         return;
     };
+    let nonce = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        | 1;
     loop {
         let session = async {
             let mut pubsub = client.get_async_pubsub().await?;
@@ -138,30 +238,49 @@ async fn backplane(shared: Weak<TieredState>, mut stopped: watch::Receiver<()>) 
             let (mut sink, mut messages) = pubsub.split();
             // Subscribed: whatever was published before this point may have been missed.
             if let Some(s) = shared.upgrade() {
+                s.fill_floor.store(u64::MAX, Ordering::Release);
                 s.l1.clear();
+                s.applied.store(0, Ordering::Release);
                 s.coherent.store(true, Ordering::Release);
+                s.renew(Instant::now());
+                // Every invalidation stamped at or below the clock now was published before
+                // the sync message; those the subscription missed cannot hide entries born
+                // since, the only ones the L1 takes until they have all landed.
+                match s.l2.publish_sync(nonce).await {
+                    Ok(clock) => s.fill_floor.store(clock, Ordering::Release),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cache backplane could not publish its sync")
+                    }
+                }
                 tracing::info!("cache backplane subscribed; L1 in use");
             }
-            let start = tokio::time::Instant::now() + PING_EVERY;
-            let mut ping = tokio::time::interval_at(start, PING_EVERY);
+            let settle = tokio::time::sleep(SETTLE);
+            tokio::pin!(settle);
+            let mut settled = false;
+            let mut ping = tokio::time::interval(PING_EVERY);
+            ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     message = messages.next() => {
                         let Some(message) = message else { break };
                         let Some(s) = shared.upgrade() else { break };
-                        match serde_json::from_slice::<BusMessage>(message.get_payload_bytes()) {
-                            Ok(m) if m.purge => s.l1.purge_at(m.stamp),
-                            Ok(m) => s.l1.invalidate_at(&m.tags, m.stamp),
-                            // Unknown traffic on our channel: assume the worst.
-                            Err(_) => s.l1.clear(),
-                        }
+                        s.apply(message.get_payload_bytes());
+                    }
+                    () = &mut settle, if !settled => {
+                        settled = true;
+                        let Some(s) = shared.upgrade() else { break };
+                        s.fill_floor.store(0, Ordering::Release);
                     }
                     _ = ping.tick() => {
-                        // A subscribed connection answers PING with an array (RESP2): any answer will do.
-                        let alive = tokio::time::timeout(PING_EVERY, sink.ping::<redis::Value>()).await;
+                        // A subscribed connection answers PING with an array (RESP2): any
+                        // answer will do.
+                        let sent = Instant::now();
+                        let alive = tokio::time::timeout(L1_LEASE, sink.ping::<redis::Value>()).await;
                         if !matches!(alive, Ok(Ok(_))) {
                             break;
                         }
+                        let Some(s) = shared.upgrade() else { break };
+                        s.renew(sent);
                     }
                 }
             }
@@ -207,6 +326,23 @@ impl Entries for TieredStore {
         if let Some(read) = self.l1_get(key) {
             return StoreFuture::ready(Ok(read));
         }
+        let this = self.clone();
+        let key = key.clone();
+        let l2 = self.shared.l2.get(&key);
+        StoreFuture::pending(async move {
+            let read = l2.await?;
+            if let Some(e) = read.visible_entry() {
+                this.l1_fill(&key, e);
+            }
+            Ok(read)
+        })
+    }
+
+    fn get_after(&self, key: &CacheKey, after: u64) -> StoreFuture<Read> {
+        if self.applied_stamp() >= after {
+            return self.get(key);
+        }
+        // This L1 has not yet applied the invalidation the client saw: ask Redis.
         let this = self.clone();
         let key = key.clone();
         let l2 = self.shared.l2.get(&key);
@@ -292,6 +428,14 @@ impl Invalidation for TieredStore {
                 }
             }
         })
+    }
+
+    fn consistency_token(&self) -> Option<u64> {
+        Some(self.stamp())
+    }
+
+    fn l1_lease(&self) -> Duration {
+        L1_LEASE
     }
 }
 
