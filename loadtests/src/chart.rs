@@ -1,6 +1,7 @@
-//! The latency chart: the distribution of every read's latency in each run (and the cached
-//! run's hits and misses apart), and of whole dashboard loads, as cumulative curves on a
-//! logarithmic time axis, written as SVG.
+//! The charts, written as SVG: the latency chart (the distribution of every read's latency
+//! in each run, the cached run's hits and misses apart, and of whole dashboard loads, as
+//! cumulative curves on a logarithmic time axis), and the `outage` scenario's timeline
+//! (reads per second as hits, bypasses and other misses, with the Redis events).
 
 use std::{path::Path, time::Duration};
 
@@ -119,6 +120,88 @@ pub(crate) fn draw(path: &Path, title: &str, series: &[Series]) -> anyhow::Resul
             .border_style(BLACK)
             .draw()?;
     }
+    root.present()?;
+    Ok(())
+}
+
+/// Draws `timeline` into an SVG at `path`: per second, the reads stacked as hits, bypasses
+/// and other misses, with a dashed vertical line at each event (when it was done).
+pub(crate) fn draw_timeline(
+    path: &Path,
+    title: &str,
+    timeline: &crate::timeline::Timeline,
+) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (1200, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let seconds = timeline.seconds.len().max(1) as f64;
+    let top = timeline
+        .seconds
+        .iter()
+        .map(|s| s.reads)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64
+        * 1.4;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..seconds, 0.0..top)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds from when the first load was due (each read counted when its request was sent)")
+        .y_desc("reads per second")
+        .disable_x_mesh()
+        .draw()?;
+    let (hit, bypass, miss) = (COLORS[2], COLORS[3], COLORS[0]);
+    // Stacked from the bottom: hits, bypasses, other misses; one bar per second.
+    type Count = fn(&crate::timeline::Second) -> usize;
+    let layers: [(&str, RGBColor, Count); 3] = [
+        ("hits", hit, |s| s.hits),
+        ("bypasses (fwd=bypass)", bypass, |s| s.bypasses),
+        ("other misses", miss, |s| s.misses),
+    ];
+    for (k, &(label, color, count)) in layers.iter().enumerate() {
+        let below = |s: &crate::timeline::Second| -> usize {
+            layers[..k].iter().map(|layer| (layer.2)(s)).sum()
+        };
+        let total: usize = timeline.seconds.iter().map(count).sum();
+        chart
+            .draw_series(timeline.seconds.iter().map(|s| {
+                let from = below(s) as f64;
+                let x = s.second as f64;
+                Rectangle::new(
+                    [(x + 0.08, from), (x + 0.92, from + count(s) as f64)],
+                    color.filled(),
+                )
+            }))?
+            .label(format!("{label} (n={total})"))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+    }
+    for (k, mark) in timeline.marks.iter().enumerate() {
+        let x = mark.at_s.clamp(0.0, seconds);
+        chart.draw_series(DashedLineSeries::new(
+            [(x, 0.0), (x, top)],
+            6,
+            4,
+            BLACK.stroke_width(2),
+        ))?;
+        // Staggered so that two close events stay readable.
+        let y = top * (0.97 - 0.06 * k as f64);
+        chart.draw_series(std::iter::once(Text::new(
+            format!(" {} ({:.2}s)", mark.label, mark.at_s),
+            (x, y),
+            ("sans-serif", 14),
+        )))?;
+    }
+    // Above the bars (the tallest reaches 70% of the height).
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
 }

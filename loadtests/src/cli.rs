@@ -14,10 +14,12 @@ use crate::workload::Distribution;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "loadtests", version)]
 pub(crate) struct Args {
-    /// Concurrent users, each one account loading its dashboard on a fixed schedule.
+    /// Concurrent users, each one account loading its dashboard on a fixed schedule
+    /// (`--scenario consistency`: writer/reader pairs, 20 unless given).
     #[arg(long, default_value_t = 100)]
     pub(crate) users: usize,
-    /// Length of each measured run (`45s`, `2m`, `1m30s`, or seconds).
+    /// Length of each measured run (`45s`, `2m`, `1m30s`, or seconds; `--scenario
+    /// consistency`: 30s unless given).
     #[arg(long, default_value = "45s", value_parser = parse_duration)]
     pub(crate) run_time: Duration,
     /// Warm-up before each run, not counted (its first loads are reported as the cold load).
@@ -34,11 +36,13 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) burst: bool,
     /// The scenario: `dashboard` (the benchmark), `pagination` (pages stay fresh after
-    /// writes) or `outage` (the dashboard while Redis is stopped and started again).
+    /// writes), `outage` (the dashboard while Redis is stopped and started again) or
+    /// `consistency` (a writer reads its writes through another instance; how long other
+    /// clients wait to see them).
     #[arg(long, value_enum, default_value_t = ScenarioName::Dashboard)]
     pub(crate) scenario: ScenarioName,
     /// The cached run's store; `redis` and `tiered` start a redis-server of their own
-    /// unless `--redis-url` is given.
+    /// unless `--redis-url` is given (`--scenario consistency`: tiered unless given).
     #[arg(long, value_enum, default_value_t = Store::Memory)]
     pub(crate) store: Store,
     /// Redis for `--store redis|tiered` (instead of starting one).
@@ -77,6 +81,11 @@ pub(crate) struct Args {
     /// With `--host`: a deployed dashboard without the cache, for the baseline run.
     #[arg(long, requires = "host")]
     pub(crate) baseline_host: Option<String>,
+    /// With `--host` and `--scenario consistency`: a second instance of the same
+    /// deployment (B), where the reads go while the writes go to `--host` (A); without it,
+    /// A and B are the same.
+    #[arg(long, requires = "host")]
+    pub(crate) host_b: Option<String>,
     /// Bearer key of account `{n}`.
     #[arg(long, default_value = "demo-key-{n}")]
     pub(crate) key_pattern: String,
@@ -125,6 +134,9 @@ pub(crate) enum ScenarioName {
     Pagination,
     /// The dashboard workload while Redis is stopped and started again (local runs only).
     Outage,
+    /// Writers rename a session through instance A and read it back through instance B
+    /// with the consistency token; observers without it measure the propagation delay.
+    Consistency,
 }
 
 impl ScenarioName {
@@ -134,7 +146,38 @@ impl ScenarioName {
             ScenarioName::Dashboard => "dashboard",
             ScenarioName::Pagination => "pagination",
             ScenarioName::Outage => "outage",
+            ScenarioName::Consistency => "consistency",
         }
+    }
+}
+
+impl Args {
+    /// Parses the command line (exiting with clap's message when it is wrong), then gives
+    /// `--scenario consistency` its own defaults for what was not given.
+    pub(crate) fn from_command_line() -> Args {
+        Args::from_matches(&<Args as clap::CommandFactory>::command().get_matches())
+    }
+
+    /// The arguments in `matches`, with the scenario's defaults: `--scenario consistency`
+    /// runs 20 writer/reader pairs for 30 s on the tiered store unless told otherwise.
+    pub(crate) fn from_matches(matches: &clap::ArgMatches) -> Args {
+        let mut args =
+            <Args as clap::FromArgMatches>::from_arg_matches(matches).unwrap_or_else(|e| e.exit());
+        if args.scenario == ScenarioName::Consistency {
+            let defaulted = |id: &str| {
+                matches.value_source(id) == Some(clap::parser::ValueSource::DefaultValue)
+            };
+            if defaulted("users") {
+                args.users = 20;
+            }
+            if defaulted("run_time") {
+                args.run_time = Duration::from_secs(30);
+            }
+            if defaulted("store") {
+                args.store = Store::Tiered;
+            }
+        }
+        args
     }
 }
 
@@ -211,5 +254,35 @@ mod tests {
         assert!(args.host.is_none() && !args.no_baseline);
         // Warm-up and two runs fit the three minutes with room for the database seeding.
         assert!((args.warm_up + args.run_time) * 2 <= Duration::from_secs(120));
+    }
+
+    #[test]
+    fn the_consistency_scenario_has_its_own_defaults_unless_given() {
+        use clap::CommandFactory;
+        let parse = |argv: &[&str]| {
+            Args::from_matches(&Args::command().try_get_matches_from(argv).unwrap())
+        };
+        let args = parse(&["loadtests", "--scenario", "consistency"]);
+        assert_eq!(args.users, 20);
+        assert_eq!(args.run_time, Duration::from_secs(30));
+        assert_eq!(args.store, Store::Tiered);
+        let args = parse(&[
+            "loadtests",
+            "--scenario=consistency",
+            "--users=3",
+            "--run-time=5s",
+            "--store=memory",
+        ]);
+        assert_eq!(args.users, 3);
+        assert_eq!(args.run_time, Duration::from_secs(5));
+        assert_eq!(args.store, Store::Memory);
+        // Other scenarios keep the benchmark's.
+        let args = parse(&["loadtests", "--scenario=outage"]);
+        assert_eq!((args.users, args.store), (100, Store::Memory));
+        assert!(
+            Args::command()
+                .try_get_matches_from(["loadtests", "--host-b", "http://b"])
+                .is_err()
+        );
     }
 }

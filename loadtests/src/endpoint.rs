@@ -51,6 +51,9 @@ pub(crate) struct LocalSetup {
     pub(crate) redis_url: Option<String>,
     /// Key namespace (a fresh one per run, so a shared Redis holds no old entries).
     pub(crate) namespace: String,
+    /// The database (`sqlite://PATH?mode=rwc`, for instances sharing one); `None`: a new
+    /// SQLite file in a temporary directory of the dashboard's own.
+    pub(crate) database_url: Option<String>,
 }
 
 impl Target {
@@ -80,6 +83,7 @@ impl Target {
         config.db_pool = setup.db_pool;
         config.admin_token = Some(admin_token.clone());
         config.namespace = setup.namespace.clone();
+        config.database_url = setup.database_url.clone();
         let dashboard = connect(&config)
             .await
             .context("start the dashboard example")?;

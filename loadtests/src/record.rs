@@ -5,7 +5,10 @@
 //! into its HTML and JSON reports; the table and the targets are computed from these
 //! records instead, so that latency includes the body and hits and misses can be told apart.
 
-use std::{sync::Mutex, time::Duration};
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 /// What a request was, for the table's rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -91,6 +94,9 @@ pub(crate) struct Sample {
     pub(crate) kind: Kind,
     /// Which iteration (dashboard load) of that user it belongs to, from 0.
     pub(crate) iteration: u64,
+    /// When the request was sent (for a load, when its first request was), on the same
+    /// clock as the run's schedule and its events (the timeline of the `outage` scenario).
+    pub(crate) sent: Instant,
     /// From sending the request to the last byte of the body; for a load, from its
     /// scheduled start to the last byte of its last read.
     pub(crate) latency: Duration,

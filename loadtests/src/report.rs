@@ -1,7 +1,11 @@
 //! From records to figures: per request name, for all reads, hits and misses apart, whole
 //! loads, writes; the side-by-side table; `summary.json`.
 
-use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 
@@ -43,6 +47,10 @@ pub(crate) struct RunOutput {
     pub(crate) reports: Vec<String>,
     /// Faults injected and the like.
     pub(crate) events: Vec<String>,
+    /// When the measured run's first load was due: the origin of its timeline.
+    pub(crate) epoch: Instant,
+    /// The faults injected, timed on the same clock as the samples.
+    pub(crate) marks: Vec<crate::timeline::Mark>,
 }
 
 /// goose's own figures of a run.
@@ -584,6 +592,7 @@ mod tests {
             name,
             kind,
             iteration: 0,
+            sent: Instant::now(),
             latency: Duration::from_millis(ms),
             first_byte: Duration::from_millis(ms / 2),
             cache,
@@ -619,6 +628,8 @@ mod tests {
             elapsed: Duration::from_secs(2),
             reports: vec![],
             events: vec![],
+            epoch: Instant::now(),
+            marks: vec![],
         };
         let f = RunFigures::of(&run);
         assert_eq!(f.requests[0].name, "profile");

@@ -19,7 +19,8 @@ use crate::{
     goals,
     record::{Kind, Recorder},
     report::{self, GooseFigures, RunFigures, RunOutput, Speedups},
-    scenarios::{self, Phase, outage},
+    scenarios::{self, Phase, consistency, outage},
+    timeline::Timeline,
     workload::{DASHBOARD_READS, Workload},
 };
 
@@ -41,7 +42,14 @@ pub(crate) async fn run(args: Args, scenario: ScenarioFactory) -> anyhow::Result
         "--write-share must be between 0 and 0.5"
     );
     let started = Instant::now();
+    if args.host_b.is_some() && args.scenario != ScenarioName::Consistency {
+        bail!("--host-b is for --scenario consistency only");
+    }
     let dir = report_dir(&args)?;
+    if args.scenario == ScenarioName::Consistency {
+        // Not a goose attack: writers and observers on plain tasks, with its own report.
+        return consistency::run(&args, &dir, started).await;
+    }
     let workload = Arc::new(Workload::new(&args));
     println!("{}", describe(&args, &workload));
     println!("reports: {}\n", dir.display());
@@ -72,6 +80,7 @@ pub(crate) async fn run(args: Args, scenario: ScenarioFactory) -> anyhow::Result
                 db_pool: args.db_pool,
                 redis_url: args.redis_url.clone(),
                 namespace: namespace.clone(),
+                database_url: None,
             };
             if with_baseline {
                 let target = Target::start(&local(StoreKind::None)).await?;
@@ -108,6 +117,25 @@ pub(crate) async fn run(args: Args, scenario: ScenarioFactory) -> anyhow::Result
     let passed = checks.iter().all(|c| c.passed);
     let table = report::table(baseline, cached);
     println!("{table}");
+    // The outage's reads second by second, around the fault.
+    let timeline = runs
+        .last()
+        .filter(|run| !run.marks.is_empty())
+        .map(|run| Timeline::of(&run.samples, run.epoch, &run.marks));
+    let mut written = vec!["summary.json", "latency.svg"];
+    if let Some(timeline) = &timeline {
+        println!("{}", timeline.render());
+        let path = dir.join("timeline.svg");
+        let title = format!(
+            "{} users, scenario {}: reads per second, Redis stopped and started again",
+            args.users,
+            args.scenario.as_str()
+        );
+        match chart::draw_timeline(&path, &title, timeline) {
+            Ok(()) => written.push("timeline.svg"),
+            Err(e) => eprintln!("could not draw {}: {e}", path.display()),
+        }
+    }
     println!("{}", goals::render(&checks));
 
     let chart_path = dir.join("latency.svg");
@@ -168,6 +196,7 @@ pub(crate) async fn run(args: Args, scenario: ScenarioFactory) -> anyhow::Result
         "speedups": baseline.map(|b| Speedups::of(b, cached)),
         "targets": checks,
         "table": table,
+        "timeline": timeline,
         "chart": chart_path,
         "elapsed_s": started.elapsed().as_secs_f64(),
     });
@@ -175,7 +204,7 @@ pub(crate) async fn run(args: Args, scenario: ScenarioFactory) -> anyhow::Result
     std::fs::write(&summary_path, serde_json::to_vec_pretty(&summary)?)
         .with_context(|| format!("write {}", summary_path.display()))?;
     println!(
-        "{} in {:.0}s; written to {}: summary.json, latency.svg, {}",
+        "{} in {:.0}s; written to {}: {}",
         if passed {
             "all targets met"
         } else {
@@ -183,11 +212,14 @@ pub(crate) async fn run(args: Args, scenario: ScenarioFactory) -> anyhow::Result
         },
         started.elapsed().as_secs_f64(),
         dir.display(),
-        runs.iter()
-            .flat_map(|r| r.reports.iter())
-            .map(|p| Path::new(p)
-                .file_name()
-                .map_or_else(String::new, |f| f.to_string_lossy().into_owned()))
+        written
+            .into_iter()
+            .map(str::to_owned)
+            .chain(runs.iter().flat_map(|r| r.reports.iter()).map(|p| {
+                Path::new(p)
+                    .file_name()
+                    .map_or_else(String::new, |f| f.to_string_lossy().into_owned())
+            }))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -213,7 +245,16 @@ async fn run_one(
 
     let warm = iterations(args.warm_up);
     let t = Instant::now();
-    let (warm_up, _, _) = phase(args, workload, scenario, &target, WARM_UP, warm, &[]).await?;
+    let (warm_up, _, _) = phase(
+        args,
+        workload,
+        scenario,
+        &target,
+        (WARM_UP, Instant::now() + LAUNCH),
+        warm,
+        &[],
+    )
+    .await?;
     println!(
         "  warm-up: {warm} loads per user in {:.1}s (not counted)",
         t.elapsed().as_secs_f64()
@@ -230,8 +271,11 @@ async fn run_one(
         })
         .collect();
     let measured = iterations(args.run_time);
+    // When the first load is due: the origin of the run's schedule, its fault and its
+    // timeline, all on this one clock.
+    let epoch = Instant::now() + LAUNCH;
     let fault = match (outage, target.redis.take()) {
-        (true, Some(redis)) => Some(outage::inject(redis, args.period * measured as u32)),
+        (true, Some(redis)) => Some(outage::inject(redis, epoch, args.period * measured as u32)),
         (true, None) => bail!("--scenario outage needs the redis-server this runner starts"),
         (false, redis) => {
             target.redis = redis;
@@ -239,15 +283,33 @@ async fn run_one(
         }
     };
     let (samples, metrics, elapsed) = phase(
-        args, workload, scenario, &target, MEASURED, measured, &reports,
+        args,
+        workload,
+        scenario,
+        &target,
+        (MEASURED, epoch),
+        measured,
+        &reports,
     )
     .await?;
-    let mut events = Vec::new();
+    let mut marks = Vec::new();
     if let Some(fault) = fault {
         let (redis, happened) = fault.await??;
         target.redis = Some(redis);
-        events = happened;
+        marks = happened;
     }
+    let from_epoch = |at: Instant| at.saturating_duration_since(epoch).as_secs_f64();
+    let events = marks
+        .iter()
+        .map(|m| {
+            format!(
+                "{} at {:.2}s (began at {:.2}s; from when the first load was due)",
+                m.label,
+                from_epoch(m.at),
+                from_epoch(m.began)
+            )
+        })
+        .collect();
     println!(
         "  measured: {measured} loads per user in {:.1}s",
         elapsed.as_secs_f64()
@@ -275,18 +337,21 @@ async fn run_one(
         elapsed,
         reports,
         events,
+        epoch,
+        marks,
     };
     target.stop().await;
     Ok(output)
 }
 
-/// One goose attack: `users` users, `iterations` loads each, on the schedule.
+/// One goose attack: `users` users, `iterations` loads each, on the schedule; `salt`
+/// picks the phase's random numbers, `epoch` is when its first load is due.
 async fn phase(
     args: &Args,
     workload: &Arc<Workload>,
     scenario: ScenarioFactory,
     target: &Target,
-    salt: u64,
+    (salt, epoch): (u64, Instant),
     iterations: usize,
     reports: &[String],
 ) -> anyhow::Result<(
@@ -297,7 +362,7 @@ async fn phase(
     let phase = Arc::new(Phase {
         workload: Arc::clone(workload),
         recorder: Recorder::default(),
-        epoch: Instant::now() + LAUNCH,
+        epoch,
         salt,
         cache_name: args.cache_name.clone(),
         check_user_ids: args.host.is_none(),

@@ -1,7 +1,8 @@
 //! A short run of the real runner (the binary, as `cargo run -p loadtests` runs it): four
 //! users for a few seconds against the in-process dashboard with a 20 ms database. It
 //! checks that both runs happened, that goose's reports, `summary.json` and the chart were
-//! written, and that hits were counted from `Cache-Status`.
+//! written, and that hits were counted from `Cache-Status`; then the other scenarios, each
+//! for a few seconds.
 
 use std::{path::Path, process::Command};
 
@@ -175,4 +176,58 @@ fn an_outage_of_redis_fails_no_request() {
     );
     assert_eq!(cached["errors"], 0);
     assert!(cached["reads"]["bypasses"].as_u64().unwrap() > 0);
+    // The reads second by second, around the two events, and the chart of them.
+    let timeline = &summary["timeline"];
+    let seconds = timeline["seconds"].as_array().unwrap();
+    assert!(seconds.len() >= 3, "{timeline}");
+    let sum = |field: &str| -> u64 { seconds.iter().map(|s| s[field].as_u64().unwrap()).sum() };
+    assert_eq!(
+        sum("reads"),
+        cached["reads"]["latency"]["count"].as_u64().unwrap()
+    );
+    assert_eq!(
+        sum("bypasses"),
+        cached["reads"]["bypasses"].as_u64().unwrap()
+    );
+    assert_eq!(timeline["marks"].as_array().unwrap().len(), 2);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("<- redis stopped at"), "{stdout}");
+    assert!(stdout.contains("hits resumed"), "{stdout}");
+    let svg = std::fs::read_to_string(dir.path().join("timeline.svg")).unwrap();
+    assert!(svg.contains("redis running again"));
+}
+
+#[test]
+fn consistency_finds_no_stale_read_across_two_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, summary) = run(
+        &[
+            "--scenario=consistency",
+            "--store=redis",
+            "--users=3",
+            "--run-time=2s",
+            "--db-latency-ms=10",
+        ],
+        dir.path(),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(summary["passed"], true);
+    // Two instances: A and B are different servers.
+    assert_ne!(summary["setup"]["a"], summary["setup"]["b"]);
+    let figures = &summary["figures"];
+    let writes = figures["writes"].as_u64().unwrap();
+    assert!(writes >= 3 * 5, "{figures}");
+    assert_eq!(figures["checked_reads"], writes * 2, "{figures}");
+    assert!(
+        figures["checked_read_hits"].as_u64().unwrap() > 0,
+        "{figures}"
+    );
+    assert_eq!(figures["stale_reads"], 0);
+    assert!(figures["observed_writes"].as_u64().unwrap() >= 3);
+    assert!(stdout.contains("STALE reads (must be 0)"), "{stdout}");
 }

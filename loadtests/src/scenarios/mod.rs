@@ -8,6 +8,7 @@
 //! so coordinated omission is accounted for: a load that starts late because the previous
 //! one was slow carries that wait in its latency.
 
+pub(crate) mod consistency;
 pub(crate) mod dashboard;
 pub(crate) mod outage;
 pub(crate) mod pagination;
@@ -162,6 +163,7 @@ pub(crate) struct Reply {
     request: goose::metrics::GooseRequestMetric,
     name: &'static str,
     kind: Kind,
+    sent: Instant,
     latency: Duration,
     first_byte: Duration,
     /// What the cache said.
@@ -247,6 +249,7 @@ pub(crate) async fn send(
         request,
         name,
         kind,
+        sent: started,
         latency: started.elapsed(),
         first_byte,
         cache,
@@ -271,6 +274,7 @@ pub(crate) fn record(user: &mut GooseUser, mut reply: Reply, check: Option<Strin
         name: reply.name,
         kind: reply.kind,
         iteration: st.iteration,
+        sent: reply.sent,
         latency: reply.latency,
         first_byte: reply.first_byte,
         cache: reply.cache,
@@ -293,6 +297,7 @@ pub(crate) fn record_load(
         name,
         kind: Kind::Load,
         iteration: st.iteration,
+        sent: started,
         latency: end.saturating_duration_since(st.due),
         first_byte: started.saturating_duration_since(st.due),
         cache: CacheOutcome::None,

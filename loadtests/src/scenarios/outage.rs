@@ -2,41 +2,57 @@
 //! stops the Redis behind the cache a third of the way into the run and starts it again at
 //! two thirds. The cache must never turn its own failure into a failed response: requests
 //! bypass it while Redis is away (counted from `Cache-Status: ...; fwd=bypass`), and any
-//! failed response is an error of the run.
+//! failed response is an error of the run. The run's reads are also counted per second
+//! (hit, bypass, other miss) around the two events, to show when the cache came back.
 
 use std::time::{Duration, Instant};
 
 use larder_testkit::RedisServer;
 
-/// Stops `redis` after a third of `run_time` and starts it again after two thirds, on a
-/// task; its result is the server back and what happened when.
+use crate::timeline::Mark;
+
+/// The label of the event "the redis-server was killed".
+pub(crate) const STOPPED: &str = "redis stopped";
+/// The label of the event "the redis-server answers `PING` again".
+pub(crate) const RUNNING: &str = "redis running again";
+
+/// Stops `redis` a third of `run_time` after `epoch` (when the run's first load is due) and
+/// starts it again two thirds after, on a task; its result is the server back and the two
+/// events, timed on the same clock as the run's requests.
 pub(crate) fn inject(
     mut redis: RedisServer,
+    epoch: Instant,
     run_time: Duration,
-) -> tokio::task::JoinHandle<anyhow::Result<(RedisServer, Vec<String>)>> {
+) -> tokio::task::JoinHandle<anyhow::Result<(RedisServer, Vec<Mark>)>> {
     tokio::spawn(async move {
-        let start = Instant::now();
-        let mut events = Vec::new();
-        tokio::time::sleep(run_time / 3).await;
-        redis = tokio::task::spawn_blocking(move || {
+        let mut marks = Vec::new();
+        tokio::time::sleep_until((epoch + run_time / 3).into()).await;
+        let (server, began, at) = tokio::task::spawn_blocking(move || {
+            let began = Instant::now();
             redis.stop();
-            redis
+            (redis, began, Instant::now())
         })
         .await?;
-        events.push(format!(
-            "redis stopped at {:.1}s",
-            start.elapsed().as_secs_f64()
-        ));
-        tokio::time::sleep(run_time / 3).await;
-        redis = tokio::task::spawn_blocking(move || {
+        redis = server;
+        marks.push(Mark {
+            label: STOPPED,
+            began,
+            at,
+        });
+        tokio::time::sleep_until((epoch + run_time * 2 / 3).into()).await;
+        let (server, began, at) = tokio::task::spawn_blocking(move || {
+            let began = Instant::now();
+            // Returns once the new server answers PING.
             redis.restart();
-            redis
+            (redis, began, Instant::now())
         })
         .await?;
-        events.push(format!(
-            "redis running again at {:.1}s",
-            start.elapsed().as_secs_f64()
-        ));
-        Ok((redis, events))
+        redis = server;
+        marks.push(Mark {
+            label: RUNNING,
+            began,
+            at,
+        });
+        Ok((redis, marks))
     })
 }
