@@ -39,6 +39,8 @@ const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct CacheHandle {
     pub(crate) shared: Arc<CacheState>,
+    /// The consistency token this handle's typed reads honour (see [`CacheHandle::reading_after`]).
+    pub(crate) after: Option<u64>,
 }
 
 /// What every layer and typed call of one cache shares.
@@ -176,6 +178,31 @@ impl CacheHandle {
             }
         }
         result
+    }
+
+    /// The same cache, for the typed reads of a request that carries a consistency token
+    /// (see [`consistency_token`](crate::consistency_token)): they are answered only from
+    /// where the invalidation the client saw is known, so a client reads its own write on
+    /// every instance of a tiered store. `None` gives the plain handle.
+    ///
+    /// ```
+    /// # async fn demo(cache: larder::CacheHandle, headers: http::HeaderMap) {
+    /// let cache = cache.reading_after(larder::consistency_token(&headers));
+    /// let profile: Option<String> = cache.get("profile:7").await;
+    /// # let _ = profile; }
+    /// ```
+    pub fn reading_after(&self, token: Option<u64>) -> CacheHandle {
+        CacheHandle {
+            shared: Arc::clone(&self.shared),
+            after: token,
+        }
+    }
+
+    /// The token to hand a client after an invalidation made from code, so that it reads
+    /// what it wrote on every instance (send it in the [`CONSISTENCY_HEADER`](crate::CONSISTENCY_HEADER)
+    /// response header, as declarative writes do). `None` for stores that need none.
+    pub fn consistency_token(&self) -> Option<u64> {
+        self.shared.store.consistency_token()
     }
 
     /// The key of a typed value stored with [`get_or_insert_with`](Self::get_or_insert_with).
@@ -321,6 +348,7 @@ impl CacheHandleBuilder {
             journal,
         );
         Ok(CacheHandle {
+            after: None,
             shared: Arc::new(CacheState {
                 store: self.store,
                 namespace: self.namespace,

@@ -143,7 +143,10 @@ pub use body_key::{BodyKey, BodyKeyLayer, KeyedBody, RequestBodyDigest};
 pub use entry::Entry;
 pub use handle::{CacheHandle, CacheHandleBuilder};
 pub use middleware::{
-    body::CacheBody, consistency::CONSISTENCY_HEADER, future::ResponseFuture, layer::CacheLayer,
+    body::CacheBody,
+    consistency::{CONSISTENCY_HEADER, token as consistency_token},
+    future::ResponseFuture,
+    layer::CacheLayer,
     service::Cache,
 };
 pub use rules::{

@@ -53,7 +53,7 @@ impl CacheHandle {
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
         let key = self.key(key);
         let stats = &self.shared.typed;
-        let fut = self.shared.store.get(&key);
+        let fut = self.store_get(&key);
         let entry = self
             .shared
             .breaker
@@ -87,7 +87,7 @@ impl CacheHandle {
     async fn read_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Vec<Option<T>> {
         let cache_keys: Vec<CacheKey> = keys.iter().map(|k| self.key(k)).collect();
         let stats = &self.shared.typed;
-        let fut = self.shared.store.get_many(&cache_keys);
+        let fut = self.store_get_many(&cache_keys);
         match self.shared.breaker.call(stats, Op::GetMany, fut).await {
             Ok(reads) if reads.len() == keys.len() => reads
                 .into_iter()
@@ -280,7 +280,7 @@ impl CacheHandle {
         keys: &[&str],
         found: &mut [Option<T>],
     ) -> (Vec<usize>, Vec<Option<Lead>>) {
-        let since = self.shared.store.stamp();
+        let since = self.since();
         let (mut missing, mut leads) = (Vec::new(), Vec::new());
         for (i, slot) in found.iter_mut().enumerate() {
             if slot.is_some() {
@@ -311,7 +311,7 @@ impl CacheHandle {
     async fn take_turn<T: DeserializeOwned>(&self, key: &CacheKey) -> Result<T, Option<Lead>> {
         let stats = &self.shared.typed;
         let ticket = Ticket {
-            since: self.shared.store.stamp(),
+            since: self.since(),
             wait: self.shared.collapse_timeout,
             recheck: Recheck::Never,
         };
@@ -342,13 +342,33 @@ impl CacheHandle {
         }
     }
 
+    /// A store read of `key`, from where this handle's consistency token is known.
+    fn store_get(&self, key: &CacheKey) -> crate::StoreFuture<crate::store::Read> {
+        match self.after {
+            Some(after) => self.shared.store.get_after(key, after),
+            None => self.shared.store.get(key),
+        }
+    }
+
+    fn store_get_many(&self, keys: &[CacheKey]) -> crate::StoreFuture<Vec<crate::store::Read>> {
+        match self.after {
+            Some(after) => self.shared.store.get_many_after(keys, after),
+            None => self.shared.store.get_many(keys),
+        }
+    }
+
+    /// What an entry shared from another call must have been born at or after.
+    fn since(&self) -> u64 {
+        self.shared.store.stamp().max(self.after.unwrap_or(0))
+    }
+
     fn is_fresh(&self, entry: &Entry) -> bool {
         matches!(entry.freshness(self.now_ms()), Freshness::Fresh { .. })
     }
 
     /// Reads `key` from the store through the breaker.
     async fn read_entry(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        let fut = self.shared.store.get(key);
+        let fut = self.store_get(key);
         let stats = &self.shared.typed;
         self.shared
             .breaker

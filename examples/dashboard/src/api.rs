@@ -245,13 +245,17 @@ pub async fn post_message(
 pub async fn dashboard(
     State(app): State<Dashboard>,
     Extension(user): Extension<UserId>,
+    headers: http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = user.0;
     let Some(cache) = &app.cache else {
         let parts = load_parts(&app, id, (0..PARTS).collect()).await?;
         return Ok(Json(compose(parts)).into_response());
     };
-    let (values, missed) = read_dashboard(&app, cache, id).await?;
+    // A client that carries its last write's consistency token reads that write here on
+    // every instance (the tiered store's L1 answers it only once it knows the invalidation).
+    let cache = cache.reading_after(larder::consistency_token(&headers));
+    let (values, missed) = read_dashboard(&app, &cache, id).await?;
     let mut response = Json(compose(values)).into_response();
     let (status, x_cache) = if missed == 0 {
         ("larder; hit".to_owned(), "HIT")

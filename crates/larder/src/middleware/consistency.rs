@@ -12,10 +12,12 @@ use http::{HeaderMap, HeaderName};
 /// The header of the consistency token, in a write's response and in later requests.
 pub const CONSISTENCY_HEADER: HeaderName = HeaderName::from_static("larder-consistency");
 
-/// The request's token, if it carries a well-formed one (anything else is ignored: a token
-/// can only make a read go further than needed, never less far).
+/// The consistency token a request carries in its `larder-consistency` header, if it is a
+/// well-formed one (anything else is ignored: a token can only make a read go further than
+/// needed, never less far). For a handler's typed reads: see
+/// [`CacheHandle::reading_after`](crate::CacheHandle::reading_after).
 #[inline]
-pub(crate) fn token(headers: &HeaderMap) -> Option<u64> {
+pub fn token(headers: &HeaderMap) -> Option<u64> {
     let value = headers.get(&CONSISTENCY_HEADER)?;
     std::str::from_utf8(value.as_bytes())
         .ok()?

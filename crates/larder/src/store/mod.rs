@@ -69,6 +69,13 @@ pub trait Entries: Send + Sync + 'static {
     /// in order.
     fn get_many(&self, keys: &[CacheKey]) -> StoreFuture<Vec<Read>>;
 
+    /// Reads many entries for a client that has seen the invalidation stamped `after` (see
+    /// [`get_after`](Self::get_after)); the default is [`get_many`](Self::get_many).
+    fn get_many_after(&self, keys: &[CacheKey], after: u64) -> StoreFuture<Vec<Read>> {
+        let _ = after;
+        self.get_many(keys)
+    }
+
     /// Stores an entry. A store may drop it instead when its marks already hide it.
     fn put(&self, key: CacheKey, entry: Arc<Entry>) -> StoreFuture<()>;
 

@@ -379,6 +379,24 @@ impl Entries for TieredStore {
         })
     }
 
+    fn get_many_after(&self, keys: &[CacheKey], after: u64) -> StoreFuture<Vec<Read>> {
+        if self.applied_stamp() >= after {
+            return self.get_many(keys);
+        }
+        let this = self.clone();
+        let wanted = keys.to_vec();
+        let l2 = self.shared.l2.get_many(keys);
+        StoreFuture::pending(async move {
+            let reads = l2.await?;
+            for (key, read) in wanted.iter().zip(&reads) {
+                if let Some(e) = read.visible_entry() {
+                    this.l1_fill(key, e);
+                }
+            }
+            Ok(reads)
+        })
+    }
+
     fn put(&self, key: CacheKey, entry: Arc<Entry>) -> StoreFuture<()> {
         self.l1_fill(&key, &entry);
         self.shared.l2.put(key, entry)
