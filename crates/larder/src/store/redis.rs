@@ -390,13 +390,16 @@ impl RedisStore {
             .map_err(backend)?;
         // This instance's next requests start after it: they must see it.
         s.observed.fetch_max(stamp, Ordering::AcqRel);
+        // All at once: the multiplexed connection pipelines them (one round trip per node,
+        // not one per tag).
         let ttl = s.max_ttl + TAG_MARGIN;
-        for tag in &message.tags {
-            s.conn
-                .raise(&s.raise, &self.tag_key(tag), stamp, ttl)
-                .await
-                .map_err(backend)?;
-        }
+        let raises = message.tags.iter().map(|tag| {
+            let key = self.tag_key(tag);
+            async move { s.conn.raise(&s.raise, &key, stamp, ttl).await }
+        });
+        futures_util::future::try_join_all(raises)
+            .await
+            .map_err(backend)?;
         Ok(stamp)
     }
 
