@@ -119,6 +119,8 @@ struct Run {
     hits: u64,
     /// CPU time of this process and `redis-server` per request, in microseconds.
     cpu_us: f64,
+    /// The part of `cpu_us` spent in `redis-server`.
+    redis_cpu_us: f64,
 }
 
 /// How long and how often to run, from the arguments and the environment.
@@ -248,13 +250,15 @@ fn main() {
             };
             let before = handle.map(|h| h.stats().total);
             let aside_before = aside_hits.load(Ordering::Relaxed);
-            let cpu_before = cpu_ticks(None) + redis_pid.map_or(0, |p| cpu_ticks(Some(p)));
+            let redis_ticks = || redis_pid.map_or(0, |p| cpu_ticks(Some(p)));
+            let (own_before, redis_before) = (cpu_ticks(None), redis_ticks());
             let out = wrk(addr, route, plan.secs);
-            let cpu_after = cpu_ticks(None) + redis_pid.map_or(0, |p| cpu_ticks(Some(p)));
+            let (own_after, redis_after) = (cpu_ticks(None), redis_ticks());
             let mut run = parse(&out, route, round);
-            run.cpu_us = (cpu_after - cpu_before) as f64 * 1e6
-                / ticks_per_second()
-                / run.requests.max(1) as f64;
+            let per_request =
+                |ticks: u64| ticks as f64 * 1e6 / ticks_per_second() / run.requests.max(1) as f64;
+            run.redis_cpu_us = per_request(redis_after - redis_before);
+            run.cpu_us = per_request(own_after - own_before) + run.redis_cpu_us;
             if let (Some(h), Some(before)) = (handle, before) {
                 let after = h.stats().total;
                 run.hits = after.hits - before.hits;
@@ -534,6 +538,7 @@ fn parse(out: &str, route: Route, round: usize) -> Run {
         errors: socket + non_2xx,
         hits: 0,
         cpu_us: 0.0,
+        redis_cpu_us: 0.0,
     }
 }
 
@@ -584,8 +589,18 @@ fn median(mut values: Vec<f64>) -> f64 {
 fn report(runs: &[Run], routes: &[Route], smoke: bool) {
     println!();
     println!(
-        "{:<6} {:<7} {:<12} {:>10} {:>10} {:>10} {:>9} {:>7} {:>9} {:>8}",
-        "round", "route", "path", "rps", "p50", "p99", "requests", "errors", "hits", "cpu/req"
+        "{:<6} {:<7} {:<12} {:>10} {:>10} {:>10} {:>9} {:>7} {:>9} {:>8} {:>8}",
+        "round",
+        "route",
+        "path",
+        "rps",
+        "p50",
+        "p99",
+        "requests",
+        "errors",
+        "hits",
+        "cpu/req",
+        "(redis)"
     );
     for run in runs {
         let hits = match run.route {
@@ -593,7 +608,7 @@ fn report(runs: &[Run], routes: &[Route], smoke: bool) {
             _ => run.hits.to_string(),
         };
         println!(
-            "{:<6} {:<7} {:<12} {:>10.0} {:>10} {:>10} {:>9} {:>7} {:>9} {:>6.1}us",
+            "{:<6} {:<7} {:<12} {:>10.0} {:>10} {:>10} {:>9} {:>7} {:>9} {:>6.1}us {:>6.1}us",
             run.round,
             run.route.name(),
             run.route.path(),
@@ -603,7 +618,8 @@ fn report(runs: &[Run], routes: &[Route], smoke: bool) {
             run.requests,
             run.errors,
             hits,
-            run.cpu_us
+            run.cpu_us,
+            run.redis_cpu_us
         );
     }
 
@@ -616,14 +632,15 @@ fn report(runs: &[Run], routes: &[Route], smoke: bool) {
         let p50 = of(route, |r| r.p50_us);
         let p99 = of(route, |r| r.p99_us);
         println!(
-            "{:<6} {:<7} {:<12} {:>10.0} {:>10} {:>10} {:>32.1}us",
+            "{:<6} {:<7} {:<12} {:>10.0} {:>10} {:>10} {:>32.1}us {:>6.1}us",
             "median",
             route.name(),
             route.path(),
             median(rps.clone()),
             latency(median(p50.clone())),
             latency(median(p99.clone())),
-            median(of(route, |r| r.cpu_us))
+            median(of(route, |r| r.cpu_us)),
+            median(of(route, |r| r.redis_cpu_us))
         );
         println!(
             "{:<6} {:<7} {:<12} {:>10.0} {:>10} {:>10}",

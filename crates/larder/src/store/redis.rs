@@ -129,6 +129,7 @@ struct RedisState {
     /// The newest clock value any lookup saw: the birth stamp of the next origin call.
     observed: AtomicU64,
     max_ttl: Duration,
+    compress_over: usize,
     raise: Script,
     ensure: Script,
     tick: Script,
@@ -197,6 +198,7 @@ pub struct RedisStoreBuilder {
     response_timeout: Duration,
     connection_timeout: Duration,
     max_ttl: Duration,
+    compress_over: usize,
     /// PEM root certificates that replace the public roots for `rediss://`.
     #[cfg(feature = "redis-tls")]
     root_certificates: Option<Vec<u8>>,
@@ -235,6 +237,7 @@ impl RedisStore {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
             max_ttl: DEFAULT_MAX_TTL,
+            compress_over: codec::COMPRESS_OVER,
             #[cfg(feature = "redis-tls")]
             root_certificates: None,
         }
@@ -606,6 +609,14 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Compresses (LZ4) the entries whose encoded size is over `bytes` (default
+    /// [`codec::COMPRESS_OVER`], 16 KiB; `usize::MAX` never compresses). Lower it to save
+    /// Redis memory and network bytes at the cost of CPU on every hit of a large entry.
+    pub fn compress_over(mut self, bytes: usize) -> Self {
+        self.compress_over = bytes;
+        self
+    }
+
     /// Trusts the CA certificate(s) in `pem` (PEM, one or more certificates) for `rediss://`
     /// connections, **instead of** the public roots (webpki roots) used without it: for a
     /// Redis whose certificate comes from a private CA. It applies to the store's connection,
@@ -716,6 +727,7 @@ impl RedisStoreBuilder {
                 prefix,
                 observed: AtomicU64::new(0),
                 max_ttl: self.max_ttl,
+                compress_over: self.compress_over,
                 raise: Script::new(RAISE),
                 ensure: Script::new(ENSURE),
                 tick: Script::new(TICK),
@@ -838,7 +850,7 @@ impl Entries for RedisStore {
         let this = self.clone();
         StoreFuture::pending(async move {
             this.ensure_tag_records(&entry.tags).await?;
-            let value = codec::encode(&key, &entry);
+            let value = codec::encode_with(&key, &entry, this.shared.compress_over);
             let mut cmd = redis::cmd("SET");
             cmd.arg(this.entry_key(&key))
                 .arg(value.as_ref())
