@@ -8,7 +8,7 @@
 //! A value read back from a shared store is untrusted: another application, an older Larder,
 //! a truncated write or plain garbage may sit under the key. The envelope starts with a magic
 //! number, the format version and the digest of the key it was written for; every length is
-//! bounded and checked; the payload is compressed with LZ4 when it is over 1 KiB. Anything that
+//! bounded and checked; the payload is compressed with LZ4 when it is over 16 KiB. Anything that
 //! does not decode exactly is an error the store turns into a miss, never a panic and never
 //! another key's response.
 //!
