@@ -131,17 +131,47 @@ impl CacheHandle {
         self.invalidate(&self.shared.typed, tags).await
     }
 
-    /// Invalidates `tags`; if the store cannot take it now, the invalidation is kept and the
-    /// store is not read until it has been applied.
-    pub(crate) async fn invalidate(
+    /// Runs an invalidation (or a purge) to its end even if the caller's future is dropped
+    /// (a client that gave up on its write): a network store's call runs as its own task,
+    /// and a failure is deferred there. An in-process store's answer is at hand at once.
+    async fn apply(
         &self,
-        stats: &RouteStats,
-        tags: Vec<String>,
+        stats: &Arc<RouteStats>,
+        op: Op,
+        mut fut: crate::StoreFuture<()>,
+        deferred: Option<Vec<String>>,
     ) -> Result<(), StoreError> {
-        let fut = self.shared.store.invalidate_tags(tags.clone());
-        let result = self.shared.breaker.call(stats, Op::Invalidate, fut).await;
+        let settle = move |handle: &CacheHandle, result: &Result<(), StoreError>| {
+            if result.is_err() {
+                handle.shared.breaker.defer(match &deferred {
+                    Some(tags) => Deferred::Tags(tags),
+                    None => Deferred::Purge,
+                });
+            }
+        };
+        let result = match fut.try_ready() {
+            Some(ready) => {
+                let ready = crate::StoreFuture::ready(ready);
+                let result = self.shared.breaker.call(stats, op, ready).await;
+                settle(self, &result);
+                result
+            }
+            None => {
+                let (handle, stats) = (self.clone(), Arc::clone(stats));
+                let task = tokio::spawn(async move {
+                    let result = handle.shared.breaker.call(&stats, op, fut).await;
+                    settle(&handle, &result);
+                    result
+                });
+                task.await.unwrap_or_else(|e| {
+                    Err(StoreError::new(
+                        crate::StoreErrorKind::Backend,
+                        format!("the invalidation task failed: {e}"),
+                    ))
+                })
+            }
+        };
         if result.is_err() {
-            self.shared.breaker.defer(Deferred::Tags(&tags));
             // Other instances' local copies (a tiered store's L1) stop trusting themselves
             // within this long of losing the store: only then may the write be answered.
             let lease = self.shared.store.l1_lease();
@@ -150,6 +180,17 @@ impl CacheHandle {
             }
         }
         result
+    }
+
+    /// Invalidates `tags`; if the store cannot take it now, the invalidation is kept and the
+    /// store is not read until it has been applied.
+    pub(crate) async fn invalidate(
+        &self,
+        stats: &Arc<RouteStats>,
+        tags: Vec<String>,
+    ) -> Result<(), StoreError> {
+        let fut = self.shared.store.invalidate_tags(tags.clone());
+        self.apply(stats, Op::Invalidate, fut, Some(tags)).await
     }
 
     /// Removes one entry.
@@ -165,19 +206,7 @@ impl CacheHandle {
     /// the store is not read until it has been applied.
     pub async fn purge(&self) -> Result<(), StoreError> {
         let fut = self.shared.store.purge();
-        let result = self
-            .shared
-            .breaker
-            .call(&self.shared.typed, Op::Purge, fut)
-            .await;
-        if result.is_err() {
-            self.shared.breaker.defer(Deferred::Purge);
-            let lease = self.shared.store.l1_lease();
-            if !lease.is_zero() {
-                tokio::time::sleep(lease).await;
-            }
-        }
-        result
+        self.apply(&self.shared.typed, Op::Purge, fut, None).await
     }
 
     /// The same cache, for the typed reads of a request that carries a consistency token

@@ -187,8 +187,19 @@ async fn set_raw(redis: &RedisServer, key: &str, value: &[u8]) {
 
 #[tokio::test]
 async fn an_acl_user_without_dangerous_commands_runs_the_store() {
+    // With and without pub/sub channels (`&*`; Redis 7 grants none by default): a plain
+    // Redis store publishes nothing, so it needs none.
+    for rules in [
+        "~* &* +@all -@dangerous",
+        "~* resetchannels +@all -@dangerous",
+    ] {
+        acl_user_runs_the_store(rules).await;
+    }
+}
+
+async fn acl_user_runs_the_store(rules: &str) {
     let redis = RedisServer::builder()
-        .acl_user("larder", "s3cret", "~* &* +@all -@dangerous")
+        .acl_user("larder", "s3cret", rules)
         .start();
     let denied = redis.cli_as("larder", "s3cret", &["KEYS", "*"]);
     assert!(
@@ -777,5 +788,40 @@ async fn the_store_reports_an_unsupported_eviction_policy() {
             .await
             .unwrap()
             .supported()
+    );
+}
+
+/// A caller that gives up while its invalidation is on its way (a client that closed the
+/// connection of its write) does not cancel it: the invalidation runs to its end as its own
+/// task. Before, dropping the future dropped the invalidation, and the entry stayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_whose_caller_gives_up_still_lands() {
+    let redis = RedisServer::start();
+    let proxy = larder_testkit::Proxy::start(redis.addr()).await;
+    let reader = handle(store(&redis.url()).await);
+    let writer = handle(store(&redis.url_via(proxy.addr())).await);
+    let opts = EntryOptions::new(Duration::from_secs(60)).tag("profile");
+    reader
+        .insert("me", &1u32, &opts, reader.read_stamp())
+        .await
+        .unwrap();
+    assert_eq!(reader.get::<u32>("me").await, Some(1));
+    proxy.set_latency(Duration::from_millis(30));
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(10),
+        writer.invalidate_tags(["profile"]),
+    )
+    .await;
+    assert!(
+        gave_up.is_err(),
+        "the caller gave up before the invalidation landed"
+    );
+    let landed = support::metrics_app::eventually(|| async {
+        reader.get::<u32>("me").await.is_none().then_some(())
+    })
+    .await;
+    assert!(
+        landed.is_some(),
+        "the invalidation was dropped with its caller"
     );
 }

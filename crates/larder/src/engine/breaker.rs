@@ -304,10 +304,14 @@ async fn probe(inner: Weak<BreakerState>) {
         // An invalidation deferred while the purge ran may postdate it: purge again.
         let current = || s.deferrals.load(Ordering::Acquire) == deferrals;
         let cleared = match &s.journal {
-            Some(journal) => journal.clear_if(current).unwrap_or_else(|e| {
-                tracing::error!(journal = %journal.path().display(), error = %e, "could not clear the journal");
-                false
-            }),
+            Some(journal) => match journal.clear_if(current) {
+                Ok(cleared) => cleared,
+                Err(e) => {
+                    // Not a race: try again after the usual wait, not at once.
+                    tracing::error!(journal = %journal.path().display(), error = %e, "could not clear the journal");
+                    continue;
+                }
+            },
             None => current(),
         };
         if !cleared {

@@ -128,6 +128,8 @@ struct RedisState {
     clock_key: String,
     /// The newest clock value any lookup saw: the birth stamp of the next origin call.
     observed: AtomicU64,
+    /// Whether invalidations are published on the backplane (a tiered store listens).
+    publishes: std::sync::atomic::AtomicBool,
     max_ttl: Duration,
     compress_over: usize,
     raise: Script,
@@ -388,7 +390,7 @@ impl RedisStore {
         let message = BusMessage::tags(tags);
         let stamp = s
             .conn
-            .tick(&s.tick, &s.clock_key, &s.bus, &message)
+            .tick(&s.tick, &s.clock_key, self.bus(), &message)
             .await
             .map_err(backend)?;
         // This instance's next requests start after it: they must see it.
@@ -412,7 +414,7 @@ impl RedisStore {
         let message = BusMessage::purge();
         let stamp = s
             .conn
-            .tick(&s.tick, &s.clock_key, &s.bus, &message)
+            .tick(&s.tick, &s.clock_key, self.bus(), &message)
             .await
             .map_err(backend)?;
         s.observed.fetch_max(stamp, Ordering::AcqRel);
@@ -501,7 +503,18 @@ impl RedisStore {
 
     /// The client and channel of the invalidation backplane.
     pub(crate) fn backplane(&self) -> (Client, String) {
+        self.shared.publishes.store(true, Ordering::Release);
         (self.shared.pubsub.clone(), self.shared.bus.clone())
+    }
+
+    /// The channel the clock's tick publishes on: none unless a tiered store listens (so a
+    /// plain Redis store needs no pub/sub permission in the user's ACL).
+    fn bus(&self) -> &str {
+        if self.shared.publishes.load(Ordering::Acquire) {
+            &self.shared.bus
+        } else {
+            ""
+        }
     }
 }
 
@@ -726,6 +739,7 @@ impl RedisStoreBuilder {
                 clock_key: format!("{prefix}clock"),
                 prefix,
                 observed: AtomicU64::new(0),
+                publishes: std::sync::atomic::AtomicBool::new(false),
                 max_ttl: self.max_ttl,
                 compress_over: self.compress_over,
                 raise: Script::new(RAISE),
