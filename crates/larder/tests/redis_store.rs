@@ -825,3 +825,95 @@ async fn an_invalidation_whose_caller_gives_up_still_lands() {
         "the invalidation was dropped with its caller"
     );
 }
+
+/// With Redis tracking the purge floor and the clock for it (RESP3 `CLIENT TRACKING BCAST`), a
+/// hit is one `GET`; and another instance's invalidation is still seen by the very next read,
+/// because Redis pushes it on this connection before the answer of any later command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_is_one_get_and_another_instances_invalidation_is_seen_by_the_next_read() {
+    let redis = RedisServer::start();
+    let a = handle(store(&redis.url()).await);
+    let store_b = store(&redis.url()).await;
+    let b = handle(store_b.clone());
+    let opts = EntryOptions::new(Duration::from_secs(60)).tag("p");
+    a.insert("k", &0u32, &opts, a.read_stamp()).await.unwrap();
+    // The first reads turn tracking on (in the background), the next learns the two keys.
+    let on = support::metrics_app::eventually(|| async {
+        assert_eq!(b.get::<u32>("k").await, Some(0));
+        store_b.tracks_floor_and_clock().then_some(())
+    })
+    .await;
+    assert!(on.is_some(), "tracking was turned on");
+    assert_eq!(b.get::<u32>("k").await, Some(0));
+    let (gets, mgets) = (redis.command_calls("get"), redis.command_calls("mget"));
+    for _ in 0..50 {
+        assert_eq!(b.get::<u32>("k").await, Some(0));
+    }
+    let (gets, mgets) = (
+        redis.command_calls("get") - gets,
+        redis.command_calls("mget") - mgets,
+    );
+    eprintln!("50 hits: {gets} GET, {mgets} MGET");
+    assert_eq!((gets, mgets), (50, 0), "one GET per hit, nothing else");
+
+    for round in 1..=30u32 {
+        a.insert("k", &round, &opts, a.read_stamp()).await.unwrap();
+        assert_eq!(b.get::<u32>("k").await, Some(round), "round {round}");
+        assert_eq!(
+            b.get::<u32>("k").await,
+            Some(round),
+            "round {round}, tracked"
+        );
+        a.invalidate_tags(["p"]).await.unwrap();
+        assert_eq!(
+            b.get::<u32>("k").await,
+            None,
+            "round {round}: B served what A's invalidation hid"
+        );
+    }
+}
+
+/// A reconnection ends tracking (and the pushes with it): the store reads the floor and the
+/// clock again, turns tracking on again, and an invalidation made meanwhile is seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_survives_a_dropped_connection() {
+    let redis = RedisServer::start();
+    let proxy = larder_testkit::Proxy::start(redis.addr()).await;
+    let a = handle(store(&redis.url()).await);
+    let store_b = store(&redis.url_via(proxy.addr())).await;
+    let b = handle(store_b.clone());
+    let opts = EntryOptions::new(Duration::from_secs(60)).tag("p");
+    a.insert("k", &1u32, &opts, a.read_stamp()).await.unwrap();
+    let on = support::metrics_app::eventually(|| async {
+        assert_eq!(b.get::<u32>("k").await, Some(1));
+        store_b.tracks_floor_and_clock().then_some(())
+    })
+    .await;
+    assert!(on.is_some(), "tracking was turned on");
+    assert_eq!(b.get::<u32>("k").await, Some(1));
+    proxy.drop_connections();
+    a.invalidate_tags(["p"]).await.unwrap();
+    // Until B's connection is back its reads fail (misses); none may show the entry.
+    let seen = support::metrics_app::eventually(|| async {
+        let got = b.get::<u32>("k").await;
+        assert_eq!(got, None, "B served what A's invalidation hid");
+        b.is_store_available().then_some(())
+    })
+    .await;
+    assert!(seen.is_some());
+    a.insert("k", &2u32, &opts, a.read_stamp()).await.unwrap();
+    let again = support::metrics_app::eventually(|| async {
+        assert_eq!(b.get::<u32>("k").await, Some(2));
+        store_b.tracks_floor_and_clock().then_some(())
+    })
+    .await;
+    assert!(again.is_some(), "tracking was turned on again");
+    assert_eq!(b.get::<u32>("k").await, Some(2));
+    assert_eq!(b.get::<u32>("k").await, Some(2));
+    a.invalidate_tags(["p"]).await.unwrap();
+    assert_eq!(
+        b.get::<u32>("k").await,
+        None,
+        "tracked again after the reconnection"
+    );
+}

@@ -7,8 +7,9 @@
 //! Invalidation uses a logical clock kept in Redis, `{ns}:clock`: each invalidation takes its
 //! next value, and each invalidated tag records it (`{ns}:t:{hash of the tag}`, raised with a
 //! one-key script so it never goes backwards, expiring after the longest entry lifetime);
-//! a purge records it in `{ns}:floor`. Every lookup reads the entry, `floor` and `clock` in
-//! one `MGET`, and the clock it saw becomes the birth stamp of whatever the origin call that
+//! a purge records it in `{ns}:floor`. A lookup reads the entry, `floor` and `clock` in one
+//! `MGET` (or, while Redis tracks the two for a single-node store, only the entry: see
+//! `Tracking`), and the clock it saw becomes the birth stamp of whatever the origin call that
 //! follows returns. An entry is hidden when it was born before the floor or before the stamp
 //! of one of its tags; while the clock has not moved since an entry was born, its tags need
 //! no lookup at all (otherwise one more `MGET`). No instance's wall clock is involved, so
@@ -24,7 +25,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU8, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -140,6 +141,108 @@ struct RedisState {
     /// Makes lock tokens unique to this store instance.
     token_seed: String,
     tokens: AtomicU64,
+    /// The floor and the clock as Redis last told them, kept current by its tracking pushes.
+    tracking: Arc<Tracking>,
+    /// The RESP3 client of the tracked connection (`None`: no tracking).
+    tracked_client: Option<Client>,
+    /// The tracked connection, once tracking is on.
+    tracked: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// Connection and response timeouts for the tracked connection.
+    timeouts: (Duration, Duration),
+}
+
+/// Server-assisted tracking of `{ns}:floor` and `{ns}:clock` (RESP3 `CLIENT TRACKING ON BCAST`):
+/// Redis pushes an invalidation on this connection whenever either changes, queued before it
+/// answers the command that changed it. redis-rs hands pushes to [`Tracking::push`] in its read
+/// loop, before the replies that follow them, so once a `GET` has been answered every change
+/// made before it was executed has bumped `generation`. A hit whose `generation` did not move
+/// since the floor and clock were learned may use them: one `GET`, and no read of the two keys
+/// every instance would otherwise read on every hit (the Cluster's hot slots).
+#[derive(Default)]
+struct Tracking {
+    /// Bumped by every push about the two keys and by every disconnection.
+    generation: AtomicU64,
+    /// Bumped by every disconnection (tracking ends with its connection).
+    disconnects: AtomicU64,
+    state: AtomicU8,
+    /// The generation the known floor and clock belong to; `u64::MAX` while none (or while
+    /// they are being written).
+    known_generation: AtomicU64,
+    known_floor: AtomicU64,
+    known_clock: AtomicU64,
+}
+
+/// `Tracking::state`: not enabled on this connection yet.
+const TRACKING_OFF: u8 = 0;
+const TRACKING_ENABLING: u8 = 1;
+const TRACKING_ON: u8 = 2;
+/// Not possible here (a Cluster, a RESP2 connection, an ACL without `CLIENT`, an old Redis).
+const TRACKING_UNSUPPORTED: u8 = 3;
+
+impl Tracking {
+    fn new(state: u8) -> Self {
+        Tracking {
+            state: AtomicU8::new(state),
+            known_generation: AtomicU64::new(u64::MAX),
+            ..Tracking::default()
+        }
+    }
+
+    /// What redis-rs's read loop hands over: an invalidation of one of the two keys (the only
+    /// prefixes tracked), or the end of the connection.
+    fn push(&self, info: &redis::PushInfo) {
+        match info.kind {
+            redis::PushKind::Invalidate => {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            redis::PushKind::Disconnection => {
+                self.disconnects.fetch_add(1, Ordering::AcqRel);
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                let _ = self.state.compare_exchange(
+                    TRACKING_ON,
+                    TRACKING_OFF,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// The floor and clock, if tracking is on and nothing moved since they were learned:
+    /// `(generation, floor, clock)`.
+    fn known(&self) -> Option<(u64, u64, u64)> {
+        if self.state.load(Ordering::Acquire) != TRACKING_ON {
+            return None;
+        }
+        let generation = self.known_generation.load(Ordering::Acquire);
+        if generation != self.generation.load(Ordering::Acquire) {
+            return None;
+        }
+        let (floor, clock) = (
+            self.known_floor.load(Ordering::Acquire),
+            self.known_clock.load(Ordering::Acquire),
+        );
+        (self.known_generation.load(Ordering::Acquire) == generation)
+            .then_some((generation, floor, clock))
+    }
+
+    /// Whether no push came since `generation`.
+    fn unchanged_since(&self, generation: u64) -> bool {
+        self.generation.load(Ordering::Acquire) == generation
+    }
+
+    /// Records the floor and clock an `MGET` read, if no push came since `generation` was
+    /// taken before it was sent.
+    fn learn(&self, generation: u64, floor: u64, clock: u64) {
+        if self.state.load(Ordering::Acquire) != TRACKING_ON || !self.unchanged_since(generation) {
+            return;
+        }
+        self.known_generation.store(u64::MAX, Ordering::Release);
+        self.known_floor.store(floor, Ordering::Release);
+        self.known_clock.store(clock, Ordering::Release);
+        self.known_generation.store(generation, Ordering::Release);
+    }
 }
 
 /// The shared connection: cloning it shares the same multiplexed socket(s).
@@ -201,6 +304,7 @@ pub struct RedisStoreBuilder {
     connection_timeout: Duration,
     max_ttl: Duration,
     compress_over: usize,
+    client_tracking: bool,
     /// PEM root certificates that replace the public roots for `rediss://`.
     #[cfg(feature = "redis-tls")]
     root_certificates: Option<Vec<u8>>,
@@ -240,6 +344,7 @@ impl RedisStore {
             connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
             max_ttl: DEFAULT_MAX_TTL,
             compress_over: codec::COMPRESS_OVER,
+            client_tracking: true,
             #[cfg(feature = "redis-tls")]
             root_certificates: None,
         }
@@ -284,6 +389,36 @@ impl RedisStore {
     /// since an entry was born) the stamps of their tags.
     async fn read(&self, keys: Vec<CacheKey>) -> Result<Vec<Read>, StoreError> {
         let s = &self.shared;
+        // The floor and the clock as tracked: the entries alone (one `GET` for one key).
+        let known = s.tracking.known().and_then(|known| {
+            let conn = s
+                .tracked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()?;
+            Some((known, conn))
+        });
+        if let Some(((generation, floor, clock), mut conn)) = known {
+            // On the tracked connection: its pushes come before this answer.
+            let values: Vec<Option<Vec<u8>>> = if let [key] = &keys[..] {
+                let mut get = redis::cmd("GET");
+                get.arg(self.entry_key(key));
+                vec![get.query_async(&mut conn).await.map_err(backend)?]
+            } else {
+                let mut mget = redis::cmd("MGET");
+                for k in &keys {
+                    mget.arg(self.entry_key(k));
+                }
+                mget.query_async(&mut conn).await.map_err(backend)?
+            };
+            // A push that came before the answer says the two keys moved: read them too.
+            if s.tracking.unchanged_since(generation) && values.len() == keys.len() {
+                s.observed.fetch_max(clock, Ordering::AcqRel);
+                return self.judge(&keys, values, floor, clock).await;
+            }
+        }
+        self.enable_tracking();
+        let generation = s.tracking.generation.load(Ordering::Acquire);
         let mut mget = redis::cmd("MGET");
         for k in &keys {
             mget.arg(self.entry_key(k));
@@ -310,7 +445,20 @@ impl RedisStore {
         };
         // The clock only rises (it is seeded from TIME after a restart), so keep the newest.
         s.observed.fetch_max(clock, Ordering::AcqRel);
+        s.tracking.learn(generation, floor, clock);
+        self.judge(&keys, values, floor, clock).await
+    }
 
+    /// Decodes the entries read for `keys` and judges them by the floor and the clock (and,
+    /// for entries born before the clock's last move, their tags' stamps: one more `MGET`).
+    async fn judge(
+        &self,
+        keys: &[CacheKey],
+        values: Vec<Option<Vec<u8>>>,
+        floor: u64,
+        clock: u64,
+    ) -> Result<Vec<Read>, StoreError> {
+        let s = &self.shared;
         let mut entries = Vec::with_capacity(keys.len());
         let mut corrupt = None;
         for (key, value) in keys.iter().zip(values) {
@@ -449,6 +597,106 @@ impl RedisStore {
             .map_err(backend)
     }
 
+    /// Opens the tracked connection and turns tracking of the floor and the clock on, in the
+    /// background (once, and again after the connection is lost). A refusal (an ACL without
+    /// `CLIENT`, a Redis before 6) turns it off for good: every lookup then reads the two keys
+    /// with its entries, as before.
+    fn enable_tracking(&self) {
+        let s = &self.shared;
+        let t = &s.tracking;
+        if t.state.load(Ordering::Acquire) != TRACKING_OFF
+            || t.state
+                .compare_exchange(
+                    TRACKING_OFF,
+                    TRACKING_ENABLING,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            t.state.store(TRACKING_OFF, Ordering::Release);
+            return;
+        };
+        let this = self.clone();
+        runtime.spawn(async move {
+            let t = &this.shared.tracking;
+            let disconnects = t.disconnects.load(Ordering::Acquire);
+            let state = this.connect_tracked().await;
+            t.state.store(state, Ordering::Release);
+            // A disconnection while this ran found the state not yet on: take it back.
+            if t.disconnects.load(Ordering::Acquire) != disconnects {
+                let _ = t.state.compare_exchange(
+                    TRACKING_ON,
+                    TRACKING_OFF,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+        });
+    }
+
+    /// Connects the tracked connection and turns tracking on; the state to take.
+    async fn connect_tracked(&self) -> u8 {
+        let s = &self.shared;
+        let t = &s.tracking;
+        let Some(client) = &s.tracked_client else {
+            return TRACKING_UNSUPPORTED;
+        };
+        let pushes = Arc::clone(t);
+        let (connect, respond) = s.timeouts;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect))
+            .set_response_timeout(Some(respond))
+            .set_push_sender(move |info: redis::PushInfo| {
+                pushes.push(&info);
+                Ok::<(), std::convert::Infallible>(())
+            });
+        let disconnects = t.disconnects.load(Ordering::Acquire);
+        let mut conn = match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(conn) => conn,
+            // Down, or not RESP3-capable: try again with a later lookup.
+            Err(e) => {
+                tracing::debug!(error = %e, "could not open the tracked Redis connection");
+                return if e.kind()
+                    == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+                {
+                    TRACKING_UNSUPPORTED
+                } else {
+                    TRACKING_OFF
+                };
+            }
+        };
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("TRACKING")
+            .arg("ON")
+            .arg("BCAST")
+            .arg("PREFIX")
+            .arg(&s.floor_key)
+            .arg("PREFIX")
+            .arg(&s.clock_key);
+        match cmd.query_async::<()>(&mut conn).await {
+            // On the connection that is still there: its pushes will come.
+            Ok(()) if t.disconnects.load(Ordering::Acquire) == disconnects => {
+                *s.tracked.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+                TRACKING_ON
+            }
+            Ok(()) => TRACKING_OFF,
+            Err(e) if e.is_connection_dropped() || e.is_io_error() || e.is_timeout() => {
+                TRACKING_OFF
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "Redis refused CLIENT TRACKING: every lookup reads the purge floor and the clock");
+                TRACKING_UNSUPPORTED
+            }
+        }
+    }
+
     /// Creates the clock again after it went missing (see `TICK`), and returns it.
     async fn reseed_clock(&self) -> Result<u64, StoreError> {
         let s = &self.shared;
@@ -468,6 +716,13 @@ impl RedisStore {
         Ok(clock)
     }
 
+    /// Whether Redis tracks the purge floor and the clock for this store now (see
+    /// [`RedisStoreBuilder::client_tracking`]): while it does and neither moves, a hit is one
+    /// `GET`.
+    pub fn tracks_floor_and_clock(&self) -> bool {
+        self.shared.tracking.state.load(Ordering::Acquire) == TRACKING_ON
+    }
+
     /// Asks Redis (`CONFIG GET`) which eviction policy it runs under which memory limit, and
     /// whether the store supports it ([`EvictionPolicy::supported`]). Fails when the user's
     /// ACL does not allow `CONFIG` (then nothing can be said).
@@ -475,13 +730,10 @@ impl RedisStore {
         let s = &self.shared;
         let mut cmd = redis::cmd("CONFIG");
         cmd.arg("GET").arg("maxmemory*");
-        let pairs: Vec<String> = s.conn.query(&cmd).await.map_err(backend)?;
-        let value = |name: &str| {
-            pairs
-                .chunks(2)
-                .find(|p| p[0] == name)
-                .and_then(|p| p.get(1).cloned())
-        };
+        // A flat list of pairs in RESP2, a map in RESP3: both read as a map.
+        let pairs: std::collections::HashMap<String, String> =
+            s.conn.query(&cmd).await.map_err(backend)?;
+        let value = |name: &str| pairs.get(name).cloned();
         Ok(EvictionPolicy {
             policy: value("maxmemory-policy").unwrap_or_default(),
             maxmemory: value("maxmemory").and_then(|v| v.parse().ok()).unwrap_or(0),
@@ -622,6 +874,16 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Whether a single-node store reads the purge floor and the clock through Redis's
+    /// server-assisted client-side caching (RESP3 `CLIENT TRACKING`, Redis 6 or newer): on
+    /// (the default), a hit is one `GET` while neither has moved. Turn it off for a Redis
+    /// older than 6 (which cannot speak RESP3); an ACL that refuses `CLIENT` turns it off by
+    /// itself. A Cluster reads them with every lookup.
+    pub fn client_tracking(mut self, on: bool) -> Self {
+        self.client_tracking = on;
+        self
+    }
+
     /// Compresses (LZ4) the entries whose encoded size is over `bytes` (default
     /// [`codec::COMPRESS_OVER`], 16 KiB; `usize::MAX` never compresses). Lower it to save
     /// Redis memory and network bytes at the cost of CPU on every hit of a large entry.
@@ -657,11 +919,23 @@ impl RedisStoreBuilder {
 
     /// A client for one node at `url`, trusting the configured root certificates if any.
     fn client(&self, url: &str) -> Result<Client, StoreError> {
+        self.client_with(url, redis::ProtocolVersion::RESP2)
+    }
+
+    fn client_with(
+        &self,
+        url: &str,
+        protocol: redis::ProtocolVersion,
+    ) -> Result<Client, StoreError> {
+        use redis::IntoConnectionInfo;
+        let info = url.into_connection_info().map_err(backend)?;
+        let settings = info.redis_settings().clone().set_protocol(protocol);
+        let info = info.set_redis_settings(settings);
         #[cfg(feature = "redis-tls")]
         if let Some(pem) = &self.root_certificates {
-            return Client::build_with_tls(url, certificates(pem)).map_err(backend);
+            return Client::build_with_tls(info, certificates(pem)).map_err(backend);
         }
-        Client::open(url).map_err(backend)
+        Client::open(info).map_err(backend)
     }
 
     /// Connects. A single node is connected lazily (a service starts even while Redis is down,
@@ -698,6 +972,11 @@ impl RedisStoreBuilder {
             }
         }
         let first = self.urls.first().cloned().unwrap_or_default();
+        let tracking = Arc::new(Tracking::new(if self.cluster || !self.client_tracking {
+            TRACKING_UNSUPPORTED
+        } else {
+            TRACKING_OFF
+        }));
         let (conn, pubsub_url) = if self.cluster {
             let builder = ClusterClient::builder(self.urls.clone())
                 .connection_timeout(self.connection_timeout)
@@ -715,12 +994,12 @@ impl RedisStoreBuilder {
             )
         } else {
             let url = first.clone();
-            let client = self.client(&url)?;
             let config = ConnectionManagerConfig::new()
                 .set_response_timeout(Some(self.response_timeout))
                 .set_connection_timeout(Some(self.connection_timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_secs(1));
+            let client = self.client(&url)?;
             (
                 Conn::Node(
                     ConnectionManager::new_lazy_with_config(client, config).map_err(backend)?,
@@ -729,6 +1008,14 @@ impl RedisStoreBuilder {
             )
         };
         let pubsub = self.client(&pubsub_url)?;
+        // The connection whose pushes are tracked: a plain multiplexed connection (RESP3),
+        // which hands pushes over in its read loop. A `ConnectionManager` forwards them through
+        // a task of its own, after the replies that followed them may have been delivered.
+        let tracked_client = if self.cluster || !self.client_tracking {
+            None
+        } else {
+            Some(self.client_with(&first, redis::ProtocolVersion::RESP3)?)
+        };
         let prefix = format!("{}:", self.namespace);
         let store = RedisStore {
             shared: Arc::new(RedisState {
@@ -755,6 +1042,10 @@ impl RedisStoreBuilder {
                         .map_or(0, |d| d.as_nanos())
                 ),
                 tokens: AtomicU64::new(0),
+                tracking,
+                tracked_client,
+                tracked: std::sync::Mutex::new(None),
+                timeouts: (self.connection_timeout, self.response_timeout),
             }),
         };
         // Read the clock and the floor once (creating them on a new Redis), so that stamps
