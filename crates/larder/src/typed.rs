@@ -344,10 +344,7 @@ impl CacheHandle {
 
     /// A store read of `key`, from where this handle's consistency token is known.
     fn store_get(&self, key: &CacheKey) -> crate::StoreFuture<crate::store::Read> {
-        match self.after {
-            Some(after) => self.shared.store.get_after(key, after),
-            None => self.shared.store.get(key),
-        }
+        crate::store::read_after(&*self.shared.store, key, self.after)
     }
 
     fn store_get_many(&self, keys: &[CacheKey]) -> crate::StoreFuture<Vec<crate::store::Read>> {

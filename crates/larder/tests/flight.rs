@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use larder::{CacheHandle, MemoryStore, Rule};
-use tower::{Layer, ServiceExt, service_fn};
+use tower::{Layer, ServiceExt, service_fn, util::BoxCloneService};
 
 fn cache() -> CacheHandle {
     CacheHandle::builder(MemoryStore::default())
@@ -31,6 +31,30 @@ fn get_req(uri: &str) -> Request<Body> {
 /// Sends a request and reads the whole body, as a server does for its client. (A leader's
 /// entry lands when its body has streamed to the end; followers wait for that, at most the
 /// collapse timeout.)
+/// An origin answering `v{n}` to its `n`th call (from 0), which holds call `held` until
+/// `release` is notified; `calls` counts the calls.
+fn held_origin(held: usize) -> (Arc<AtomicUsize>, Arc<tokio::sync::Notify>, HeldOrigin) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let svc = {
+        let (calls, release) = (Arc::clone(&calls), Arc::clone(&release));
+        service_fn(move |_req: Request<Body>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            let release = Arc::clone(&release);
+            async move {
+                if n == held {
+                    release.notified().await;
+                }
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("v{n}")))))
+            }
+        })
+    };
+    (calls, release, BoxCloneService::new(svc))
+}
+
+/// The service [`held_origin`] returns.
+type HeldOrigin = BoxCloneService<Request<Body>, Response<Full<Bytes>>, Infallible>;
+
 async fn fetch<S, E>(svc: S) -> Result<(StatusCode, Bytes), E>
 where
     S: tower::Service<
@@ -243,22 +267,8 @@ async fn a_client_that_drops_the_body_releases_followers() {
 /// before it (it goes back to the store, which hides that response, and asks again).
 #[tokio::test]
 async fn a_request_after_an_invalidation_is_not_answered_by_an_older_flight() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let release = Arc::new(tokio::sync::Notify::new());
-    let svc = {
-        let (calls, release) = (Arc::clone(&calls), Arc::clone(&release));
-        service_fn(move |_req: Request<Body>| {
-            let n = calls.fetch_add(1, Ordering::SeqCst);
-            let release = Arc::clone(&release);
-            async move {
-                if n == 0 {
-                    // The first call read the data before the write below.
-                    release.notified().await;
-                }
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("v{n}")))))
-            }
-        })
-    };
+    // The first call read the data before the write below.
+    let (calls, release, svc) = held_origin(0);
     let cache = cache();
     let svc = cache
         .layer(Rule::new("r").ttl(Duration::from_secs(60)).tag("data"))
@@ -355,22 +365,8 @@ async fn a_body_over_the_limit_releases_followers_at_once_and_later_misses_skip_
 /// get what a stale-while-revalidate refresh that started before it computed.
 #[tokio::test(start_paused = true)]
 async fn a_request_after_an_invalidation_is_not_answered_by_an_older_refresh() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let release = Arc::new(tokio::sync::Notify::new());
-    let svc = {
-        let (calls, release) = (Arc::clone(&calls), Arc::clone(&release));
-        service_fn(move |_req: Request<Body>| {
-            let n = calls.fetch_add(1, Ordering::SeqCst);
-            let release = Arc::clone(&release);
-            async move {
-                if n == 1 {
-                    // The refresh read the data before the write below.
-                    release.notified().await;
-                }
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("v{n}")))))
-            }
-        })
-    };
+    // The refresh read the data before the write below.
+    let (calls, release, svc) = held_origin(1);
     let cache = cache();
     let rule = Rule::new("r")
         .ttl(Duration::from_secs(1))

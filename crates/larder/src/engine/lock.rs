@@ -14,7 +14,7 @@ use crate::{
     CacheKey, Entry,
     engine::breaker::{Breaker, Op},
     stats::RouteStats,
-    store::Read,
+    store::{Read, read_after},
 };
 
 const POLL_EVERY: Duration = Duration::from_millis(20);
@@ -103,10 +103,7 @@ pub(crate) async fn acquire(
             return LockOutcome::Call(None);
         }
         tokio::time::sleep(POLL_EVERY).await;
-        let fut = match after {
-            Some(after) => store.get_after(key, after),
-            None => store.get(key),
-        };
+        let fut = read_after(&**store, key, after);
         let read = breaker.call(stats, Op::Get, fut).await;
         if let Some(entry) = read.ok().and_then(Read::visible) {
             if usable(&entry) {

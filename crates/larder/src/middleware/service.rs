@@ -30,7 +30,7 @@ use crate::{
     reason::{Bypass, Fwd},
     rules::route::{Params, Route, RouteSet},
     stats::Outcome,
-    store::{Read, StoreFuture},
+    store::{self, Read, StoreFuture},
 };
 
 /// A response cache in front of a service. Built by a [`CacheLayer`](crate::CacheLayer).
@@ -179,10 +179,7 @@ where
         let exchange = Exchange::new(handle, route, params, read, None);
         return exchange.answer(found, now, take(inner), parts, body);
     }
-    let mut store_call = match read.after {
-        Some(after) => shared.store.get_after(&read.key, after),
-        None => shared.store.get(&read.key),
-    };
+    let mut store_call = store::read_after(&*shared.store, &read.key, read.after);
     let Some(result) = store_call.try_ready() else {
         let looked_up = Some(tokio::time::Instant::now());
         let exchange = Exchange::new(handle, route, params, read, looked_up);

@@ -10,7 +10,7 @@ use http::HeaderMap;
 
 use crate::{
     CacheKey, Entry, engine::breaker::Op, entry::Freshness, handle::CacheState, reason::Fwd,
-    stats::RouteStats,
+    stats::RouteStats, store,
 };
 
 /// What a lookup found, judged for one request.
@@ -73,10 +73,7 @@ pub(crate) async fn read(
     key: &CacheKey,
     after: Option<u64>,
 ) -> Option<Arc<Entry>> {
-    let fut = match after {
-        Some(after) => shared.store.get_after(key, after),
-        None => shared.store.get(key),
-    };
+    let fut = store::read_after(&*shared.store, key, after);
     shared
         .breaker
         .call(stats, Op::Get, fut)

@@ -61,7 +61,7 @@ impl Write {
                 match self.handle.invalidate(&self.route.stats, tags).await {
                     Ok(()) => {
                         // What the client carries to read this write on every instance.
-                        if let Some(token) = self.handle.shared.store.consistency_token() {
+                        if let Some(token) = self.handle.consistency_token() {
                             parts
                                 .headers
                                 .insert(CONSISTENCY_HEADER, HeaderValue::from(token));

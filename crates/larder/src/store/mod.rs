@@ -134,6 +134,19 @@ pub trait Store: Entries + Invalidation {
     }
 }
 
+/// A read of `key` for a client with consistency token `after`, if it carries one (see
+/// [`Entries::get_after`]).
+pub(crate) fn read_after(
+    store: &dyn Store,
+    key: &CacheKey,
+    after: Option<u64>,
+) -> StoreFuture<Read> {
+    match after {
+        Some(after) => store.get_after(key, after),
+        None => store.get(key),
+    }
+}
+
 /// The error a store reports. The layer never turns it into an error response: it counts it,
 /// logs it, and serves from the origin.
 #[derive(Debug, thiserror::Error)]

@@ -145,8 +145,8 @@ struct RedisState {
     tracking: Arc<Tracking>,
     /// The RESP3 client of the tracked connection (`None`: no tracking).
     tracked_client: Option<Client>,
-    /// The tracked connection, once tracking is on.
-    tracked: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// The tracked connection, once tracking is on (read on every hit: no lock).
+    tracked: arc_swap::ArcSwapOption<redis::aio::MultiplexedConnection>,
     /// Connection and response timeouts for the tracked connection.
     timeouts: (Duration, Duration),
 }
@@ -276,7 +276,10 @@ impl Conn {
         message: &BusMessage,
     ) -> Result<u64, RedisError> {
         let mut inv = script.key(key);
-        inv.arg(channel).arg(message.suffix());
+        inv.arg(channel);
+        if !channel.is_empty() {
+            inv.arg(message.suffix());
+        }
         self.invoke(&inv).await
     }
 
@@ -378,7 +381,7 @@ impl RedisStore {
         format!("{}t:{}", self.shared.prefix, &hash.to_hex()[..32])
     }
 
-    fn now_ms() -> u64 {
+    pub(crate) fn now_ms() -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -391,11 +394,7 @@ impl RedisStore {
         let s = &self.shared;
         // The floor and the clock as tracked: the entries alone (one `GET` for one key).
         let known = s.tracking.known().and_then(|known| {
-            let conn = s
-                .tracked
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()?;
+            let conn = (*s.tracked.load()).as_deref()?.clone();
             Some((known, conn))
         });
         if let Some(((generation, floor, clock), mut conn)) = known {
@@ -575,10 +574,10 @@ impl RedisStore {
 
     /// Publishes a sync message with the current clock on the backplane (see `SYNC`) and
     /// returns that clock.
-    pub(crate) async fn publish_sync(&self, nonce: u64) -> Result<u64, StoreError> {
+    pub(crate) async fn publish_sync(&self) -> Result<u64, StoreError> {
         let s = &self.shared;
         let mut inv = s.sync.key(&s.clock_key);
-        inv.arg(&s.bus).arg(BusMessage::sync(nonce).suffix());
+        inv.arg(&s.bus).arg(BusMessage::sync().suffix());
         s.conn.invoke(&inv).await.map_err(backend)
     }
 
@@ -654,7 +653,6 @@ impl RedisStore {
                 pushes.push(&info);
                 Ok::<(), std::convert::Infallible>(())
             });
-        let disconnects = t.disconnects.load(Ordering::Acquire);
         let mut conn = match client
             .get_multiplexed_async_connection_with_config(&config)
             .await
@@ -681,12 +679,11 @@ impl RedisStore {
             .arg("PREFIX")
             .arg(&s.clock_key);
         match cmd.query_async::<()>(&mut conn).await {
-            // On the connection that is still there: its pushes will come.
-            Ok(()) if t.disconnects.load(Ordering::Acquire) == disconnects => {
-                *s.tracked.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+            // Its pushes will come (`enable_tracking` takes this back if it was lost meanwhile).
+            Ok(()) => {
+                s.tracked.store(Some(Arc::new(conn)));
                 TRACKING_ON
             }
-            Ok(()) => TRACKING_OFF,
             Err(e) if e.is_connection_dropped() || e.is_io_error() || e.is_timeout() => {
                 TRACKING_OFF
             }
@@ -802,9 +799,9 @@ pub(crate) struct BusMessage {
     pub(crate) tags: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) purge: bool,
-    /// A sync message's sender's number; absent from invalidations.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) sync: Option<u64>,
+    /// A sync message (no invalidation: only its stamp counts).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) sync: bool,
     /// The publisher's wall clock (ms since the Unix epoch), to measure propagation.
     #[serde(default)]
     pub(crate) sent_ms: u64,
@@ -827,9 +824,9 @@ impl BusMessage {
         }
     }
 
-    fn sync(nonce: u64) -> Self {
+    fn sync() -> Self {
         BusMessage {
-            sync: Some(nonce),
+            sync: true,
             sent_ms: RedisStore::now_ms(),
             ..BusMessage::default()
         }
@@ -1044,7 +1041,7 @@ impl RedisStoreBuilder {
                 tokens: AtomicU64::new(0),
                 tracking,
                 tracked_client,
-                tracked: std::sync::Mutex::new(None),
+                tracked: arc_swap::ArcSwapOption::empty(),
                 timeouts: (self.connection_timeout, self.response_timeout),
             }),
         };

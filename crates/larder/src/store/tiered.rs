@@ -32,14 +32,14 @@ use std::{
         Arc, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use super::{
-    Entries, FillLock, Invalidation, MemoryStore, Read, RedisStore, Store, StoreFuture,
+    Entries, FillLock, Invalidation, MemoryStore, Read, RedisStore, Store, StoreError, StoreFuture,
     redis::BusMessage,
 };
 use crate::{CacheKey, Entry};
@@ -129,6 +129,38 @@ impl TieredStore {
         read.is_visible().then_some(read)
     }
 
+    /// Reads `key` from Redis and copies a visible entry into the L1.
+    fn read_l2(&self, key: &CacheKey) -> StoreFuture<Read> {
+        let this = self.clone();
+        let key = key.clone();
+        let l2 = self.shared.l2.get(&key);
+        StoreFuture::pending(async move {
+            let read = l2.await?;
+            if let Some(e) = read.visible_entry() {
+                this.l1_fill(&key, e);
+            }
+            Ok(read)
+        })
+    }
+
+    /// Reads `keys` from Redis in one call and copies the visible entries into the L1.
+    fn read_l2_many(
+        &self,
+        keys: Vec<CacheKey>,
+    ) -> impl Future<Output = Result<Vec<Read>, StoreError>> + Send + 'static {
+        let this = self.clone();
+        let l2 = self.shared.l2.get_many(&keys);
+        async move {
+            let reads = l2.await?;
+            for (key, read) in keys.iter().zip(&reads) {
+                if let Some(e) = read.visible_entry() {
+                    this.l1_fill(key, e);
+                }
+            }
+            Ok(reads)
+        }
+    }
+
     fn l1_fill(&self, key: &CacheKey, entry: &Arc<Entry>) {
         if self.is_coherent() && entry.born >= self.shared.fill_floor.load(Ordering::Acquire) {
             self.shared.l1.insert(key, Arc::clone(entry));
@@ -211,11 +243,8 @@ impl TieredState {
         // since the subscription has been applied (and what was published before it is
         // covered by the clear and the fill floor).
         self.applied.fetch_max(m.stamp, Ordering::AcqRel);
-        if m.sync.is_none() {
-            let now_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            let delay = Duration::from_millis(now_ms.saturating_sub(m.sent_ms));
+        if !m.sync {
+            let delay = Duration::from_millis(RedisStore::now_ms().saturating_sub(m.sent_ms));
             metrics::histogram!("larder_backplane_delay_seconds").record(delay.as_secs_f64());
         }
     }
@@ -227,10 +256,6 @@ async fn backplane(shared: Weak<TieredState>, mut stopped: watch::Receiver<()>) 
     let Some((client, channel)) = shared.upgrade().map(|s| s.l2.backplane()) else {
         return;
     };
-    let nonce = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        | 1;
     loop {
         let session = async {
             let mut pubsub = client.get_async_pubsub().await?;
@@ -246,7 +271,7 @@ async fn backplane(shared: Weak<TieredState>, mut stopped: watch::Receiver<()>) 
                 // Every invalidation stamped at or below the clock now was published before
                 // the sync message; those the subscription missed cannot hide entries born
                 // since, the only ones the L1 takes until they have all landed.
-                match s.l2.publish_sync(nonce).await {
+                match s.l2.publish_sync().await {
                     Ok(clock) => s.fill_floor.store(clock, Ordering::Release),
                     Err(e) => {
                         tracing::debug!(error = %e, "cache backplane could not publish its sync")
@@ -323,19 +348,10 @@ impl Entries for TieredStore {
     }
 
     fn get(&self, key: &CacheKey) -> StoreFuture<Read> {
-        if let Some(read) = self.l1_get(key) {
-            return StoreFuture::ready(Ok(read));
+        match self.l1_get(key) {
+            Some(read) => StoreFuture::ready(Ok(read)),
+            None => self.read_l2(key),
         }
-        let this = self.clone();
-        let key = key.clone();
-        let l2 = self.shared.l2.get(&key);
-        StoreFuture::pending(async move {
-            let read = l2.await?;
-            if let Some(e) = read.visible_entry() {
-                this.l1_fill(&key, e);
-            }
-            Ok(read)
-        })
     }
 
     fn get_after(&self, key: &CacheKey, after: u64) -> StoreFuture<Read> {
@@ -343,16 +359,7 @@ impl Entries for TieredStore {
             return self.get(key);
         }
         // This L1 has not yet applied the invalidation the client saw: ask Redis.
-        let this = self.clone();
-        let key = key.clone();
-        let l2 = self.shared.l2.get(&key);
-        StoreFuture::pending(async move {
-            let read = l2.await?;
-            if let Some(e) = read.visible_entry() {
-                this.l1_fill(&key, e);
-            }
-            Ok(read)
-        })
+        self.read_l2(key)
     }
 
     fn get_many(&self, keys: &[CacheKey]) -> StoreFuture<Vec<Read>> {
@@ -361,15 +368,10 @@ impl Entries for TieredStore {
         if missing.is_empty() {
             return StoreFuture::ready(Ok(found.into_iter().flatten().collect()));
         }
-        let this = self.clone();
         let wanted: Vec<CacheKey> = missing.iter().map(|&i| keys[i].clone()).collect();
-        let l2 = self.shared.l2.get_many(&wanted);
+        let l2 = self.read_l2_many(wanted);
         StoreFuture::pending(async move {
-            let reads = l2.await?;
-            for ((i, key), read) in missing.into_iter().zip(&wanted).zip(reads) {
-                if let Some(e) = read.visible_entry() {
-                    this.l1_fill(key, e);
-                }
+            for (i, read) in missing.into_iter().zip(l2.await?) {
                 found[i] = Some(read);
             }
             Ok(found
@@ -383,18 +385,7 @@ impl Entries for TieredStore {
         if self.applied_stamp() >= after {
             return self.get_many(keys);
         }
-        let this = self.clone();
-        let wanted = keys.to_vec();
-        let l2 = self.shared.l2.get_many(keys);
-        StoreFuture::pending(async move {
-            let reads = l2.await?;
-            for (key, read) in wanted.iter().zip(&reads) {
-                if let Some(e) = read.visible_entry() {
-                    this.l1_fill(key, e);
-                }
-            }
-            Ok(reads)
-        })
+        StoreFuture::pending(self.read_l2_many(keys.to_vec()))
     }
 
     fn put(&self, key: CacheKey, entry: Arc<Entry>) -> StoreFuture<()> {
