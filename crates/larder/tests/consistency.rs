@@ -21,7 +21,7 @@ use larder::{
     CONSISTENCY_HEADER, CacheHandle, MemoryStore, Rule, Store,
     store::{RedisStore, TieredStore},
 };
-use larder_testkit::{Proxy, RedisServer};
+use larder_testkit::{Proxy, RedisCluster, RedisServer};
 use support::metrics_app::eventually;
 use tower::ServiceExt;
 
@@ -229,6 +229,44 @@ async fn redis_store_two_instances_read_your_writes_soak() {
     let b = app(&handle(redis(&server.url()).await), &db);
     let s = soak(&a, &b, 16, 40, true).await;
     assert_never_stale("redis, write via A, read via B", &s);
+}
+
+async fn cluster(urls: Vec<String>) -> RedisStore {
+    RedisStore::cluster(urls)
+        .namespace("c")
+        .build()
+        .await
+        .unwrap()
+}
+
+/// On a Cluster each lookup reads its shard's copy of the clock, which an invalidation raises
+/// after ticking the clock on another master: two instances still never read behind a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_two_instances_read_your_writes_soak() {
+    let nodes = RedisCluster::start();
+    let db = Db::default();
+    let a = app(&handle(cluster(nodes.urls()).await), &db);
+    let b = app(&handle(cluster(nodes.urls()).await), &db);
+    let s = soak(&a, &b, 16, 30, true).await;
+    assert_never_stale("redis cluster, write via A, read via B", &s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_over_a_cluster_two_instances_read_your_writes_soak_with_the_token() {
+    let nodes = RedisCluster::start();
+    let db = Db::default();
+    let mut stores = Vec::new();
+    for _ in 0..2 {
+        let store = TieredStore::builder(cluster(nodes.urls()).await).build();
+        eventually(|| async { store.is_coherent().then_some(()) })
+            .await
+            .expect("the backplane subscribed");
+        stores.push(store);
+    }
+    let b = app(&handle(stores.pop().unwrap()), &db);
+    let a = app(&handle(stores.pop().unwrap()), &db);
+    let s = soak(&a, &b, 16, 30, true).await;
+    assert_never_stale("tiered over a cluster, write via A, read via B", &s);
 }
 
 /// The tiered store's L1 learns of another instance's invalidation a little after the write

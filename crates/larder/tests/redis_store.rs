@@ -301,6 +301,158 @@ async fn cluster_spreads_keys_and_keeps_tags_and_batches_working() {
     assert_eq!(cache.stats().total.errors, 0);
 }
 
+/// Operations a node ran (every command but those of tests, `INFO`, and the client's own
+/// housekeeping).
+fn operations(node: &RedisServer) -> u64 {
+    const HOUSEKEEPING: [&str; 9] = [
+        "info", "cluster", "ping", "client", "hello", "command", "config", "select", "readonly",
+    ];
+    node.cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            let calls: u64 = rest.split(',').next()?.parse().ok()?;
+            (!HOUSEKEEPING.contains(&name.split('|').next()?)).then_some(calls)
+        })
+        .sum()
+}
+
+/// Uniform reads over a 3-master Cluster: each lookup is one command on one master (the
+/// entry, its shard's floor and its shard's clock share a slot), and no master takes more than
+/// 40% of the operations. Before the namespace was sharded, every lookup also read `t:floor`
+/// and `t:clock` on the masters that hold them: 4 commands a lookup instead of 2, and those
+/// two masters ran 41% and 43% of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_reads_are_one_command_each_spread_evenly_over_the_masters() {
+    let cluster = RedisCluster::start();
+    let store = RedisStore::cluster(cluster.urls())
+        .namespace("t")
+        .build()
+        .await
+        .unwrap();
+    let cache = handle(store);
+    let keys: Vec<String> = (0..300).map(|i| format!("page:{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let opts = EntryOptions::new(Duration::from_secs(60)).tag(format!("item:{i}"));
+        cache
+            .insert(k, &i, &opts, cache.read_stamp())
+            .await
+            .unwrap();
+    }
+    // One invalidation, so the clocks have moved since some entries were born (their tags
+    // are then read too: spread as well).
+    cache.invalidate_tags(["item:7"]).await.unwrap();
+    for k in &keys {
+        cache.get::<usize>(k).await;
+    }
+    let before: Vec<u64> = cluster.nodes().iter().map(operations).collect();
+    let mgets_before: u64 = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.command_calls("mget"))
+        .sum();
+    let rounds = 3;
+    for _ in 0..rounds {
+        for (i, k) in keys.iter().enumerate() {
+            let expected = (i != 7).then_some(i);
+            assert_eq!(cache.get::<usize>(k).await, expected, "{k}");
+        }
+    }
+    let ops: Vec<u64> = cluster
+        .nodes()
+        .iter()
+        .zip(&before)
+        .map(|(n, b)| operations(n) - b)
+        .collect();
+    let mgets: u64 = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.command_calls("mget"))
+        .sum::<u64>()
+        - mgets_before;
+    let total: u64 = ops.iter().sum();
+    let shares: Vec<f64> = ops.iter().map(|&o| o as f64 / total as f64).collect();
+    eprintln!(
+        "{} lookups: {total} operations ({mgets} MGET), per master {ops:?}, shares {shares:.3?}",
+        rounds * keys.len()
+    );
+    // Every entry was born before the invalidation moved the clocks: its tag's record is
+    // read too (one more MGET, on the record's master).
+    assert_eq!(
+        mgets,
+        2 * (rounds * keys.len()) as u64,
+        "one MGET for the entry and its shard's marks, one for its tag"
+    );
+    for (node, share) in cluster.nodes().iter().zip(&shares) {
+        assert!(
+            (0.25..=0.40).contains(share),
+            "master {} ran {share:.3} of the operations",
+            node.port()
+        );
+    }
+    assert_eq!(cache.stats().total.errors, 0);
+}
+
+/// On a Cluster, Redis may evict a shard's copy of the clock or its purge floor like any key:
+/// invalidated and purged entries stay hidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_shards_whose_clock_or_floor_was_evicted_never_revive_entries() {
+    let cluster = RedisCluster::start();
+    let evict_everywhere =
+        |pattern: &str| -> usize { cluster.nodes().iter().map(|n| evict(n, pattern)).sum() };
+    let store = RedisStore::cluster(cluster.urls())
+        .namespace("t")
+        .build()
+        .await
+        .unwrap();
+    let cache = handle(store);
+    let opts = EntryOptions::new(Duration::from_secs(60)).tag("t");
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        cache
+            .insert(k, &1u32, &opts, cache.read_stamp())
+            .await
+            .unwrap();
+    }
+    cache.invalidate_tags(["t"]).await.unwrap();
+    // The tag records and every clock (the shards' and the invalidations' own) lost.
+    assert!(evict_everywhere("t:t:*") > 0);
+    assert!(
+        evict_everywhere("t:*clock") >= 17,
+        "16 shards and the clock"
+    );
+    for k in &keys {
+        assert_eq!(
+            cache.get::<u32>(k).await,
+            None,
+            "{k} revived by lost clocks"
+        );
+    }
+    // The purge floors.
+    for k in &keys {
+        cache
+            .insert(k, &2u32, &opts, cache.read_stamp())
+            .await
+            .unwrap();
+    }
+    assert_eq!(cache.get::<u32>(&keys[0]).await, Some(2), "stored again");
+    cache.purge().await.unwrap();
+    assert_eq!(evict_everywhere("t:*floor"), 16, "every shard's floor");
+    for k in &keys {
+        assert_eq!(
+            cache.get::<u32>(k).await,
+            None,
+            "{k} revived by a lost purge"
+        );
+    }
+    cache
+        .insert("new", &3u32, &opts, cache.read_stamp())
+        .await
+        .unwrap();
+    assert_eq!(cache.get::<u32>("new").await, Some(3), "served again");
+    assert_eq!(cache.stats().total.errors, 0);
+}
+
 /// Redis behind a fault proxy, a cache over it, and one entry already a hit.
 async fn warm_behind_proxy() -> (RedisServer, larder_testkit::Proxy, CacheHandle, Router) {
     let redis = RedisServer::restricted();

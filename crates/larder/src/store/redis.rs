@@ -1,25 +1,32 @@
 //! The Redis store: one shared multiplexed connection, single node or Cluster.
 //!
-//! Entries are [`codec`](crate::codec) envelopes under `{ns}:e:{label}:{digest}`, written with
-//! `SET .. PX` so Redis reclaims them when they have outlived their freshness and stale
-//! windows.
+//! Entries are [`codec`](crate::codec) envelopes under `{ns}:e:{label}:{digest}` (on a Cluster,
+//! `{ns}:{<shard>}:e:...`, see `Shard`), written with `SET .. PX` so Redis reclaims them when
+//! they have outlived their freshness and stale windows.
 //!
 //! Invalidation uses a logical clock kept in Redis, `{ns}:clock`: each invalidation takes its
 //! next value, and each invalidated tag records it (`{ns}:t:{hash of the tag}`, raised with a
 //! one-key script so it never goes backwards, expiring after the longest entry lifetime);
-//! a purge records it in `{ns}:floor`. A lookup reads the entry, `floor` and `clock` in one
-//! `MGET` (or, while Redis tracks the two for a single-node store, only the entry: see
-//! `Tracking`), and the clock it saw becomes the birth stamp of whatever the origin call that
-//! follows returns. An entry is hidden when it was born before the floor or before the stamp
-//! of one of its tags; while the clock has not moved since an entry was born, its tags need
-//! no lookup at all (otherwise one more `MGET`). No instance's wall clock is involved, so
-//! clock skew between instances cannot resurrect or hide anything, and the clock is seeded from
-//! the server's `TIME` so it keeps rising even after Redis restarts empty or evicts it (a
-//! lookup that finds it missing seeds it again, above every stamp, so every entry's tags are
-//! checked; a missing tag record or purge floor hides, see `ENSURE` and `restore_floor`).
+//! a purge records it in the purge floor, `{ns}:floor`. A lookup reads the entry, the floor and
+//! the clock in one `MGET` (or, while Redis tracks the two for a single-node store, only the
+//! entry: see `Tracking`), and the clock it saw becomes the birth stamp of whatever the origin
+//! call that follows returns. An entry is hidden when it was born before the floor or before
+//! the stamp of one of its tags; while the clock has not moved since an entry was born, its
+//! tags need no lookup at all (otherwise one more `MGET`). No instance's wall clock is
+//! involved, so clock skew between instances cannot resurrect or hide anything, and the clock
+//! is seeded from the server's `TIME` so it keeps rising even after Redis restarts empty or
+//! evicts it (a lookup that finds it missing seeds it again, above every stamp, so every
+//! entry's tags are checked; a missing tag record or purge floor hides, see `ENSURE` and
+//! `restore_floor`).
+//!
+//! On a Cluster, every lookup reading the same two keys would send every read to the masters
+//! that hold them. So a Cluster namespace is split in `CLUSTER_SHARDS` shards spread evenly over
+//! the slots, each with its entries, its floor and a copy of the clock under one hash tag: a
+//! lookup is one `MGET` on the master of its entry's slot, and an invalidation raises every
+//! shard's clock (one round trip per master).
 //!
 //! No `KEYS` or `SCAN`; every multi-key command is one the Cluster client splits by slot and
-//! every script touches one key, so it works on Cluster too (user input never reaches a
+//! every script touches one slot, so it works on Cluster too (user input never reaches a
 //! `{hash tag}`).
 
 use std::{
@@ -85,6 +92,23 @@ end
 return 1
 ";
 
+/// Raises a shard's clock (`KEYS[1]`) and, when given, its purge floor (`KEYS[2]`, same slot)
+/// to `ARGV[1]` where they are lower, and returns the clock.
+const MARKS: &str = r"
+local new = tonumber(ARGV[1])
+local function raise(key)
+  local cur = tonumber(redis.call('GET', key) or '0') or 0
+  if new > cur then
+    redis.call('SET', key, ARGV[1])
+    return new
+  end
+  return cur
+end
+local clock = raise(KEYS[1])
+if KEYS[2] then raise(KEYS[2]) end
+return clock
+";
+
 /// Makes sure a tag's record exists (at stamp 0 if it did not) for at least `ARGV[1]` ms: an
 /// entry is written only once every tag it carries has a record, so a record missing later
 /// was evicted and hides the entry instead of reviving it.
@@ -125,8 +149,12 @@ struct RedisState {
     pubsub: Client,
     prefix: String,
     bus: String,
-    floor_key: String,
+    /// The clock every invalidation ticks (`{ns}:clock`): its stamps order invalidations and
+    /// are published on the backplane.
     clock_key: String,
+    /// Where entries live and the marks that judge them: one shard (whose clock is
+    /// `clock_key`) on a single node, `CLUSTER_SHARDS` on a Cluster.
+    shards: Box<[Shard]>,
     /// The newest clock value any lookup saw: the birth stamp of the next origin call.
     observed: AtomicU64,
     /// Whether invalidations are published on the backplane (a tiered store listens).
@@ -134,6 +162,7 @@ struct RedisState {
     max_ttl: Duration,
     compress_over: usize,
     raise: Script,
+    marks: Script,
     ensure: Script,
     tick: Script,
     sync: Script,
@@ -149,6 +178,74 @@ struct RedisState {
     tracked: arc_swap::ArcSwapOption<redis::aio::MultiplexedConnection>,
     /// Connection and response timeouts for the tracked connection.
     timeouts: (Duration, Duration),
+}
+
+/// Shards of a Cluster namespace. Each shard's hash tag falls in the middle of its own
+/// sixteenth of the 16,384 slots, so a Cluster whose masters hold equal ranges (as
+/// `redis-cli --cluster create` makes them) holds equal numbers of shards: 5, 6 and 5 of them
+/// on 3 masters, 4 each on 4.
+const CLUSTER_SHARDS: usize = 16;
+/// Slots in a Redis Cluster.
+const SLOTS: u16 = 16_384;
+
+/// One shard of a namespace: its entries, and the purge floor and clock that judge them, all in
+/// one hash slot, so that a lookup reads the three from one node in one `MGET`. A single node
+/// has one shard (`{ns}:e:`, `{ns}:floor`, and the invalidations' own clock `{ns}:clock`); a
+/// Cluster has `CLUSTER_SHARDS`, `{ns}:{<tag>}:...`, and no key every lookup reads.
+///
+/// A shard's clock is raised to each invalidation's stamp after the invalidations' clock is
+/// ticked, so it is never ahead of it: a birth stamp read from it is older than any
+/// invalidation that had not ticked when it was read (the entry is hidden by it), and once an
+/// invalidation has completed every shard's clock is at or past its stamp (an entry born
+/// before it has its tags looked up).
+struct Shard {
+    entries: String,
+    floor: String,
+    clock: String,
+}
+
+impl Shard {
+    fn single(prefix: &str) -> Shard {
+        Shard {
+            entries: format!("{prefix}e:"),
+            floor: format!("{prefix}floor"),
+            clock: format!("{prefix}clock"),
+        }
+    }
+
+    /// The shards of a Cluster namespace.
+    fn cluster(prefix: &str) -> Box<[Shard]> {
+        (0..CLUSTER_SHARDS)
+            .map(|i| {
+                let tag = hash_tag_near(Self::slot_of_shard(i));
+                Shard {
+                    entries: format!("{prefix}{{{tag}}}:e:"),
+                    floor: format!("{prefix}{{{tag}}}:floor"),
+                    clock: format!("{prefix}{{{tag}}}:clock"),
+                }
+            })
+            .collect()
+    }
+
+    /// The slot in the middle of shard `i`'s range.
+    fn slot_of_shard(i: usize) -> u16 {
+        let width = usize::from(SLOTS) / CLUSTER_SHARDS;
+        u16::try_from(i * width + width / 2).unwrap_or(0)
+    }
+}
+
+/// The first hash tag (`s0`, `s1`, ...) whose slot is within 32 of `slot` (about one candidate
+/// in 256 is; the search is done once, when the store is built).
+fn hash_tag_near(slot: u16) -> String {
+    (0u32..)
+        .map(|n| format!("s{n}"))
+        .find(|tag| key_slot(tag.as_bytes()).abs_diff(slot) <= 32)
+        .unwrap_or_default()
+}
+
+/// The Cluster slot of a key without a hash tag (CRC16/XMODEM modulo 16,384).
+fn key_slot(key: &[u8]) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(key) % SLOTS
 }
 
 /// Server-assisted tracking of `{ns}:floor` and `{ns}:clock` (RESP3 `CLIENT TRACKING ON BCAST`):
@@ -365,10 +462,20 @@ impl RedisStore {
         b
     }
 
+    /// The shard `key` lives in (an index into `shards`).
+    fn shard_of(&self, key: &CacheKey) -> usize {
+        let shards = self.shared.shards.len();
+        if shards == 1 {
+            return 0;
+        }
+        let d = key.digest();
+        usize::from(u16::from_le_bytes([d[0], d[1]])) % shards
+    }
+
     fn entry_key(&self, key: &CacheKey) -> String {
-        let mut k = String::with_capacity(self.shared.prefix.len() + key.label().len() + 72);
-        k.push_str(&self.shared.prefix);
-        k.push_str("e:");
+        let shard = &self.shared.shards[self.shard_of(key)];
+        let mut k = String::with_capacity(shard.entries.len() + key.label().len() + 66);
+        k.push_str(&shard.entries);
         k.push_str(key.label());
         k.push(':');
         push_hex(&mut k, key.digest());
@@ -388,8 +495,9 @@ impl RedisStore {
     }
 
     /// Reads entries and the marks that judge them, in at most two round trips: the entries
-    /// with the purge floor and the clock in one `MGET`, then (only when the clock has moved
-    /// since an entry was born) the stamps of their tags.
+    /// with their shards' purge floor and clock in one `MGET` (on a Cluster, one command per
+    /// slot involved), then (only when a clock has moved since an entry was born) the stamps
+    /// of their tags. With no keys, reads every shard's marks (the store's first read).
     async fn read(&self, keys: Vec<CacheKey>) -> Result<Vec<Read>, StoreError> {
         let s = &self.shared;
         // The floor and the clock as tracked: the entries alone (one `GET` for one key).
@@ -413,49 +521,73 @@ impl RedisStore {
             // A push that came before the answer says the two keys moved: read them too.
             if s.tracking.unchanged_since(generation) && values.len() == keys.len() {
                 s.observed.fetch_max(clock, Ordering::AcqRel);
-                return self.judge(&keys, values, floor, clock).await;
+                return self.judge(&keys, values, |_| (floor, clock)).await;
             }
         }
         self.enable_tracking();
         let generation = s.tracking.generation.load(Ordering::Acquire);
+        // The shards involved, in order (one on a single node).
+        let mut shards: Vec<usize> = if keys.is_empty() {
+            (0..s.shards.len()).collect()
+        } else {
+            keys.iter().map(|k| self.shard_of(k)).collect()
+        };
+        shards.sort_unstable();
+        shards.dedup();
         let mut mget = redis::cmd("MGET");
         for k in &keys {
             mget.arg(self.entry_key(k));
         }
-        mget.arg(&s.floor_key).arg(&s.clock_key);
+        for &i in &shards {
+            mget.arg(&s.shards[i].floor).arg(&s.shards[i].clock);
+        }
         let mut values: Vec<Option<Vec<u8>>> = s.conn.query(&mget).await.map_err(backend)?;
-        if values.len() != keys.len() + 2 {
+        if values.len() != keys.len() + 2 * shards.len() {
             return Err(StoreError::new(
                 StoreErrorKind::Backend,
                 "MGET answered the wrong number of values",
             ));
         }
-        let clock = match values.pop().flatten() {
-            Some(clock) => parse_u64(Some(&clock)),
-            // Evicted: read as 0 it would say that nothing was invalidated since any entry
-            // was born. Seeded again from the server's time, it is above every stamp, so
-            // every entry's tags are looked up (and a missing record hides).
-            None => self.reseed_clock().await?,
+        let marks = values.split_off(keys.len());
+        // (floor, clock) of each shard in `shards`.
+        let mut frames = Vec::with_capacity(shards.len());
+        for (&i, pair) in shards.iter().zip(marks.chunks_exact(2)) {
+            let clock = match &pair[1] {
+                Some(clock) => parse_u64(Some(clock)),
+                // Evicted: read as 0 it would say that nothing was invalidated since any entry
+                // was born. Seeded again above every stamp, every entry's tags are looked up
+                // (and a missing record hides).
+                None => self.reseed_clock(i).await?,
+            };
+            let floor = match &pair[0] {
+                Some(floor) => parse_u64(Some(floor)),
+                // Evicted (or never written): every entry born before now may have been purged.
+                None => self.restore_floor(i, clock).await?,
+            };
+            frames.push((floor, clock));
+        }
+        // The clocks only rise (they are seeded from TIME after a restart), so keep the newest.
+        let newest = frames.iter().map(|&(_, clock)| clock).max().unwrap_or(0);
+        s.observed.fetch_max(newest, Ordering::AcqRel);
+        if let [(floor, clock)] = frames[..] {
+            s.tracking.learn(generation, floor, clock);
+        }
+        let frame_of = |key: &CacheKey| {
+            shards
+                .binary_search(&self.shard_of(key))
+                .map_or((u64::MAX, u64::MAX), |j| frames[j])
         };
-        let floor = match values.pop().flatten() {
-            Some(floor) => parse_u64(Some(&floor)),
-            // Evicted (or never written): every entry born before now may have been purged.
-            None => self.restore_floor(clock).await?,
-        };
-        // The clock only rises (it is seeded from TIME after a restart), so keep the newest.
-        s.observed.fetch_max(clock, Ordering::AcqRel);
-        s.tracking.learn(generation, floor, clock);
-        self.judge(&keys, values, floor, clock).await
+        self.judge(&keys, values, frame_of).await
     }
 
-    /// Decodes the entries read for `keys` and judges them by the floor and the clock (and,
-    /// for entries born before the clock's last move, their tags' stamps: one more `MGET`).
+    /// Decodes the entries read for `keys` and judges each by its shard's floor and clock,
+    /// `frame(key)` (and, for entries born before their clock's last move, by their tags'
+    /// stamps: one more `MGET`).
     async fn judge(
         &self,
         keys: &[CacheKey],
         values: Vec<Option<Vec<u8>>>,
-        floor: u64,
-        clock: u64,
+        frame: impl Fn(&CacheKey) -> (u64, u64),
     ) -> Result<Vec<Read>, StoreError> {
         let s = &self.shared;
         let mut entries = Vec::with_capacity(keys.len());
@@ -480,11 +612,14 @@ impl RedisStore {
         }
 
         // While the clock has not moved since an entry was born, no tag of it was invalidated.
-        let needs_tags = |e: &Entry| clock > e.born && e.born >= floor;
-        let mut tags: Vec<&str> = entries
+        let needs_tags = |key: &CacheKey, e: &Entry| {
+            let (floor, clock) = frame(key);
+            clock > e.born && e.born >= floor
+        };
+        let mut tags: Vec<&str> = keys
             .iter()
-            .flatten()
-            .filter(|e| needs_tags(e))
+            .zip(&entries)
+            .filter_map(|(k, e)| e.as_deref().filter(|e| needs_tags(k, e)))
             .flat_map(|e| e.tags.iter().map(|t| &**t))
             .collect();
         let mut stamps = Vec::new();
@@ -510,13 +645,17 @@ impl RedisStore {
                 .and_then(|i| stamps.get(i).copied())
                 .unwrap_or(u64::MAX)
         };
-        let marks: Vec<Marks> = entries
+        let marks: Vec<Marks> = keys
             .iter()
-            .map(|entry| match entry {
-                Some(e) if needs_tags(e) => {
-                    Marks::tag_stamps(floor, e.tags.iter().map(|t| stamp_of(t)))
+            .zip(&entries)
+            .map(|(k, entry)| {
+                let (floor, clock) = frame(k);
+                match entry {
+                    Some(e) if needs_tags(k, e) => {
+                        Marks::tag_stamps(floor, e.tags.iter().map(|t| stamp_of(t)))
+                    }
+                    _ => Marks::newest_tag_invalidation(floor, clock),
                 }
-                _ => Marks::newest_tag_invalidation(floor, clock),
             })
             .collect();
         drop(tags);
@@ -543,16 +682,39 @@ impl RedisStore {
         // This instance's next requests start after it: they must see it.
         s.observed.fetch_max(stamp, Ordering::AcqRel);
         // All at once: the multiplexed connection pipelines them (one round trip per node,
-        // not one per tag).
+        // not one per tag). On a Cluster, every shard's clock too: an entry born before
+        // this stamp then has its tags looked up.
         let ttl = s.max_ttl + TAG_MARGIN;
         let raises = message.tags.iter().map(|tag| {
             let key = self.tag_key(tag);
             async move { s.conn.raise(&s.raise, &key, stamp, ttl).await }
         });
-        futures_util::future::try_join_all(raises)
-            .await
-            .map_err(backend)?;
+        futures_util::future::try_join(
+            futures_util::future::try_join_all(raises),
+            self.raise_shards(stamp, false),
+        )
+        .await
+        .map_err(backend)?;
         Ok(stamp)
+    }
+
+    /// Raises the clock (and, for a purge, the floor) of every shard to `stamp`, on a Cluster
+    /// (a single node's one shard has the invalidations' clock, ticked already, and its
+    /// floor is raised by the purge itself).
+    async fn raise_shards(&self, stamp: u64, floor: bool) -> Result<(), RedisError> {
+        let s = &self.shared;
+        if s.shards.len() == 1 {
+            return Ok(());
+        }
+        let raises = s.shards.iter().map(|shard| {
+            let mut inv = s.marks.key(&shard.clock);
+            if floor {
+                inv.key(&shard.floor);
+            }
+            inv.arg(stamp);
+            async move { s.conn.invoke::<u64>(&inv).await }
+        });
+        futures_util::future::try_join_all(raises).await.map(drop)
     }
 
     /// Purges the namespace and returns the clock value of the purge.
@@ -565,10 +727,14 @@ impl RedisStore {
             .await
             .map_err(backend)?;
         s.observed.fetch_max(stamp, Ordering::AcqRel);
-        s.conn
-            .raise(&s.raise, &s.floor_key, stamp, Duration::ZERO)
-            .await
-            .map_err(backend)?;
+        if s.shards.len() == 1 {
+            s.conn
+                .raise(&s.raise, &s.shards[0].floor, stamp, Duration::ZERO)
+                .await
+                .map_err(backend)?;
+        } else {
+            self.raise_shards(stamp, true).await.map_err(backend)?;
+        }
         Ok(stamp)
     }
 
@@ -675,9 +841,9 @@ impl RedisStore {
             .arg("ON")
             .arg("BCAST")
             .arg("PREFIX")
-            .arg(&s.floor_key)
+            .arg(&s.shards[0].floor)
             .arg("PREFIX")
-            .arg(&s.clock_key);
+            .arg(&s.shards[0].clock);
         match cmd.query_async::<()>(&mut conn).await {
             // Its pushes will come (`enable_tracking` takes this back if it was lost meanwhile).
             Ok(()) => {
@@ -694,21 +860,30 @@ impl RedisStore {
         }
     }
 
-    /// Creates the clock again after it went missing (see `TICK`), and returns it.
-    async fn reseed_clock(&self) -> Result<u64, StoreError> {
+    /// Creates shard `i`'s clock again after it went missing, and returns it: above every stamp
+    /// it held, as the invalidations' clock ticked (on a single node that is the shard's
+    /// clock, created again from the server time if it is missing too, see `TICK`).
+    async fn reseed_clock(&self, i: usize) -> Result<u64, StoreError> {
         let s = &self.shared;
-        s.conn
+        let ticked = s
+            .conn
             .tick(&s.tick, &s.clock_key, "", &BusMessage::default())
             .await
-            .map_err(backend)
+            .map_err(backend)?;
+        if s.shards.len() == 1 {
+            return Ok(ticked);
+        }
+        let mut inv = s.marks.key(&s.shards[i].clock);
+        inv.arg(ticked);
+        s.conn.invoke(&inv).await.map_err(backend)
     }
 
-    /// Writes the purge floor again after it went missing, as the current clock: what was
-    /// born before may have been purged, so it is hidden. Another instance's floor wins.
-    async fn restore_floor(&self, clock: u64) -> Result<u64, StoreError> {
+    /// Writes shard `i`'s purge floor again after it went missing, as its current clock: what
+    /// was born before may have been purged, so it is hidden. Another instance's floor wins.
+    async fn restore_floor(&self, i: usize, clock: u64) -> Result<u64, StoreError> {
         let s = &self.shared;
         let mut cmd = redis::cmd("SET");
-        cmd.arg(&s.floor_key).arg(clock).arg("NX");
+        cmd.arg(&s.shards[i].floor).arg(clock).arg("NX");
         s.conn.query::<()>(&cmd).await.map_err(backend)?;
         Ok(clock)
     }
@@ -1019,14 +1194,19 @@ impl RedisStoreBuilder {
                 conn,
                 pubsub,
                 bus: format!("{prefix}bus"),
-                floor_key: format!("{prefix}floor"),
                 clock_key: format!("{prefix}clock"),
+                shards: if self.cluster {
+                    Shard::cluster(&prefix)
+                } else {
+                    Box::new([Shard::single(&prefix)])
+                },
                 prefix,
                 observed: AtomicU64::new(0),
                 publishes: std::sync::atomic::AtomicBool::new(false),
                 max_ttl: self.max_ttl,
                 compress_over: self.compress_over,
                 raise: Script::new(RAISE),
+                marks: Script::new(MARKS),
                 ensure: Script::new(ENSURE),
                 tick: Script::new(TICK),
                 sync: Script::new(SYNC),
