@@ -507,6 +507,14 @@ where
     }
 }
 
+/// An empty body, read from memory (what a refill sends, see
+/// [`Rule::refill_after_write`](crate::Rule::refill_after_write)).
+impl<B: Body> Default for KeyedBody<B> {
+    fn default() -> Self {
+        KeyedBody::buffered(VecDeque::new(), None)
+    }
+}
+
 impl<B> Body for KeyedBody<B>
 where
     B: Body<Data = Bytes>,

@@ -10,6 +10,7 @@ use crate::{
         coalesce::Coalescer,
         journal::Journal,
         predictor::Predictor,
+        refill::{self, Refills},
     },
     middleware::status::XCache,
     stats::{RouteStats, Stats},
@@ -63,6 +64,8 @@ pub(crate) struct CacheState {
     pub(crate) lock_wait: Option<Duration>,
     /// Counters for calls that belong to no route (typed values, admin calls).
     pub(crate) typed: Arc<RouteStats>,
+    /// What rules with `refill_after_write` ask again after a write.
+    pub(crate) refills: Refills,
 }
 
 /// What a request's `no-cache` or `max-age=0` (a browser reload) does.
@@ -87,6 +90,9 @@ pub struct CacheHandleBuilder {
     breaker_open_for: Duration,
     journal: Option<std::path::PathBuf>,
     lock_wait: Option<Duration>,
+    refill_rate: u32,
+    refill_concurrency: usize,
+    refill_window: Duration,
 }
 
 impl CacheHandle {
@@ -114,6 +120,9 @@ impl CacheHandle {
             breaker_open_for: DEFAULT_BREAKER_OPEN_FOR,
             journal: None,
             lock_wait: None,
+            refill_rate: refill::DEFAULT_RATE,
+            refill_concurrency: refill::DEFAULT_CONCURRENCY,
+            refill_window: refill::WINDOW,
         }
     }
 
@@ -190,7 +199,15 @@ impl CacheHandle {
         tags: Vec<String>,
     ) -> Result<(), StoreError> {
         let fut = self.shared.store.invalidate_tags(tags.clone());
-        self.apply(stats, Op::Invalidate, fut, Some(tags)).await
+        let result = self
+            .apply(stats, Op::Invalidate, fut, Some(tags.clone()))
+            .await;
+        if result.is_ok() {
+            // Started now that the invalidation is complete: a refill can only store what the
+            // write left.
+            self.shared.refills.after_invalidation(&tags);
+        }
+        result
     }
 
     /// Removes one entry.
@@ -241,7 +258,9 @@ impl CacheHandle {
 
     /// A copy of the statistics.
     pub fn stats(&self) -> StatsSnapshot {
-        self.shared.stats.snapshot()
+        let mut stats = self.shared.stats.snapshot();
+        stats.refills = self.shared.refills.snapshot();
+        stats
     }
 
     /// The store behind this cache.
@@ -344,6 +363,24 @@ impl CacheHandleBuilder {
         self
     }
 
+    /// Bounds the refills of rules with
+    /// [`refill_after_write`](crate::Rule::refill_after_write): at most `per_second` replays
+    /// a second (default 200; a write that invalidates more drops the rest, counted as
+    /// `refills_dropped`) and `concurrent` at once (default 8).
+    pub fn refill_limits(mut self, per_second: u32, concurrent: usize) -> Self {
+        self.refill_rate = per_second;
+        self.refill_concurrency = concurrent;
+        self
+    }
+
+    /// How long after its last read an entry of a rule with
+    /// [`refill_after_write`](crate::Rule::refill_after_write) is still refilled after a
+    /// write (default 5 minutes; at most 10,000 entries are remembered).
+    pub fn refill_window(mut self, window: Duration) -> Self {
+        self.refill_window = window;
+        self
+    }
+
     /// Builds the handle.
     ///
     /// # Panics
@@ -392,6 +429,11 @@ impl CacheHandleBuilder {
                 breaker,
                 lock_wait: self.lock_wait,
                 typed,
+                refills: Refills::new(
+                    self.refill_rate,
+                    self.refill_concurrency,
+                    self.refill_window,
+                ),
             }),
         })
     }

@@ -140,6 +140,7 @@ pub mod store;
 mod typed;
 
 pub use body_key::{BodyKey, BodyKeyLayer, KeyedBody, RequestBodyDigest};
+pub use engine::refill::RefillSnapshot;
 pub use entry::Entry;
 pub use handle::{CacheHandle, CacheHandleBuilder};
 pub use middleware::{

@@ -172,7 +172,11 @@ impl Stats {
             total.audit_mismatches += r.audit_mismatches;
         }
         total.hit_rate = total.rate();
-        StatsSnapshot { total, routes }
+        StatsSnapshot {
+            total,
+            routes,
+            refills: crate::RefillSnapshot::default(),
+        }
     }
 }
 
@@ -183,6 +187,9 @@ pub struct StatsSnapshot {
     pub total: RouteSnapshot,
     /// Per route, by rule name (typed cache-aside calls count under `typed`).
     pub routes: BTreeMap<String, RouteSnapshot>,
+    /// Refills after writes ([`Rule::refill_after_write`](crate::Rule::refill_after_write));
+    /// a refill's call to the service also counts as a miss of its route.
+    pub refills: crate::RefillSnapshot,
 }
 
 /// The counters of one route.

@@ -7,3 +7,4 @@ pub(crate) mod coalesce;
 pub(crate) mod journal;
 pub(crate) mod lock;
 pub(crate) mod predictor;
+pub(crate) mod refill;

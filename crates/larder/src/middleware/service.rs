@@ -7,6 +7,8 @@
 //! the service and invalidate their tags before they are answered ([`write`](crate::phase::write)).
 
 use std::{
+    future::Future,
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -19,7 +21,7 @@ use tracing::Instrument;
 
 use crate::{
     CacheHandle,
-    engine::breaker::Op,
+    engine::{breaker::Op, refill},
     middleware::{body::CacheBody, future::ResponseFuture, status::CacheStatus},
     phase::{
         classify::{self, Class, Intent, ReadRequest},
@@ -83,12 +85,16 @@ impl<S> Cache<S> {
     }
 }
 
+/// The request body must have a `Default` (empty) value, which
+/// [`Rule::refill_after_write`](crate::Rule::refill_after_write) sends when it replays a
+/// `GET`: axum's, tonic's and http-body-util's bodies all have one (wrap hyper's `Incoming`
+/// in `axum::body::Body` or map it to a boxed body).
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: Send + 'static,
+    ReqBody: Default + Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
     type Response = Response<CacheBody<ResBody>>;
@@ -106,7 +112,13 @@ where
         };
         let (parts, body) = req.into_parts();
         match classify::classify(&handle.shared, route, &parts) {
-            Class::Read(read) => self::read(inner, handle, route, params, read, parts, body),
+            Class::Read(read) => {
+                // What a miss needs to leave a refill behind (see `Replayer`).
+                let refill = (route.rule.refill && parts.method == http::Method::GET)
+                    .then_some(&self.routes);
+                let request = (params, read, parts, body);
+                self::read(inner, handle, route, request, refill)
+            }
             Class::Bypass(reason) => {
                 route.stats.record(Outcome::Bypass);
                 bypass(inner, handle, Request::from_parts(parts, body), reason)
@@ -157,16 +169,14 @@ fn read<S, ReqBody, B>(
     inner: &mut S,
     handle: &CacheHandle,
     route: &Arc<Route>,
-    params: Params,
-    read: ReadRequest,
-    parts: Parts,
-    body: ReqBody,
+    (params, read, parts, body): (Params, ReadRequest, Parts, ReqBody),
+    refill: Option<&Arc<RouteSet>>,
 ) -> ResponseFuture<S::Future, B, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: Send + 'static,
+    ReqBody: Default + Send + 'static,
     B: Body<Data = Bytes> + Send + 'static,
 {
     let shared = &handle.shared;
@@ -176,14 +186,16 @@ where
             fwd: Fwd::Request,
         };
         let now = shared.clock.now_ms();
-        let exchange = Exchange::new(handle, route, params, read, None);
+        let mut exchange = Exchange::new(handle, route, params, read, None);
+        exchange.refill = refill.map(|routes| Replayer::seed(inner, handle, routes));
         return exchange.answer(found, now, take(inner), parts, body);
     }
     let mut store_call = store::read_after(&*shared.store, &read.key, read.after);
     let Some(result) = store_call.try_ready() else {
         let looked_up = Some(tokio::time::Instant::now());
         let exchange = Exchange::new(handle, route, params, read, looked_up);
-        return read_later(exchange, store_call, take(inner), parts, body);
+        let refill = refill.map(Arc::clone);
+        return read_later(exchange, store_call, take(inner), (parts, body), refill);
     };
     let entry = match result {
         Ok(read) => read.visible(),
@@ -206,6 +218,9 @@ where
                 status,
                 now,
             );
+            if refill.is_some() {
+                shared.refills.touch(read.key.digest());
+            }
             if let Some(then) = exchange::after_hit(route, &entry, now) {
                 let exchange = Exchange::new(handle, route, params, read, None);
                 exchange.set_off(then, entry, take(inner), parts, body);
@@ -213,7 +228,10 @@ where
             ResponseFuture::ready(response)
         }
         found => {
-            let exchange = Exchange::new(handle, route, params, read, None);
+            let mut exchange = Exchange::new(handle, route, params, read, None);
+            if let Some(routes) = refill {
+                exchange.refill = Some(Replayer::seed(inner, handle, routes));
+            }
             exchange.answer(found, now, take(inner), parts, body)
         }
     }
@@ -223,15 +241,15 @@ where
 fn read_later<S, ReqBody, B>(
     mut exchange: Exchange,
     store_call: StoreFuture<Read>,
-    inner: S,
-    parts: Parts,
-    body: ReqBody,
+    mut inner: S,
+    (parts, body): (Parts, ReqBody),
+    refill: Option<Arc<RouteSet>>,
 ) -> ResponseFuture<S::Future, B, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
+    S: Service<Request<ReqBody>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: Send + 'static,
+    ReqBody: Default + Send + 'static,
     B: Body<Data = Bytes> + Send + 'static,
 {
     let span = tracing::debug_span!("larder.lookup", route = %exchange.route.rule.name);
@@ -245,8 +263,88 @@ where
             exchange.since = shared.store.stamp();
             let now = shared.clock.now_ms();
             let found = lookup::judge(entry, &exchange.key, &parts.headers, now);
+            if let Some(routes) = &refill {
+                if let Found::Fresh { .. } = found {
+                    shared.refills.touch(exchange.key.digest());
+                } else {
+                    let handle = exchange.handle.clone();
+                    exchange.refill = Some(Replayer::seed(&mut inner, &handle, routes));
+                }
+            }
             exchange.answer(found, now, inner, parts, body).await
         }
         .instrument(span),
     ))
+}
+
+/// Sends a refill's request through the cache it came from (see
+/// [`Rule::refill_after_write`](crate::Rule::refill_after_write)): a clone of the `Cache`
+/// whose miss left the record, behind a lock because a service need not be `Sync`.
+struct Replayer<S, ReqBody> {
+    cache: std::sync::Mutex<Cache<S>>,
+    _body: std::marker::PhantomData<fn() -> ReqBody>,
+}
+
+impl<S, ReqBody, B> Replayer<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Default + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+{
+    /// A replayer over a clone of the service a miss is about to ask.
+    fn seed(
+        inner: &mut S,
+        handle: &CacheHandle,
+        routes: &Arc<RouteSet>,
+    ) -> Arc<dyn refill::Replay> {
+        let cache = Cache::new(inner.clone(), handle.clone(), Arc::clone(routes));
+        Arc::new(Replayer {
+            cache: std::sync::Mutex::new(cache),
+            _body: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<S, ReqBody, B> refill::Replay for Replayer<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Default + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+{
+    fn replay(&self, head: refill::Head) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+        let mut cache = match self.cache.lock() {
+            Ok(cache) => cache.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let mut req = Request::new(ReqBody::default());
+        *req.method_mut() = head.method;
+        *req.uri_mut() = head.uri;
+        *req.version_mut() = head.version;
+        *req.headers_mut() = head.headers;
+        *req.extensions_mut() = head.extensions;
+        Box::pin(async move {
+            if std::future::poll_fn(|cx| cache.poll_ready(cx))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            let Ok(response) = cache.call(req).await else {
+                return false;
+            };
+            // The entry is stored as the body streams: read it to its end.
+            let ok = !response.status().is_server_error();
+            let mut body = std::pin::pin!(response.into_body());
+            while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+                if frame.is_err() {
+                    return false;
+                }
+            }
+            ok
+        })
+    }
 }

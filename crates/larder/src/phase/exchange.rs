@@ -21,6 +21,7 @@ use crate::{
     engine::{
         coalesce::{Lead, Recheck, Ticket, Turn},
         lock::{self, LockHeld, LockOutcome},
+        refill,
     },
     entry::Freshness,
     handle::CacheState,
@@ -97,6 +98,8 @@ pub(crate) struct Exchange {
     /// When the lookup of a network store started (`None`: the store answered at once, so no
     /// write can have crossed it).
     pub(crate) looked_up: Option<tokio::time::Instant>,
+    /// For a rule that refills after writes, how to send this request again (set on a miss).
+    pub(crate) refill: Option<Arc<dyn refill::Replay>>,
 }
 
 impl Exchange {
@@ -120,6 +123,7 @@ impl Exchange {
             since: handle.shared.store.stamp().max(read.after.unwrap_or(0)),
             after: read.after,
             looked_up,
+            refill: None,
         }
     }
 
@@ -360,7 +364,7 @@ impl Exchange {
     /// Asks the service (leading the flight `lead`, if any) and hands what may be stored to
     /// the fill phase.
     async fn lead<S, ReqBody, B>(
-        self,
+        mut self,
         lead: Option<Lead>,
         lock: Option<LockHeld>,
         mut inner: S,
@@ -373,6 +377,16 @@ impl Exchange {
         B: Body<Data = Bytes>,
     {
         let shared = &self.handle.shared;
+        let refill = self.refill.take().map(|replay| refill::Seed {
+            head: refill::Head {
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                version: req.version(),
+                headers: req.headers().clone(),
+                extensions: req.extensions().clone(),
+            },
+            replay,
+        });
         let asked = Origin {
             // Taken before the call: an invalidation from now on hides what this call returns.
             born: shared.store.stamp(),
@@ -382,7 +396,9 @@ impl Exchange {
             path: req.uri().path().to_owned(),
         };
         match inner.call(req).await {
-            Ok(r) if !r.status().is_server_error() => Ok(self.record(r, asked, lead, lock, fwd)),
+            Ok(r) if !r.status().is_server_error() => {
+                Ok(self.record(r, asked, (lead, lock, refill), fwd))
+            }
             failed => {
                 // RFC 5861 §4: stale-if-error. `lead` drops: followers ask for themselves.
                 if let Some(entry) = &stale {
@@ -401,8 +417,7 @@ impl Exchange {
         self,
         response: Response<B>,
         origin: Origin,
-        lead: Option<Lead>,
-        lock: Option<LockHeld>,
+        (lead, lock, refill): (Option<Lead>, Option<LockHeld>, Option<refill::Seed>),
         fwd: Fwd,
     ) -> Response<CacheBody<B>> {
         let shared = &self.handle.shared;
@@ -452,6 +467,7 @@ impl Exchange {
             lead,
             lock,
             started: origin.started,
+            refill,
         };
         Response::from_parts(parts, CacheBody::recording(body, fill, limit))
     }

@@ -16,7 +16,7 @@ use http_body::SizeHint;
 
 use crate::{
     CacheHandle, CacheKey, Entry,
-    engine::{breaker::Op, coalesce::Lead, lock::LockHeld},
+    engine::{breaker::Op, coalesce::Lead, lock::LockHeld, refill},
     entry::derive_etag,
     reason::Uncacheable,
     rules::{
@@ -145,6 +145,8 @@ pub(crate) struct Fill {
     pub(crate) lock: Option<LockHeld>,
     /// When the origin call started: the fill time feeds early refresh.
     pub(crate) started: tokio::time::Instant,
+    /// How to ask for this entry again after a write (rules that refill after writes).
+    pub(crate) refill: Option<refill::Seed>,
 }
 
 impl Fill {
@@ -204,6 +206,10 @@ impl Fill {
             lead.land(Arc::clone(&entry));
         }
         self.handle.shared.predictor.forget(self.key.digest());
+        if let Some(seed) = self.refill.take() {
+            let refills = &self.handle.shared.refills;
+            refills.record(*self.key.digest(), &entry.tags, seed);
+        }
         write(
             &self.handle,
             &self.stats,

@@ -96,6 +96,7 @@ pub struct Rule {
     /// The fraction of hits audited against the service (see [`Rule::audit`]).
     pub(crate) audit: Option<f64>,
     pub(crate) posts_by_body: bool,
+    pub(crate) refill: bool,
 }
 
 impl Rule {
@@ -117,6 +118,7 @@ impl Rule {
             early_refresh: None,
             audit: None,
             posts_by_body: false,
+            refill: false,
         }
     }
 
@@ -213,6 +215,27 @@ impl Rule {
     /// [`early_refresh`](Self::early_refresh) with another `beta`: above 1 refreshes earlier.
     pub fn early_refresh_beta(mut self, beta: f64) -> Self {
         self.early_refresh = Some(beta.max(0.0));
+        self
+    }
+
+    /// Refills this rule's entries after a write invalidates them: when a write (through a
+    /// layer, or [`CacheHandle::invalidate_tags`](crate::CacheHandle::invalidate_tags))
+    /// invalidates a tag that entries of this rule read in the last
+    /// [`refill_window`](crate::CacheHandleBuilder::refill_window) carry, the layer sends each
+    /// such `GET` through the cache again in the background, once the invalidation has
+    /// completed, so the next client read is a hit instead of a trip to the service.
+    ///
+    /// A refill is a read like a client's: it shares the flight with concurrent reads of the
+    /// same key, is stored by the same rules, and since it starts after the invalidation it
+    /// can only store what the write left. The request is replayed from this process's memory
+    /// with the headers the client sent (a user-scoped request keeps its user; nothing of it
+    /// is written to a shared store), and refills are bounded
+    /// ([`refill_limits`](crate::CacheHandleBuilder::refill_limits)). The instance that made
+    /// the write refills; with a shared store the other instances find the refilled entry
+    /// there. Each refill is one more call to the service (counted as a miss of the rule,
+    /// and as `refills` in [`stats`](crate::CacheHandle::stats)). Off by default.
+    pub fn refill_after_write(mut self) -> Self {
+        self.refill = true;
         self
     }
 
