@@ -277,7 +277,8 @@ impl Reader {
 
     fn headers(&mut self) -> Result<HeaderMap, StoreError> {
         let n = self.count(MAX_FIELDS)?;
-        let mut h = HeaderMap::with_capacity(n);
+        // Room for what a hit adds (`Age`, `Cache-Status`, `X-Cache`) without growing.
+        let mut h = HeaderMap::with_capacity(n + 3);
         for _ in 0..n {
             let name =
                 HeaderName::from_bytes(self.bytes()?).map_err(|_| corrupt("bad header name"))?;

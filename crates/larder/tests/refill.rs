@@ -256,6 +256,7 @@ async fn a_write_refills_what_clients_read_so_the_next_read_is_a_fresh_hit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refill_shares_its_flight_and_never_stores_over_a_later_write() {
     let (_server, caches) = stores().await;
+    let mut collapsed = 0;
     for (name, cache) in caches {
         let db = Db::default();
         let arrived = Arc::new(AtomicUsize::new(0));
@@ -299,7 +300,13 @@ async fn a_refill_shares_its_flight_and_never_stores_over_a_later_write() {
         for reader in readers {
             let (status, body) = reader.await.unwrap();
             assert_eq!(body, "v1", "{name}");
-            assert!(status.contains("collapsed"), "{name}: {status}");
+            // Joined the flight, or (a network store's lookup still on its way when the
+            // refill landed) read what it stored: either way, no call of its own.
+            assert!(
+                status.contains("collapsed") || status.contains("hit"),
+                "{name}: {status}"
+            );
+            collapsed += usize::from(status.contains("collapsed"));
         }
         refilled(&cache, 1).await;
         assert_eq!(

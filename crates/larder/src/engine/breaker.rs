@@ -48,6 +48,17 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    const ALL: [Op; 8] = [
+        Op::Get,
+        Op::GetMany,
+        Op::Put,
+        Op::Remove,
+        Op::Invalidate,
+        Op::Purge,
+        Op::Lock,
+        Op::Unlock,
+    ];
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Op::Get => "get",
@@ -101,6 +112,9 @@ struct BreakerState {
     failures: AtomicU32,
     probing: AtomicBool,
     journal: Option<Journal>,
+    /// `larder_store_seconds{store, op}` per op (in [`Op::ALL`]'s order), registered with the
+    /// recorder at the first network call, so a call does not build a metric key each time.
+    latency: std::sync::OnceLock<[metrics::Histogram; 8]>,
 }
 
 impl Breaker {
@@ -133,6 +147,7 @@ impl Breaker {
                 failures: AtomicU32::new(0),
                 probing: AtomicBool::new(false),
                 journal: journal.map(|(j, _)| j),
+                latency: std::sync::OnceLock::new(),
             }),
         };
         if pending {
@@ -196,8 +211,13 @@ impl Breaker {
                         format!("{} took longer than {timeout:?}", op.as_str()),
                     )),
                 };
-                metrics::histogram!("larder_store_seconds", "store" => inner.store.name(), "op" => op.as_str())
-                    .record(started.elapsed().as_secs_f64());
+                let latency = inner.latency.get_or_init(|| {
+                    let store = inner.store.name();
+                    Op::ALL.map(|op| {
+                        metrics::histogram!("larder_store_seconds", "store" => store, "op" => op.as_str())
+                    })
+                });
+                latency[op as usize].record(started.elapsed().as_secs_f64());
                 match &r {
                     Ok(_) => inner.failures.store(0, Ordering::Release),
                     // A value that is not ours says nothing about the store's health.

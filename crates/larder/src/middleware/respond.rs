@@ -77,6 +77,40 @@ pub(crate) fn from_entry<B>(
     response
 }
 
+/// Serves an entry nobody else holds (just decoded from a network store): its headers and body
+/// move into the response instead of being copied, as [`from_entry`] would.
+pub(crate) fn from_owned_entry<B>(
+    entry: Entry,
+    method: &Method,
+    headers: &HeaderMap,
+    now_ms: u64,
+    status: CacheStatus,
+    x_cache: XCache,
+) -> Response<CacheBody<B>> {
+    if entry.status == StatusCode::OK && policy::if_none_match(headers, &entry.etag) {
+        return from_entry(&entry, method, headers, now_ms, status, x_cache);
+    }
+    let age = age_value(entry.age(now_ms).as_secs());
+    let Entry {
+        status: code,
+        headers: mut out,
+        body,
+        trailers,
+        ..
+    } = entry;
+    out.insert(header::AGE, age);
+    status.apply(&mut out, x_cache);
+    let body = if method == Method::HEAD {
+        CacheBody::empty()
+    } else {
+        CacheBody::replay(body, trailers.as_ref())
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = code;
+    *response.headers_mut() = out;
+    response
+}
+
 /// The headers every full response from `entry` starts from: the stored headers, then `Age`
 /// and this cache's `Cache-Status` member as placeholders, last.
 fn template(entry: &Entry) -> HeaderMap {

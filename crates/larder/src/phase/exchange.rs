@@ -146,8 +146,22 @@ impl Exchange {
         match found {
             Found::Fresh { entry, ttl } => {
                 let status = CacheStatus::Hit { ttl };
+                let then = after_hit(&self.route, &entry, now_ms);
+                // Decoded for this request alone (a network store's hit): moved, not copied.
+                let entry = match (then, Arc::try_unwrap(entry)) {
+                    (None, Ok(owned)) => {
+                        self.route.stats.record(status.outcome());
+                        let (method, headers) = (&parts.method, &parts.headers);
+                        let x_cache = self.handle.shared.x_cache;
+                        return ResponseFuture::ready(respond::from_owned_entry(
+                            owned, method, headers, now_ms, status, x_cache,
+                        ));
+                    }
+                    (_, Ok(owned)) => Arc::new(owned),
+                    (_, Err(shared)) => shared,
+                };
                 let response = self.serve(&entry, &parts.method, &parts.headers, status, now_ms);
-                if let Some(then) = after_hit(&self.route, &entry, now_ms) {
+                if let Some(then) = then {
                     self.set_off(then, entry, inner, parts, body);
                 }
                 ResponseFuture::ready(response)

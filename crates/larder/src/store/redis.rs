@@ -500,24 +500,24 @@ impl RedisStore {
     /// of their tags. With no keys, reads every shard's marks (the store's first read).
     async fn read(&self, keys: Vec<CacheKey>) -> Result<Vec<Read>, StoreError> {
         let s = &self.shared;
-        // The floor and the clock as tracked: the entries alone (one `GET` for one key).
-        let known = s.tracking.known().and_then(|known| {
-            let conn = (*s.tracked.load()).as_deref()?.clone();
-            Some((known, conn))
-        });
+        // The floor and the clock as tracked: the entries alone.
+        let known = s
+            .tracking
+            .known()
+            .filter(|_| !keys.is_empty())
+            .and_then(|known| {
+                let conn = (*s.tracked.load()).as_deref()?.clone();
+                Some((known, conn))
+            });
         if let Some(((generation, floor, clock), mut conn)) = known {
-            // On the tracked connection: its pushes come before this answer.
-            let values: Vec<Option<Vec<u8>>> = if let [key] = &keys[..] {
-                let mut get = redis::cmd("GET");
-                get.arg(self.entry_key(key));
-                vec![get.query_async(&mut conn).await.map_err(backend)?]
-            } else {
-                let mut mget = redis::cmd("MGET");
-                for k in &keys {
-                    mget.arg(self.entry_key(k));
-                }
-                mget.query_async(&mut conn).await.map_err(backend)?
-            };
+            // On the tracked connection: its pushes come before this answer. (One key is
+            // read by `read_tracked_one`.)
+            let mut mget = redis::cmd("MGET");
+            for k in &keys {
+                mget.arg(self.entry_key(k));
+            }
+            let values: Vec<Option<Vec<u8>>> =
+                mget.query_async(&mut conn).await.map_err(backend)?;
             // A push that came before the answer says the two keys moved: read them too.
             if s.tracking.unchanged_since(generation) && values.len() == keys.len() {
                 s.observed.fetch_max(clock, Ordering::AcqRel);
@@ -580,6 +580,39 @@ impl RedisStore {
         self.judge(&keys, values, frame_of).await
     }
 
+    /// The common hit, without the batch's vectors: one key, while Redis tracks the floor and
+    /// the clock, of an entry born since the clock last moved (or absent). `None` when it is
+    /// not that case: [`read`](Self::read) then answers.
+    async fn read_tracked_one(&self, key: &CacheKey) -> Result<Option<Read>, StoreError> {
+        let s = &self.shared;
+        let Some((generation, floor, clock)) = s.tracking.known() else {
+            return Ok(None);
+        };
+        let Some(mut conn) = (*s.tracked.load()).as_deref().cloned() else {
+            return Ok(None);
+        };
+        let mut get = redis::cmd("GET");
+        get.arg(self.entry_key(key));
+        let value: Option<Vec<u8>> = get.query_async(&mut conn).await.map_err(backend)?;
+        // A push that came before the answer says the two keys moved.
+        if !s.tracking.unchanged_since(generation) {
+            return Ok(None);
+        }
+        s.observed.fetch_max(clock, Ordering::AcqRel);
+        let Some(bytes) = value else {
+            return Ok(Some(Read::miss()));
+        };
+        let entry = Arc::new(codec::decode_bytes(key, Bytes::from(bytes))?);
+        if clock > entry.born && entry.born >= floor {
+            // Born before the clock last moved: its tags' stamps are read too.
+            let keys = std::slice::from_ref(key);
+            let reads = self.judge_entries(keys, vec![Some(entry)], |_| (floor, clock));
+            return Ok(reads.await?.pop());
+        }
+        let marks = Marks::newest_tag_invalidation(floor, clock);
+        Ok(Some(Read::new(Some(entry), marks)))
+    }
+
     /// Decodes the entries read for `keys` and judges each by its shard's floor and clock,
     /// `frame(key)` (and, for entries born before their clock's last move, by their tags'
     /// stamps: one more `MGET`).
@@ -589,7 +622,6 @@ impl RedisStore {
         values: Vec<Option<Vec<u8>>>,
         frame: impl Fn(&CacheKey) -> (u64, u64),
     ) -> Result<Vec<Read>, StoreError> {
-        let s = &self.shared;
         let mut entries = Vec::with_capacity(keys.len());
         let mut corrupt = None;
         for (key, value) in keys.iter().zip(values) {
@@ -610,7 +642,17 @@ impl RedisStore {
                 return Err(e);
             }
         }
+        self.judge_entries(keys, entries, frame).await
+    }
 
+    /// Judges decoded entries (see [`judge`](Self::judge)).
+    async fn judge_entries(
+        &self,
+        keys: &[CacheKey],
+        entries: Vec<Option<Arc<Entry>>>,
+        frame: impl Fn(&CacheKey) -> (u64, u64),
+    ) -> Result<Vec<Read>, StoreError> {
+        let s = &self.shared;
         // While the clock has not moved since an entry was born, no tag of it was invalidated.
         let needs_tags = |key: &CacheKey, e: &Entry| {
             let (floor, clock) = frame(key);
@@ -1309,6 +1351,9 @@ impl Entries for RedisStore {
         let this = self.clone();
         let key = key.clone();
         StoreFuture::pending(async move {
+            if let Some(read) = this.read_tracked_one(&key).await? {
+                return Ok(read);
+            }
             let mut reads = this.read(vec![key]).await?;
             Ok(reads.pop().unwrap_or_else(Read::miss))
         })
