@@ -353,6 +353,7 @@ async fn a_refill_shares_its_flight_and_never_stores_over_a_later_write() {
         );
         refilled(&cache, 3).await;
     }
+    assert!(collapsed > 0, "no reader joined a refill's flight");
 }
 
 /// Two users read their own page; a write of user a refills a's page with a's credentials
