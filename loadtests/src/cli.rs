@@ -15,14 +15,16 @@ use crate::workload::Distribution;
 #[command(name = "loadtests", version)]
 pub(crate) struct Args {
     /// Concurrent users, each one account loading its dashboard on a fixed schedule
-    /// (`--scenario consistency`: writer/reader pairs, 20 unless given).
+    /// (`--scenario consistency`: writer/reader pairs, 20 unless given; `--scenario fleet`:
+    /// readers whose requests are spread over the instances).
     #[arg(long, default_value_t = 100)]
     pub(crate) users: usize,
     /// Length of each measured run (`45s`, `2m`, `1m30s`, or seconds; `--scenario
-    /// consistency`: 30s unless given).
+    /// consistency`: 30s unless given; `--scenario fleet`: 20s per fleet size unless given).
     #[arg(long, default_value = "45s", value_parser = parse_duration)]
     pub(crate) run_time: Duration,
-    /// Warm-up before each run, not counted (its first loads are reported as the cold load).
+    /// Warm-up before each run, not counted (its first loads are reported as the cold load;
+    /// `--scenario fleet`: 4s per fleet size unless given).
     #[arg(long, default_value = "8s", value_parser = parse_duration)]
     pub(crate) warm_up: Duration,
     /// Time between two dashboard loads of one user, on a fixed schedule: a load starts when
@@ -36,13 +38,16 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) burst: bool,
     /// The scenario: `dashboard` (the benchmark), `pagination` (pages stay fresh after
-    /// writes), `outage` (the dashboard while Redis is stopped and started again) or
+    /// writes), `outage` (the dashboard while Redis is stopped and started again),
     /// `consistency` (a writer reads its writes through another instance; how long other
-    /// clients wait to see them).
+    /// clients wait to see them) or `fleet` (1, 2, 4 instances on the tiered store over one
+    /// 3-master Redis Cluster: hit rate, stale reads, propagation to the last instance, how
+    /// Redis operations spread over the masters).
     #[arg(long, value_enum, default_value_t = ScenarioName::Dashboard)]
     pub(crate) scenario: ScenarioName,
     /// The cached run's store; `redis` and `tiered` start a redis-server of their own
-    /// unless `--redis-url` is given (`--scenario consistency`: tiered unless given).
+    /// unless `--redis-url` is given (`--scenario consistency` and `fleet`: tiered unless
+    /// given; `fleet` runs `redis` or `tiered` on a Redis Cluster of its own).
     #[arg(long, value_enum, default_value_t = Store::Memory)]
     pub(crate) store: Store,
     /// Redis for `--store redis|tiered` (instead of starting one).
@@ -95,6 +100,10 @@ pub(crate) struct Args {
     /// The cache's name in `Cache-Status`.
     #[arg(long, default_value = "larder")]
     pub(crate) cache_name: String,
+    /// `--scenario fleet`: the fleet sizes to run, one after the other (instances of the
+    /// dashboard sharing one database file and one Redis Cluster).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub(crate) instances: Vec<usize>,
     /// Skip the baseline run (in-process `dashboard` only; the other scenarios never have one).
     #[arg(long)]
     pub(crate) no_baseline: bool,
@@ -122,6 +131,11 @@ pub(crate) struct Args {
     /// Target: share of failed requests in any run, at most.
     #[arg(long, default_value_t = 0.0)]
     pub(crate) target_error_rate: f64,
+    /// Target of `--scenario fleet`: the busiest Redis Cluster master's share of the Redis
+    /// operations, at most (printed PASS or FAIL; the run's exit status is set by stale reads
+    /// and failed requests only).
+    #[arg(long, default_value_t = 0.40)]
+    pub(crate) target_busiest_master_share: f64,
 }
 
 /// The scenarios.
@@ -137,6 +151,8 @@ pub(crate) enum ScenarioName {
     /// Writers rename a session through instance A and read it back through instance B
     /// with the consistency token; observers without it measure the propagation delay.
     Consistency,
+    /// The dashboard workload over 1, 2 and 4 instances sharing one Redis Cluster.
+    Fleet,
 }
 
 impl ScenarioName {
@@ -147,26 +163,39 @@ impl ScenarioName {
             ScenarioName::Pagination => "pagination",
             ScenarioName::Outage => "outage",
             ScenarioName::Consistency => "consistency",
+            ScenarioName::Fleet => "fleet",
         }
     }
 }
 
 impl Args {
     /// Parses the command line (exiting with clap's message when it is wrong), then gives
-    /// `--scenario consistency` its own defaults for what was not given.
+    /// `--scenario consistency` and `--scenario fleet` their own defaults for what was not
+    /// given.
     pub(crate) fn from_command_line() -> Args {
         Args::from_matches(&<Args as clap::CommandFactory>::command().get_matches())
     }
 
     /// The arguments in `matches`, with the scenario's defaults: `--scenario consistency`
-    /// runs 20 writer/reader pairs for 30 s on the tiered store unless told otherwise.
+    /// runs 20 writer/reader pairs for 30 s on the tiered store, `--scenario fleet` each
+    /// fleet size for a 4 s warm-up and 20 s on the tiered store, unless told otherwise.
     pub(crate) fn from_matches(matches: &clap::ArgMatches) -> Args {
         let mut args =
             <Args as clap::FromArgMatches>::from_arg_matches(matches).unwrap_or_else(|e| e.exit());
+        let defaulted =
+            |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::DefaultValue);
+        if args.scenario == ScenarioName::Fleet {
+            if defaulted("run_time") {
+                args.run_time = Duration::from_secs(20);
+            }
+            if defaulted("warm_up") {
+                args.warm_up = Duration::from_secs(4);
+            }
+            if defaulted("store") {
+                args.store = Store::Tiered;
+            }
+        }
         if args.scenario == ScenarioName::Consistency {
-            let defaulted = |id: &str| {
-                matches.value_source(id) == Some(clap::parser::ValueSource::DefaultValue)
-            };
             if defaulted("users") {
                 args.users = 20;
             }
@@ -284,5 +313,36 @@ mod tests {
                 .try_get_matches_from(["loadtests", "--host-b", "http://b"])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_fleet_scenario_runs_one_two_and_four_instances_unless_told() {
+        use clap::CommandFactory;
+        let parse = |argv: &[&str]| {
+            Args::from_matches(&Args::command().try_get_matches_from(argv).unwrap())
+        };
+        let args = parse(&["loadtests", "--scenario", "fleet"]);
+        assert_eq!(args.instances, [1, 2, 4]);
+        assert_eq!(args.run_time, Duration::from_secs(20));
+        assert_eq!(args.warm_up, Duration::from_secs(4));
+        assert_eq!((args.store, args.users), (Store::Tiered, 100));
+        assert!((args.target_busiest_master_share - 0.40).abs() < 1e-9);
+        let args = parse(&[
+            "loadtests",
+            "--scenario=fleet",
+            "--instances=2,3",
+            "--run-time=5s",
+            "--warm-up=1s",
+            "--store=redis",
+        ]);
+        assert_eq!(args.instances, [2, 3]);
+        assert_eq!(args.run_time, Duration::from_secs(5));
+        assert_eq!(args.warm_up, Duration::from_secs(1));
+        assert_eq!(args.store, Store::Redis);
+        let args = parse(&["loadtests", "--scenario=fleet", "--instances", "4"]);
+        assert_eq!(args.instances, [4]);
+        // Other scenarios keep the benchmark's.
+        let args = parse(&["loadtests"]);
+        assert_eq!(args.warm_up, Duration::from_secs(8));
     }
 }

@@ -49,6 +49,9 @@ pub(crate) struct LocalSetup {
     pub(crate) db_pool: u32,
     /// Redis to use instead of starting one.
     pub(crate) redis_url: Option<String>,
+    /// `redis_url` is a Redis Cluster: its nodes, comma-separated (the dashboard's
+    /// `--redis-cluster`).
+    pub(crate) redis_cluster: bool,
     /// Key namespace (a fresh one per run, so a shared Redis holds no old entries).
     pub(crate) namespace: String,
     /// The database (`sqlite://PATH?mode=rwc`, for instances sharing one); `None`: a new
@@ -79,6 +82,7 @@ impl Target {
         config.addr = "127.0.0.1:0".into();
         config.store = setup.store;
         config.redis_url = redis_url;
+        config.redis_cluster = setup.redis_cluster && setup.redis_url.is_some();
         config.db_latency_ms = setup.db_latency_ms;
         config.db_pool = setup.db_pool;
         config.admin_token = Some(admin_token.clone());
@@ -100,11 +104,13 @@ impl Target {
                 eprintln!("the in-process dashboard stopped: {e}");
             }
         });
-        let store = match setup.store {
-            StoreKind::None => "no cache (--store none)",
-            StoreKind::Memory => "Larder, in-process store",
-            StoreKind::Redis => "Larder, Redis store",
-            StoreKind::Tiered => "Larder, tiered store (in-process L1 + Redis)",
+        let store = match (setup.store, config.redis_cluster) {
+            (StoreKind::None, _) => "no cache (--store none)",
+            (StoreKind::Memory, _) => "Larder, in-process store",
+            (StoreKind::Redis, false) => "Larder, Redis store",
+            (StoreKind::Redis, true) => "Larder, Redis store on a Redis Cluster",
+            (StoreKind::Tiered, false) => "Larder, tiered store (in-process L1 + Redis)",
+            (StoreKind::Tiered, true) => "Larder, tiered store (in-process L1 + Redis Cluster)",
         };
         Ok(Target {
             url: format!("http://{addr}"),

@@ -55,9 +55,9 @@ fn scenario(name: ScenarioName) -> Scenario {
                     .set_name(pagination::WALK)
                     .set_sequence(2),
             ),
-        // Not a goose scenario: it runs on plain tasks (`scenarios/consistency.rs`), and the
-        // runner never registers this.
-        ScenarioName::Consistency => scenario,
+        // Not goose scenarios: they run on plain tasks (`scenarios/consistency.rs`,
+        // `scenarios/fleet.rs`), and the runner never registers these.
+        ScenarioName::Consistency | ScenarioName::Fleet => scenario,
     }
 }
 

@@ -19,7 +19,7 @@ use crate::{
     goals,
     record::{Kind, Recorder},
     report::{self, GooseFigures, RunFigures, RunOutput, Speedups},
-    scenarios::{self, Phase, consistency, outage},
+    scenarios::{self, Phase, consistency, fleet, outage},
     timeline::Timeline,
     workload::{DASHBOARD_READS, Workload},
 };
@@ -50,6 +50,10 @@ pub(crate) async fn run(args: Args, scenario: ScenarioFactory) -> anyhow::Result
         // Not a goose attack: writers and observers on plain tasks, with its own report.
         return consistency::run(&args, &dir, started).await;
     }
+    if args.scenario == ScenarioName::Fleet {
+        // Nor this: users, writers and observers on plain tasks over several instances.
+        return fleet::run(&args, &dir, started).await;
+    }
     let workload = Arc::new(Workload::new(&args));
     println!("{}", describe(&args, &workload));
     println!("reports: {}\n", dir.display());
@@ -79,6 +83,7 @@ pub(crate) async fn run(args: Args, scenario: ScenarioFactory) -> anyhow::Result
                 db_latency_ms: args.db_latency_ms,
                 db_pool: args.db_pool,
                 redis_url: args.redis_url.clone(),
+                redis_cluster: false,
                 namespace: namespace.clone(),
                 database_url: None,
             };

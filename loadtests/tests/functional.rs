@@ -231,3 +231,51 @@ fn consistency_finds_no_stale_read_across_two_instances() {
     assert!(figures["observed_writes"].as_u64().unwrap() >= 3);
     assert!(stdout.contains("STALE reads (must be 0)"), "{stdout}");
 }
+
+#[test]
+fn fleet_runs_each_size_over_one_redis_cluster_without_stale_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, summary) = run(
+        &[
+            "--scenario=fleet",
+            "--instances=1,2",
+            "--users=4",
+            "--period=1s",
+            "--warm-up=1s",
+            "--run-time=2s",
+            "--write-share=0.1",
+            "--db-latency-ms=10",
+            "--db-pool=10",
+        ],
+        dir.path(),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(summary["passed"], true);
+    let fleets = summary["fleets"].as_array().unwrap();
+    assert_eq!(fleets.len(), 2);
+    for (fleet, n) in fleets.iter().zip([1, 2]) {
+        assert_eq!(fleet["instances"], n);
+        // 4 users x 2 loads x 11 reads, spread over the instances.
+        assert_eq!(fleet["reads"], 4 * 2 * 11, "{fleet}");
+        let per_instance = fleet["requests_per_instance"].as_array().unwrap();
+        assert_eq!(per_instance.len(), n);
+        assert!(per_instance.iter().all(|r| r.as_u64().unwrap() > 0));
+        assert_eq!(fleet["stale_reads"], 0);
+        assert_eq!(fleet["errors"], 0);
+        // The warm-up filled the cache; the instances share its entries through Redis.
+        assert!(fleet["hit_rate"].as_f64().unwrap() > 0.5, "{fleet}");
+        let masters = fleet["masters"].as_array().unwrap();
+        assert_eq!(masters.len(), 3);
+        let calls: u64 = masters.iter().map(|m| m["calls"].as_u64().unwrap()).sum();
+        assert!(calls > 0, "{fleet}");
+        assert!(fleet["busiest_master_share"].as_f64().unwrap() >= 1.0 / 3.0);
+    }
+    assert!(stdout.contains("STALE reads (must be 0)"), "{stdout}");
+    assert!(stdout.contains("busiest master's share"), "{stdout}");
+    assert!(dir.path().join("summary.md").exists());
+}

@@ -34,10 +34,58 @@ pub const FIFTEEN_MINUTES: Duration = Duration::from_secs(15 * 60);
 /// The default page size of `/api/chat/sessions`.
 pub const DEFAULT_PER_PAGE: i64 = 10;
 
-/// Builds the cache handle for `kind` (`None` for [`StoreKind::None`]).
+/// Where the Redis of `--store redis` and `--store tiered` is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisNodes {
+    /// One Redis server (`--redis-url URL`).
+    Single(String),
+    /// A Redis Cluster, reached through any of these seed nodes (`--redis-cluster --redis-url
+    /// URL1,URL2,...`): one reachable node is enough to learn the slot map.
+    Cluster(Vec<String>),
+}
+
+impl RedisNodes {
+    /// Reads `--redis-url` (and `--redis-cluster`): a single URL is taken as it is; with
+    /// `cluster`, a comma-separated list of seed nodes. Several URLs without `cluster` are
+    /// refused rather than read as one.
+    pub fn parse(redis_url: &str, cluster: bool) -> anyhow::Result<RedisNodes> {
+        if cluster {
+            let urls: Vec<String> = redis_url
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+            anyhow::ensure!(
+                !urls.is_empty(),
+                "--redis-cluster needs at least one node in --redis-url"
+            );
+            return Ok(RedisNodes::Cluster(urls));
+        }
+        // A comma may belong to a password; a second scheme after one may not.
+        if redis_url.contains(",redis://") || redis_url.contains(",rediss://") {
+            anyhow::bail!(
+                "--redis-url names several nodes ({redis_url}): add --redis-cluster (REDIS_CLUSTER=true) for a Redis Cluster"
+            );
+        }
+        Ok(RedisNodes::Single(redis_url.to_owned()))
+    }
+}
+
+impl std::fmt::Display for RedisNodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisNodes::Single(url) => write!(f, "Redis at {url}"),
+            RedisNodes::Cluster(urls) => write!(f, "Redis Cluster at {}", urls.join(",")),
+        }
+    }
+}
+
+/// Builds the cache handle for `kind` (`None` for [`StoreKind::None`]); `redis` is used by
+/// the `redis` and `tiered` stores only.
 pub async fn handle(
     kind: StoreKind,
-    redis_url: &str,
+    redis: &RedisNodes,
     namespace: &str,
     memory_bytes: u64,
     journal: Option<&std::path::Path>,
@@ -45,9 +93,9 @@ pub async fn handle(
     let builder = match kind {
         StoreKind::None => return Ok(None),
         StoreKind::Memory => CacheHandle::builder(MemoryStore::new(memory_bytes)),
-        StoreKind::Redis => CacheHandle::builder(redis(redis_url, namespace).await?),
+        StoreKind::Redis => CacheHandle::builder(redis_store(redis, namespace).await?),
         StoreKind::Tiered => CacheHandle::builder(
-            TieredStore::builder(redis(redis_url, namespace).await?)
+            TieredStore::builder(redis_store(redis, namespace).await?)
                 .l1_capacity(memory_bytes)
                 .build(),
         ),
@@ -63,23 +111,35 @@ pub async fn handle(
     Ok(Some(handle))
 }
 
-async fn redis(url: &str, namespace: &str) -> anyhow::Result<RedisStore> {
-    RedisStore::builder(url)
+async fn redis_store(nodes: &RedisNodes, namespace: &str) -> anyhow::Result<RedisStore> {
+    let builder = match nodes {
+        RedisNodes::Single(url) => RedisStore::builder(url.as_str()),
+        RedisNodes::Cluster(urls) => RedisStore::cluster(urls.iter().map(String::as_str)),
+    };
+    builder
         .namespace(namespace)
         .build()
         .await
-        .with_context(|| format!("connect to Redis at {url}"))
+        .with_context(|| format!("connect to {nodes}"))
 }
 
 /// The rules of every cached or invalidating route under `/api`; with `audit`, that fraction
-/// of each cached route's hits is audited against the database.
-pub fn rules(audit: Option<f64>) -> Rules {
+/// of each cached route's hits is audited against the database; with `refill`, a write
+/// refills the entries of its user that it invalidated.
+pub fn rules(audit: Option<f64>, refill: bool) -> Rules {
     let user = || UserScope::extension::<UserId>();
+    // Every cached route is per user: a write refills what its user read, so their next
+    // dashboard load is all hits.
     let cached = |name: &str, ttl: Duration, tag: &str| {
         let rule = Rule::new(name.to_owned())
             .ttl(ttl)
             .user_scope(user())
             .tag(tag);
+        let rule = if refill {
+            rule.refill_after_write()
+        } else {
+            rule
+        };
         match audit {
             Some(fraction) => rule.audit(fraction),
             None => rule,
@@ -182,4 +242,47 @@ pub fn dashboard_parts(user: i64) -> Vec<(String, EntryOptions)> {
         opts(FIVE_MINUTES, format!("sessions:{user}")),
     ));
     parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RedisNodes;
+
+    #[test]
+    fn one_url_is_one_server_and_a_cluster_takes_a_list() {
+        let single = RedisNodes::parse("redis://u:p,w@127.0.0.1:6379/", false).unwrap();
+        assert_eq!(
+            single,
+            RedisNodes::Single("redis://u:p,w@127.0.0.1:6379/".into())
+        );
+        assert_eq!(
+            RedisNodes::parse("redis://a:7000, redis://b:7001,", true).unwrap(),
+            RedisNodes::Cluster(vec!["redis://a:7000".into(), "redis://b:7001".into()])
+        );
+        assert_eq!(
+            RedisNodes::parse("redis://a:7000", true).unwrap(),
+            RedisNodes::Cluster(vec!["redis://a:7000".into()])
+        );
+        let list = RedisNodes::parse("redis://a:7000,rediss://b:7001", false).unwrap_err();
+        assert!(list.to_string().contains("--redis-cluster"), "{list}");
+        assert!(RedisNodes::parse(" , ", true).is_err());
+    }
+
+    #[test]
+    fn the_command_line_names_a_cluster_with_a_flag() {
+        use clap::Parser;
+        let config = crate::Config::try_parse_from([
+            "dashboard",
+            "--redis-cluster",
+            "--redis-url",
+            "redis://a:7000,redis://b:7001",
+        ])
+        .unwrap();
+        assert!(config.redis_cluster);
+        assert_eq!(
+            config.redis_nodes().unwrap(),
+            RedisNodes::Cluster(vec!["redis://a:7000".into(), "redis://b:7001".into()])
+        );
+        assert!(!crate::Config::defaults().redis_cluster);
+    }
 }

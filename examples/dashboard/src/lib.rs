@@ -22,7 +22,10 @@ use axum::{
 };
 use larder::CacheHandle;
 
-pub use crate::{cache::StoreKind, db::Db};
+pub use crate::{
+    cache::{RedisNodes, StoreKind},
+    db::Db,
+};
 
 /// Everything the dashboard can be told on its command line (each flag also reads the
 /// environment variable named in `--help`).
@@ -39,9 +42,17 @@ pub struct Config {
     /// Where cached responses live: `none` runs the same routes uncached (the baseline).
     #[arg(long, env = "LARDER_STORE", value_enum, default_value_t = StoreKind::Memory)]
     pub store: StoreKind,
-    /// Redis for `--store redis` and `--store tiered` (`redis://`, `rediss://`, with user and password).
+    /// Redis for `--store redis` and `--store tiered` (`redis://`, `rediss://`, with user and
+    /// password). With `--redis-cluster`: the cluster's seed nodes, comma-separated
+    /// (`redis://10.0.0.1:7000,redis://10.0.0.2:7001`; one reachable node is enough).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
+    /// `--redis-url` is a Redis Cluster: connect with a cluster client, which learns the slot
+    /// map from any of the nodes given and follows it (entries, tags and the invalidation
+    /// records are spread over the masters; the tiered store's backplane subscribes through
+    /// the first node).
+    #[arg(long, env = "REDIS_CLUSTER", value_parser = clap::builder::BoolishValueParser::new())]
+    pub redis_cluster: bool,
     /// The database: `postgres://...`, `sqlite://PATH` or `sqlite::memory:`; by default a
     /// new SQLite file in a temporary directory.
     #[arg(long, env = "DATABASE_URL")]
@@ -67,6 +78,11 @@ pub struct Config {
     /// (`audit_mismatches`) and logged: a write that does not invalidate what it changed.
     #[arg(long, env = "LARDER_AUDIT_RATE")]
     pub audit_rate: Option<f64>,
+    /// Refill what a user read after that user's write invalidates it, so their next load is
+    /// all hits (`Rule::refill_after_write` on every cached route); `--refill false` to leave
+    /// the reads after a write to miss.
+    #[arg(long, env = "LARDER_REFILL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub refill: bool,
     /// A file that keeps invalidations Redis could not take (an outage) across a restart of
     /// this process; `--store redis` and `tiered` only. Each instance needs its own.
     #[arg(long, env = "LARDER_JOURNAL")]
@@ -80,6 +96,7 @@ impl Config {
             addr: "127.0.0.1:3000".into(),
             store: StoreKind::Memory,
             redis_url: "redis://127.0.0.1:6379/".into(),
+            redis_cluster: false,
             database_url: None,
             db_latency_ms: 200,
             db_pool: 10,
@@ -87,8 +104,15 @@ impl Config {
             namespace: "dashboard".into(),
             cache_memory_mb: 256,
             audit_rate: None,
+            refill: true,
             journal: None,
         }
+    }
+
+    /// The Redis of `--store redis|tiered`: `--redis-url`, read as a cluster's seed nodes
+    /// with `--redis-cluster`.
+    pub fn redis_nodes(&self) -> anyhow::Result<cache::RedisNodes> {
+        cache::RedisNodes::parse(&self.redis_url, self.redis_cluster)
     }
 }
 
@@ -108,11 +132,19 @@ pub struct Dashboard {
     pub admin_token: Option<Arc<str>>,
     /// The fraction of hits audited, if any (`--audit-rate`).
     pub audit_rate: Option<f64>,
+    /// Whether writes refill what they invalidated (`--refill`).
+    pub refill: bool,
 }
 
 /// Opens the database (creating the schema and seed data if it is empty), reads the API
 /// keys, and builds the cache `config` asks for.
 pub async fn connect(config: &Config) -> anyhow::Result<Dashboard> {
+    // A wrong `--redis-url` is reported before the database is opened and seeded (and only
+    // when a store uses it).
+    let redis = match config.store {
+        StoreKind::Redis | StoreKind::Tiered => config.redis_nodes()?,
+        StoreKind::None | StoreKind::Memory => RedisNodes::Single(config.redis_url.clone()),
+    };
     let db = Db::connect(
         config.database_url.as_deref(),
         config.db_pool,
@@ -123,7 +155,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Dashboard> {
     let keys = Arc::new(queries::api_keys(&db).await?);
     let cache = cache::handle(
         config.store,
-        &config.redis_url,
+        &redis,
         &config.namespace,
         config.cache_memory_mb << 20,
         config.journal.as_deref(),
@@ -140,6 +172,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Dashboard> {
             .filter(|t| !t.is_empty())
             .map(Arc::from),
         audit_rate: config.audit_rate,
+        refill: config.refill,
     })
 }
 
@@ -167,7 +200,7 @@ pub fn app(dashboard: Dashboard) -> Router {
         )
         .route("/api/chat/sessions/{sid}/messages", post(api::post_message));
     if let Some(cache) = &dashboard.cache {
-        api = api.layer(cache.layer_with(cache::rules(dashboard.audit_rate)));
+        api = api.layer(cache.layer_with(cache::rules(dashboard.audit_rate, dashboard.refill)));
     }
     // The dashboard reads through the typed API itself; the bearer check runs before all.
     let api =

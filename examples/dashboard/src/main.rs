@@ -29,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!(
         store = ?config.store,
+        redis_cluster = config.redis_cluster,
         database = ?dashboard.db.backend(),
         db_latency_ms = config.db_latency_ms,
         db_pool = config.db_pool,

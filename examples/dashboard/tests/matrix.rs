@@ -20,6 +20,20 @@ const READS: [&str; 7] = [
     "/api/chat/sessions?page=2",
 ];
 
+/// The dashboard with refills off: the reads after a write then show exactly what it
+/// invalidated (with refills on, they may already be refilled hits).
+async fn without_refill() -> axum::Router {
+    let (_, router) = support::dashboard_with(example_dashboard::Config {
+        store: StoreKind::Memory,
+        database_url: Some("sqlite::memory:".into()),
+        db_latency_ms: 0,
+        refill: false,
+        ..example_dashboard::Config::defaults()
+    })
+    .await;
+    router
+}
+
 /// Reads every route twice for `user`: the second read must be a hit.
 async fn warm(router: &axum::Router, user: i64) {
     for uri in READS {
@@ -61,7 +75,7 @@ async fn expect_invalidated(router: &axum::Router, user: i64, invalidated: &[&st
 
 #[tokio::test]
 async fn every_write_route_invalidates_exactly_its_tags_and_the_next_read_shows_the_new_data() {
-    let (_, router) = dashboard(StoreKind::Memory).await;
+    let router = without_refill().await;
     let (a, b) = (11, 12);
     warm(&router, b).await;
 
@@ -292,7 +306,7 @@ async fn every_write_route_invalidates_exactly_its_tags_and_the_next_read_shows_
 
 #[tokio::test]
 async fn pages_are_distinct_entries_and_one_write_clears_them_all() {
-    let (_, router) = dashboard(StoreKind::Memory).await;
+    let router = without_refill().await;
     let user = 21;
     let mut pages = Vec::new();
     for page in 1..=3 {
@@ -497,4 +511,48 @@ async fn the_audit_finds_no_stale_entry_after_every_kind_of_write() {
     }
     let total = cache.stats().total;
     assert_eq!(total.audit_mismatches, 0, "{total:?}");
+}
+
+/// With refills on (the default), a message refills what it invalidated of its user's reads
+/// in the background: once the refills are done, the next load is all hits, showing the write
+/// (the new credits, the session's new message count); the other user's entries are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refills_what_its_user_read_so_the_next_load_is_all_hits_with_the_new_data() {
+    let (state, router) = dashboard(StoreKind::Memory).await;
+    let cache = state.cache.clone().expect("a cache");
+    let (a, b) = (61, 62);
+    warm(&router, a).await;
+    warm(&router, b).await;
+    let credits = get(&router, "/api/user/me", a).await.body["credits"].clone();
+    let sid = first_session(&router, a).await;
+    let queries = state.db.stats().queries;
+    post_message(&router, a, sid, "refill me").await;
+    // The message invalidates profile, stats, search and the session pages of user a: five
+    // of the reads `warm` made.
+    let mut done = 0;
+    for _ in 0..500 {
+        done = cache.stats().refills.done;
+        if done >= 5 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(done, 5, "{:?}", cache.stats().refills);
+    assert!(
+        state.db.stats().queries > queries,
+        "the refills asked the database"
+    );
+    for uri in READS {
+        for user in [a, b] {
+            let answer = get(&router, uri, user).await;
+            assert!(
+                answer.is_hit(),
+                "{uri} for {user}: {:?}",
+                answer.cache_status
+            );
+        }
+    }
+    let me = get(&router, "/api/user/me", a).await.body;
+    assert_ne!(me["credits"], credits, "the refill shows the write");
+    assert_eq!(cache.stats().refills.failed, 0);
 }

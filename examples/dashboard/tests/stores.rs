@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use example_dashboard::{Config, StoreKind};
-use larder_testkit::RedisServer;
+use larder_testkit::{RedisCluster, RedisServer};
 use serde_json::json;
 use sqlx::{Connection, Executor};
 use support::{dashboard_with, first_session, get, get_hit, get_until, post_message, send};
@@ -132,6 +132,122 @@ async fn on_the_tiered_store_a_write_on_one_instance_reaches_the_others_l1() {
         support::Answer::is_miss,
     )
     .await;
+}
+
+/// The tiered store over a three-master Redis Cluster, configured as a user would
+/// (`--store tiered --redis-cluster --redis-url URL1,URL2,URL3`): two instances over one
+/// SQLite file and the cluster. A read misses then hits; a write through A is shown by the
+/// next read on A, by B's read with the write's token, and by B's later reads without it.
+#[tokio::test]
+async fn on_a_redis_cluster_the_tiered_store_reads_writes_and_shows_the_write() {
+    let cluster = RedisCluster::start();
+    cluster.wait_ready(Duration::from_secs(20));
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("dashboard.db").display()
+    );
+    let seeds = cluster.restricted_urls().join(",");
+    let argv = [
+        "dashboard",
+        "--store",
+        "tiered",
+        "--redis-cluster",
+        "--redis-url",
+        seeds.as_str(),
+        "--namespace",
+        "on-cluster",
+        "--database-url",
+        database.as_str(),
+        "--db-latency-ms",
+        "0",
+    ];
+    let config = <Config as clap::Parser>::try_parse_from(argv).expect("the command line parses");
+    assert_eq!(
+        config.redis_nodes().unwrap(),
+        example_dashboard::RedisNodes::Cluster(cluster.restricted_urls())
+    );
+    let (_, a) = dashboard_with(config.clone()).await;
+    let (b_state, b) = dashboard_with(config).await;
+    let user = 105;
+
+    // A read: a miss, then a hit, on A; B hits what A stored (in Redis, then its own L1).
+    let me = get(&a, "/api/user/me", user).await;
+    assert!(me.is_miss(), "{:?}", me.cache_status);
+    assert_eq!(me.body["credits"], 1000);
+    assert_eq!(
+        get_hit(&a, "/api/user/me", user).await.body["credits"],
+        1000
+    );
+    // A network store writes the entry after the response is sent: give it time to land,
+    // then B's first read is a hit, with no query of B's own.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = b_state.db.stats().queries;
+    let on_b = get(&b, "/api/user/me", user).await;
+    assert!(
+        on_b.is_hit(),
+        "B reads A's entry from the cluster: {:?}",
+        on_b.cache_status
+    );
+    assert_eq!(b_state.db.stats().queries, before);
+    let page = get(&a, "/api/chat/sessions?page=1", user).await;
+    let sid = page.body["sessions"][0]["id"].as_i64().unwrap();
+    get_hit(&a, "/api/chat/sessions?page=1", user).await;
+    get_hit(&b, "/api/chat/sessions?page=1", user).await;
+
+    // A write through A.
+    let renamed = send(
+        &a,
+        Method::PUT,
+        &format!("/api/chat/sessions/{sid}"),
+        user,
+        json!({ "title": "renamed on the cluster" }),
+    )
+    .await;
+    assert_eq!(renamed.status, StatusCode::OK, "{:?}", renamed.body);
+    let token = renamed
+        .token
+        .clone()
+        .expect("the tiered store answers a write with a token");
+    let message = post_message(&a, user, sid, "on the cluster").await;
+    assert_eq!(message.status, StatusCode::CREATED, "{:?}", message.body);
+    let credits = message.body["credits_remaining"].clone();
+    assert!(credits.as_i64().unwrap() < 1000);
+
+    // The reads after it show it: on A at once, on B at once with the token.
+    let title = |answer: &support::Answer| answer.body["sessions"][0]["title"].clone();
+    let on_a = get(&a, "/api/chat/sessions?page=1", user).await;
+    assert!(
+        !on_a.is_hit(),
+        "the write invalidated A's page: {:?}",
+        on_a.cache_status
+    );
+    assert_eq!(title(&on_a), "renamed on the cluster");
+    assert_eq!(get(&a, "/api/user/me", user).await.body["credits"], credits);
+    let token = message.token.clone().unwrap_or(token);
+    for uri in ["/api/chat/sessions?page=1", "/api/user/me"] {
+        let on_b = support::call_with_token(
+            &b,
+            Method::GET,
+            uri,
+            Some(&support::key(user)),
+            None,
+            Some(&token),
+        )
+        .await;
+        assert_eq!(on_b.status, StatusCode::OK);
+        match uri {
+            "/api/user/me" => assert_eq!(on_b.body["credits"], credits, "{uri} on B"),
+            _ => assert_eq!(title(&on_b), "renamed on the cluster", "{uri} on B"),
+        }
+    }
+    // And B's other clients (no token) within the backplane's delay; then B hits again.
+    get_until(&b, "/api/user/me", user, Duration::from_secs(2), |me| {
+        me.body["credits"] == credits && me.is_hit()
+    })
+    .await;
+    let on_b = get_hit(&b, "/api/chat/sessions?page=1", user).await;
+    assert_eq!(title(&on_b), "renamed on the cluster");
 }
 
 /// PostgreSQL from the machine (`LARDER_TEST_POSTGRES_URL`, default

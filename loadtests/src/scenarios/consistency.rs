@@ -105,6 +105,7 @@ impl Instances {
             db_latency_ms: args.db_latency_ms,
             db_pool: args.db_pool,
             redis_url: redis_url.clone(),
+            redis_cluster: false,
             namespace: format!("loadtests-{}-{}", std::process::id(), fastrand::u32(..)),
             database_url: Some(database_url),
         };
@@ -203,7 +204,7 @@ pub(crate) struct Outcomes {
 }
 
 impl Outcomes {
-    fn add(&mut self, outcome: CacheOutcome) {
+    pub(crate) fn add(&mut self, outcome: CacheOutcome) {
         match outcome {
             CacheOutcome::Hit | CacheOutcome::Stale => self.hits += 1,
             CacheOutcome::Miss => self.misses += 1,
@@ -213,7 +214,7 @@ impl Outcomes {
         }
     }
 
-    fn merge(&mut self, other: Outcomes) {
+    pub(crate) fn merge(&mut self, other: Outcomes) {
         self.hits += other.hits;
         self.misses += other.misses;
         self.collapsed += other.collapsed;
@@ -221,7 +222,7 @@ impl Outcomes {
         self.uncached += other.uncached;
     }
 
-    fn sum<'a>(all: impl IntoIterator<Item = &'a Outcomes>) -> Outcomes {
+    pub(crate) fn sum<'a>(all: impl IntoIterator<Item = &'a Outcomes>) -> Outcomes {
         let mut sum = Outcomes::default();
         for o in all {
             sum.merge(*o);
@@ -235,7 +236,7 @@ impl Outcomes {
     }
 
     /// `N hits, N misses, N collapsed` (and bypasses or no status, if any).
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut text = format!(
             "{} hits, {} misses, {} collapsed",
             self.hits, self.misses, self.collapsed

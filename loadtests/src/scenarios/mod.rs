@@ -10,6 +10,7 @@
 
 pub(crate) mod consistency;
 pub(crate) mod dashboard;
+pub(crate) mod fleet;
 pub(crate) mod outage;
 pub(crate) mod pagination;
 

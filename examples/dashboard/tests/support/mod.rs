@@ -13,6 +13,8 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 pub(crate) const ADMIN: &str = "admin-secret";
+/// The header of the tiered store's consistency token.
+pub(crate) const CONSISTENCY: &str = "larder-consistency";
 
 /// A dashboard on an in-memory SQLite database with no added latency.
 pub(crate) async fn dashboard(store: StoreKind) -> (Dashboard, Router) {
@@ -38,6 +40,8 @@ pub(crate) struct Answer {
     pub(crate) status: StatusCode,
     pub(crate) cache_status: Option<String>,
     pub(crate) x_cache: Option<String>,
+    /// The `larder-consistency` token a write answers with on the tiered store.
+    pub(crate) token: Option<String>,
     pub(crate) body: Value,
 }
 
@@ -58,9 +62,24 @@ pub(crate) async fn call(
     bearer: Option<&str>,
     body: Option<Value>,
 ) -> Answer {
+    call_with_token(router, method, uri, bearer, body, None).await
+}
+
+/// [`call`], sending `token` back in the `larder-consistency` header when there is one.
+pub(crate) async fn call_with_token(
+    router: &Router,
+    method: Method,
+    uri: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> Answer {
     let mut request = Request::builder().method(method).uri(uri);
     if let Some(token) = bearer {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    if let Some(token) = token {
+        request = request.header(CONSISTENCY, token);
     }
     let request = match body {
         Some(json) => request
@@ -73,6 +92,7 @@ pub(crate) async fn call(
     let status = response.status();
     let cache_status = header(response.headers(), "cache-status");
     let x_cache = header(response.headers(), "x-cache");
+    let token = header(response.headers(), CONSISTENCY);
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     let body = if bytes.is_empty() {
         Value::Null
@@ -84,6 +104,7 @@ pub(crate) async fn call(
         status,
         cache_status,
         x_cache,
+        token,
         body,
     }
 }
