@@ -81,6 +81,10 @@ impl std::fmt::Display for RedisNodes {
     }
 }
 
+/// Refills after writes: at most this many a second, and at once.
+const REFILLS_PER_SECOND: u32 = 100;
+const REFILLS_AT_ONCE: usize = 4;
+
 /// Builds the cache handle for `kind` (`None` for [`StoreKind::None`]); `redis` is used by
 /// the `redis` and `tiered` stores only.
 pub async fn handle(
@@ -100,7 +104,12 @@ pub async fn handle(
                 .build(),
         ),
     };
-    let builder = builder.namespace(namespace).x_cache();
+    // Refills share the database pool with clients: at most 4 at once, so a write that
+    // invalidates a user's five pages never holds more than 4 connections for them.
+    let builder = builder
+        .namespace(namespace)
+        .x_cache()
+        .refill_limits(REFILLS_PER_SECOND, REFILLS_AT_ONCE);
     let builder = match journal {
         Some(path) if kind != StoreKind::Memory => builder.journal(path),
         _ => builder,
