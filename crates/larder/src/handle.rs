@@ -202,10 +202,11 @@ impl CacheHandle {
         let result = self
             .apply(stats, Op::Invalidate, fut, Some(tags.clone()))
             .await;
-        if result.is_ok() {
+        if result.is_ok() && self.shared.refills.may_have_records() {
             // Started now that the invalidation is complete: a refill can only store what the
-            // write left.
-            self.shared.refills.after_invalidation(&tags);
+            // write left. The records are searched in the background, not before the answer.
+            let handle = self.clone();
+            tokio::spawn(async move { handle.shared.refills.after_invalidation(&tags) });
         }
         result
     }

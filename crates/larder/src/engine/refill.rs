@@ -82,6 +82,8 @@ pub struct RefillSnapshot {
 /// The records, the limits, and what became of the replays.
 pub(crate) struct Refills {
     records: moka::sync::Cache<[u8; 32], Arc<Record>>,
+    /// Set by the first record.
+    recorded: std::sync::atomic::AtomicBool,
     rate: f64,
     bucket: Mutex<(f64, Instant)>,
     running: Arc<tokio::sync::Semaphore>,
@@ -108,6 +110,7 @@ impl Refills {
                 .max_capacity(CAPACITY)
                 .time_to_idle(window)
                 .build(),
+            recorded: std::sync::atomic::AtomicBool::new(false),
             rate,
             bucket: Mutex::new((rate, Instant::now())),
             running: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
@@ -123,6 +126,9 @@ impl Refills {
             // Nothing can invalidate it but a purge, which refills nothing.
             return;
         }
+        if !self.recorded.load(Ordering::Relaxed) {
+            self.recorded.store(true, Ordering::Relaxed);
+        }
         self.records.insert(
             digest,
             Arc::new(Record {
@@ -131,6 +137,12 @@ impl Refills {
                 replay: seed.replay,
             }),
         );
+    }
+
+    /// Whether any rule has left a record since the cache was built (a cache without
+    /// `refill_after_write` rules never searches).
+    pub(crate) fn may_have_records(&self) -> bool {
+        self.recorded.load(Ordering::Relaxed)
     }
 
     /// A hit on the entry under `digest`: its record stays.
