@@ -10,8 +10,11 @@
 //! its tags are replayed: each replay is a read like any other (looked up, then asked of the
 //! service on a miss, coalesced with the clients' reads of the same key, stored as they
 //! would be), started after the invalidation, so it can only store what the write left.
-//! Replays are bounded: at most `rate` a second (the others are dropped and counted) and
-//! `concurrency` at a time.
+//! Replays are bounded: at most `rate` a second, `concurrency` at a time, and 16 waiting for
+//! each of those (the others are dropped and counted). A record holds the service and the
+//! cache's state weakly (see the layer's `Replayer`), so records do not keep a dropped cache
+//! alive through the layer; a service that itself holds the handle (an axum state with it)
+//! stays alive until its records are forgotten.
 
 use std::{
     collections::HashSet,
@@ -30,6 +33,8 @@ use http::{HeaderMap, Method, Uri, Version};
 pub(crate) const WINDOW: Duration = Duration::from_secs(5 * 60);
 /// The most records kept (least recently read go first).
 const CAPACITY: u64 = 10_000;
+/// Replays that may wait for each one running at once.
+const BACKLOG_PER_SLOT: usize = 16;
 /// Default: replays a second, and at once.
 pub(crate) const DEFAULT_RATE: u32 = 200;
 pub(crate) const DEFAULT_CONCURRENCY: usize = 8;
@@ -87,6 +92,10 @@ pub(crate) struct Refills {
     rate: f64,
     bucket: Mutex<(f64, Instant)>,
     running: Arc<tokio::sync::Semaphore>,
+    /// Replays started and not finished (running or waiting to), and the most allowed: past
+    /// it a replay is dropped, so slow replays under steady writes cannot pile up.
+    backlog: Arc<std::sync::atomic::AtomicUsize>,
+    max_backlog: usize,
     /// Replays that completed (the service answered), failed, or were dropped by the rate.
     done: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
@@ -114,6 +123,8 @@ impl Refills {
             rate,
             bucket: Mutex::new((rate, Instant::now())),
             running: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
+            backlog: Arc::default(),
+            max_backlog: concurrency.max(1) * BACKLOG_PER_SLOT,
             done: Arc::default(),
             failed: Arc::default(),
             dropped: AtomicU64::new(0),
@@ -190,19 +201,22 @@ impl Refills {
             if !record.tags.iter().any(|t| wanted.contains(&**t)) {
                 continue;
             }
-            if !self.admit() {
+            if self.backlog.load(Ordering::Relaxed) >= self.max_backlog || !self.admit() {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("larder_refills_total", "outcome" => "dropped").increment(1);
                 continue;
             }
             started += 1;
+            self.backlog.fetch_add(1, Ordering::Relaxed);
+            let backlog = Arc::clone(&self.backlog);
             let running = Arc::clone(&self.running);
             let (done, failed) = (Arc::clone(&self.done), Arc::clone(&self.failed));
             runtime.spawn(async move {
-                let Ok(_permit) = running.acquire_owned().await else {
-                    return;
+                let ok = match running.acquire_owned().await {
+                    Ok(_permit) => record.replay.replay(record.head.clone()).await,
+                    Err(_) => false,
                 };
-                let ok = record.replay.replay(record.head.clone()).await;
+                backlog.fetch_sub(1, Ordering::Relaxed);
                 let outcome = if ok { "done" } else { "failed" };
                 if ok { &done } else { &failed }.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("larder_refills_total", "outcome" => outcome).increment(1);

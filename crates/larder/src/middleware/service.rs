@@ -278,10 +278,13 @@ where
 }
 
 /// Sends a refill's request through the cache it came from (see
-/// [`Rule::refill_after_write`](crate::Rule::refill_after_write)): a clone of the `Cache`
-/// whose miss left the record, behind a lock because a service need not be `Sync`.
+/// [`Rule::refill_after_write`](crate::Rule::refill_after_write)): a clone of the service a
+/// miss asked, behind a lock because a service need not be `Sync`, and the cache's state by a
+/// weak reference, so that the records the cache keeps do not keep the cache alive.
 struct Replayer<S, ReqBody> {
-    cache: std::sync::Mutex<Cache<S>>,
+    inner: std::sync::Mutex<S>,
+    shared: std::sync::Weak<crate::handle::CacheState>,
+    routes: Arc<RouteSet>,
     _body: std::marker::PhantomData<fn() -> ReqBody>,
 }
 
@@ -299,9 +302,10 @@ where
         handle: &CacheHandle,
         routes: &Arc<RouteSet>,
     ) -> Arc<dyn refill::Replay> {
-        let cache = Cache::new(inner.clone(), handle.clone(), Arc::clone(routes));
         Arc::new(Replayer {
-            cache: std::sync::Mutex::new(cache),
+            inner: std::sync::Mutex::new(inner.clone()),
+            shared: Arc::downgrade(&handle.shared),
+            routes: Arc::clone(routes),
             _body: std::marker::PhantomData,
         })
     }
@@ -316,10 +320,19 @@ where
     B: Body<Data = Bytes> + Send + 'static,
 {
     fn replay(&self, head: refill::Head) -> Pin<Box<dyn Future<Output = bool> + Send>> {
-        let mut cache = match self.cache.lock() {
-            Ok(cache) => cache.clone(),
+        let inner = match self.inner.lock() {
+            Ok(inner) => inner.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
+        // The cache is gone: nothing to refill.
+        let Some(shared) = self.shared.upgrade() else {
+            return Box::pin(std::future::ready(false));
+        };
+        let handle = CacheHandle {
+            shared,
+            after: None,
+        };
+        let mut cache = Cache::new(inner, handle, Arc::clone(&self.routes));
         let mut req = Request::new(ReqBody::default());
         *req.method_mut() = head.method;
         *req.uri_mut() = head.uri;
