@@ -21,6 +21,19 @@ fn run(args: &[&str], dir: &Path) -> (std::process::Output, serde_json::Value) {
     (output, summary)
 }
 
+/// Runs the binary, which must exit 0 with `"passed": true`; returns its stdout and summary.
+fn run_passing(args: &[&str], dir: &Path) -> (String, serde_json::Value) {
+    let (output, summary) = run(args, dir);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(summary["passed"], true);
+    (stdout, summary)
+}
+
 /// Loose targets: this checks the machinery, not the machine's speed.
 const SHORT: &[&str] = &[
     "--users=4",
@@ -200,7 +213,7 @@ fn an_outage_of_redis_fails_no_request() {
 #[test]
 fn consistency_finds_no_stale_read_across_two_instances() {
     let dir = tempfile::tempdir().unwrap();
-    let (output, summary) = run(
+    let (stdout, summary) = run_passing(
         &[
             "--scenario=consistency",
             "--store=redis",
@@ -210,13 +223,6 @@ fn consistency_finds_no_stale_read_across_two_instances() {
         ],
         dir.path(),
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(summary["passed"], true);
     // Two instances: A and B are different servers.
     assert_ne!(summary["setup"]["a"], summary["setup"]["b"]);
     let figures = &summary["figures"];
@@ -235,7 +241,7 @@ fn consistency_finds_no_stale_read_across_two_instances() {
 #[test]
 fn fleet_runs_each_size_over_one_redis_cluster_without_stale_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let (output, summary) = run(
+    let (stdout, summary) = run_passing(
         &[
             "--scenario=fleet",
             "--instances=1,2",
@@ -249,13 +255,6 @@ fn fleet_runs_each_size_over_one_redis_cluster_without_stale_reads() {
         ],
         dir.path(),
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(summary["passed"], true);
     let fleets = summary["fleets"].as_array().unwrap();
     assert_eq!(fleets.len(), 2);
     for (fleet, n) in fleets.iter().zip([1, 2]) {

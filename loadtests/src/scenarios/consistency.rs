@@ -43,6 +43,9 @@ use crate::{
     cli::{Args, Store},
     endpoint::{LocalSetup, Target},
     record::{CacheOutcome, Latency},
+    scenarios::readback::{
+        self, CONVERGE_WITHIN, PAGES, POLL_EVERY, error_summary, lat, ms, pct, verdict,
+    },
     workload::Workload,
 };
 
@@ -50,12 +53,6 @@ use crate::{
 pub(crate) const TOKEN: &str = "larder-consistency";
 /// One write in this many is watched by an observer.
 const OBSERVE_EVERY: u64 = 5;
-/// Time between two polls of a writer (after a stale read) or an observer.
-const POLL_EVERY: Duration = Duration::from_millis(2);
-/// How long a writer or an observer waits for a write to show.
-const CONVERGE_WITHIN: Duration = Duration::from_secs(2);
-/// The pages searched for the session (a rename moves it to the top of page 1).
-const PAGES: u32 = 3;
 /// Checked reads per write, one after the other: the first usually misses (the write
 /// invalidated the page), the second usually hits (what the first stored).
 const READS_PER_WRITE: usize = 2;
@@ -79,14 +76,7 @@ impl Instances {
             Store::Redis => StoreKind::Redis,
             Store::Tiered => StoreKind::Tiered,
         };
-        let dir = tempfile::Builder::new()
-            .prefix("loadtests-consistency-")
-            .tempdir()
-            .context("create a temporary directory for the SQLite database")?;
-        let database_url = format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("dashboard.db").display()
-        );
+        let (dir, database_url) = readback::sqlite_database("loadtests-consistency-")?;
         let mut redis = None;
         let redis_url = match (store, &args.redis_url) {
             (StoreKind::Memory | StoreKind::None, _) => None,
@@ -308,18 +298,7 @@ impl Shared {
                     return lookup;
                 }
             };
-            let title = page
-                .get("sessions")
-                .and_then(serde_json::Value::as_array)
-                .into_iter()
-                .flatten()
-                .find(|s| s.get("id").and_then(serde_json::Value::as_i64) == Some(sid))
-                .map(|s| {
-                    s.get("title")
-                        .and_then(serde_json::Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned()
-                });
+            let title = readback::title_on(&page, sid);
             if title.is_some() {
                 lookup.title = Ok(title);
                 return lookup;
@@ -330,15 +309,12 @@ impl Shared {
 
     /// The title of write `k` of `user`.
     fn title(&self, user: usize, k: u64) -> String {
-        format!("consistency {} user {user} write {k}", self.nonce)
+        readback::title("consistency", &self.nonce, user, k)
     }
 
     /// Which write of `user` `title` is (0 for any other title).
     fn write_number(&self, user: usize, title: &str) -> u64 {
-        title
-            .strip_prefix(&format!("consistency {} user {user} write ", self.nonce))
-            .and_then(|k| k.parse().ok())
-            .unwrap_or(0)
+        readback::write_number("consistency", &self.nonce, user, title)
     }
 }
 
@@ -478,12 +454,11 @@ async fn writer(
                     Ok(Some(_)) => {
                         stale = true;
                         let age = read_sent - written;
-                        result.stale_ages.push(age);
-                        if age >= CONVERGE_WITHIN {
-                            result.never_seen += 1;
+                        if readback::stale_read(age, &mut result.stale_ages, &mut result.never_seen)
+                            .await
+                        {
                             break 'reads;
                         }
-                        tokio::time::sleep(POLL_EVERY).await;
                     }
                     Ok(None) => {
                         result
@@ -601,17 +576,12 @@ impl Figures {
         let checked = Outcomes::sum(writers.iter().map(|w| &w.checked));
         let observed = Outcomes::sum(observations.iter().map(|o| &o.outcomes));
         let (checked_reads, checked_read_hits) = (checked.total(), checked.hits);
-        let mut messages = std::collections::BTreeMap::<&str, usize>::new();
-        for e in writers
-            .iter()
-            .flat_map(|w| &w.errors)
-            .chain(observations.iter().flat_map(|o| &o.errors))
-        {
-            *messages.entry(e.as_str()).or_default() += 1;
-        }
-        let errors = messages.values().sum();
-        let mut messages: Vec<_> = messages.into_iter().collect();
-        messages.sort_by_key(|m| std::cmp::Reverse(m.1));
+        let (errors, error_examples) = error_summary(
+            writers
+                .iter()
+                .flat_map(|w| &w.errors)
+                .chain(observations.iter().flat_map(|o| &o.errors)),
+        );
         Figures {
             writes: sum(|w| w.writes),
             write_latency: Latency::of(
@@ -639,11 +609,7 @@ impl Figures {
             observer_first_outcomes: Outcomes::sum(observations.iter().map(|o| &o.first)),
             observer_read_hits: observed.hits,
             errors,
-            error_examples: messages
-                .into_iter()
-                .take(10)
-                .map(|(m, n)| format!("{n}x {m}"))
-                .collect(),
+            error_examples,
             elapsed_s: elapsed.as_secs_f64(),
         }
     }
@@ -655,35 +621,6 @@ impl Figures {
 
     /// The table printed at the end.
     pub(crate) fn table(&self) -> String {
-        fn ms(v: f64) -> String {
-            if v >= 100.0 {
-                format!("{v:.0}")
-            } else if v >= 10.0 {
-                format!("{v:.1}")
-            } else {
-                format!("{v:.2}")
-            }
-        }
-        let lat = |l: &Latency| {
-            if l.count == 0 {
-                "-".to_owned()
-            } else {
-                format!(
-                    "p50 {}  p99 {}  max {}  (n={})",
-                    ms(l.p50_ms),
-                    ms(l.p99_ms),
-                    ms(l.max_ms),
-                    l.count
-                )
-            }
-        };
-        let pct = |n: usize, of: usize| {
-            if of == 0 {
-                "-".to_owned()
-            } else {
-                format!("{:.1}%", n as f64 * 100.0 / of as f64)
-            }
-        };
         let mut out = String::new();
         let w = 46;
         let mut row = |name: &str, value: String| {
@@ -793,9 +730,7 @@ pub(crate) async fn run(args: &Args, dir: &Path, started: Instant) -> anyhow::Re
     println!("reports: {}\n", dir.display());
 
     let shared = Arc::new(Shared {
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?,
+        client: readback::client()?,
         a: instances.a.clone(),
         b: instances.b.clone(),
         cache_name: args.cache_name.clone(),
@@ -825,13 +760,7 @@ pub(crate) async fn run(args: &Args, dir: &Path, started: Instant) -> anyhow::Re
     println!("{table}");
     println!(
         "{} in {:.0}s (the run {:.1}s); written to {}: summary.json",
-        if passed {
-            "PASS: no stale read, no failed request"
-        } else if figures.stale_reads > 0 {
-            "FAIL: stale reads"
-        } else {
-            "FAIL: failed requests"
-        },
+        verdict(passed, figures.stale_reads > 0),
         started.elapsed().as_secs_f64(),
         elapsed.as_secs_f64(),
         dir.display()
@@ -868,9 +797,7 @@ pub(crate) async fn run(args: &Args, dir: &Path, started: Instant) -> anyhow::Re
         "table": table,
         "elapsed_s": started.elapsed().as_secs_f64(),
     });
-    let path = dir.join("summary.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
-        .with_context(|| format!("write {}", path.display()))?;
+    readback::write_summary(dir, &summary)?;
     Ok(passed)
 }
 

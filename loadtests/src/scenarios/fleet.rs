@@ -63,6 +63,9 @@ use crate::{
     scenarios::{
         consistency::{Outcomes, TOKEN},
         dashboard::{READS, session_ids},
+        readback::{
+            self, CONVERGE_WITHIN, PAGES, POLL_EVERY, error_summary, lat, ms, pct, verdict,
+        },
     },
     workload::Workload,
 };
@@ -70,12 +73,6 @@ use crate::{
 /// The `Host` of every request, whichever instance it goes to, as behind a load balancer: the
 /// cache's keys include the authority, and each in-process instance has a port of its own.
 const FLEET_HOST: &str = "dashboard.fleet.test";
-/// Time between two polls of a user (after a stale read) or an observer.
-const POLL_EVERY: Duration = Duration::from_millis(2);
-/// How long a user or an observer waits for a write to show.
-const CONVERGE_WITHIN: Duration = Duration::from_secs(2);
-/// The pages searched for the session (a rename moves it to the top of page 1).
-const PAGES: u32 = 3;
 /// A load that starts this much after it was due is counted late.
 const LATE: Duration = Duration::from_millis(10);
 /// Time between spawning a phase's users and its first load being due.
@@ -204,15 +201,12 @@ impl Shared {
 
     /// The title of write `k` of `user`.
     fn title(&self, user: usize, k: u64) -> String {
-        format!("fleet {} user {user} write {k}", self.nonce)
+        readback::title("fleet", &self.nonce, user, k)
     }
 
     /// Which write of `user` `title` is (0 for any other title).
     fn write_number(&self, user: usize, title: &str) -> u64 {
-        title
-            .strip_prefix(&format!("fleet {} user {user} write ", self.nonce))
-            .and_then(|k| k.parse().ok())
-            .unwrap_or(0)
+        readback::write_number("fleet", &self.nonce, user, title)
     }
 
     /// Looks for session `sid` on pages 1..3 of `instance` as `who`; the requests go into
@@ -239,17 +233,7 @@ impl Shared {
 
 /// The title of session `sid` on a sessions page, if it is there.
 fn title_of(page: &[u8], sid: i64) -> Option<String> {
-    let page: serde_json::Value = serde_json::from_slice(page).ok()?;
-    page.get("sessions")?
-        .as_array()?
-        .iter()
-        .find(|s| s.get("id").and_then(serde_json::Value::as_i64) == Some(sid))
-        .map(|s| {
-            s.get("title")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or_default()
-                .to_owned()
-        })
+    readback::title_on(&serde_json::from_slice(page).ok()?, sid)
 }
 
 /// One user, kept from the warm-up to the measured run of one fleet size.
@@ -447,13 +431,11 @@ async fn write(
             Ok(Some(title)) if shared.write_number(user.index, &title) >= k => break,
             Ok(Some(_)) => {
                 stale = true;
-                let age = sent - written;
-                run.stale_ages.push(age);
-                if age >= CONVERGE_WITHIN {
-                    run.never_seen += 1;
+                if readback::stale_read(sent - written, &mut run.stale_ages, &mut run.never_seen)
+                    .await
+                {
                     break;
                 }
-                tokio::time::sleep(POLL_EVERY).await;
             }
             Ok(None) => {
                 run.errors.push(format!(
@@ -772,17 +754,11 @@ impl Figures {
                 *n += 1;
             }
         }
-        let mut messages = BTreeMap::<&str, usize>::new();
-        for e in runs
-            .iter()
-            .flat_map(|r| &r.errors)
-            .chain(observations.iter().flat_map(|o| &o.errors))
-        {
-            *messages.entry(e.as_str()).or_default() += 1;
-        }
-        let errors = messages.values().sum();
-        let mut messages: Vec<_> = messages.into_iter().collect();
-        messages.sort_by_key(|m| std::cmp::Reverse(m.1));
+        let (errors, error_examples) = error_summary(
+            runs.iter()
+                .flat_map(|r| &r.errors)
+                .chain(observations.iter().flat_map(|o| &o.errors)),
+        );
         let requests = all().count();
         let elapsed = measured.elapsed.as_secs_f64();
         let warm_requests = warm_up.runs.iter().map(|r| r.requests.len()).sum::<usize>();
@@ -827,11 +803,7 @@ impl Figures {
                 .count(),
             observer_reads: of_kind(What::Observer).total(),
             errors,
-            error_examples: messages
-                .into_iter()
-                .take(10)
-                .map(|(m, n)| format!("{n}x {m}"))
-                .collect(),
+            error_examples,
             warm_up_requests: warm_requests,
             warm_up_errors: warm_up.runs.iter().map(|r| r.errors.len()).sum(),
             warm_up_stale_reads: warm_up.runs.iter().map(|r| r.stale_ages.len()).sum(),
@@ -853,19 +825,6 @@ impl Figures {
 
     /// The block printed after the fleet size's run.
     pub(crate) fn block(&self) -> String {
-        let lat = |l: &Latency| {
-            if l.count == 0 {
-                "-".to_owned()
-            } else {
-                format!(
-                    "p50 {}  p99 {}  max {}  (n={})",
-                    ms(l.p50_ms),
-                    ms(l.p99_ms),
-                    ms(l.max_ms),
-                    l.count
-                )
-            }
-        };
         let mut out = String::new();
         let w = 46;
         let mut row = |name: &str, value: String| {
@@ -981,24 +940,6 @@ impl Figures {
             row("  error", e.clone());
         }
         out
-    }
-}
-
-fn ms(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
-fn pct(n: usize, of: usize) -> String {
-    if of == 0 {
-        "-".to_owned()
-    } else {
-        format!("{:.1}%", n as f64 * 100.0 / of as f64)
     }
 }
 
@@ -1161,14 +1102,7 @@ pub(crate) async fn run(args: &Args, dir: &Path, started: Instant) -> anyhow::Re
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let db_dir = tempfile::Builder::new()
-        .prefix("loadtests-fleet-")
-        .tempdir()
-        .context("create a temporary directory for the SQLite database")?;
-    let database_url = format!(
-        "sqlite://{}?mode=rwc",
-        db_dir.path().join("dashboard.db").display()
-    );
+    let (db_dir, database_url) = readback::sqlite_database("loadtests-fleet-")?;
 
     let mut all = Vec::new();
     for &n in &args.instances {
@@ -1199,9 +1133,7 @@ pub(crate) async fn run(args: &Args, dir: &Path, started: Instant) -> anyhow::Re
                 .join(" ")
         );
         let shared = Arc::new(Shared {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
+            client: readback::client()?,
             urls: targets.iter().map(|t| t.url.clone()).collect(),
             cache_name: args.cache_name.clone(),
             nonce: format!("{:08x}", fastrand::u32(..)),
@@ -1249,16 +1181,11 @@ pub(crate) async fn run(args: &Args, dir: &Path, started: Instant) -> anyhow::Re
     println!("{rendered}");
     println!(
         "{} in {:.0}s; written to {}: summary.json, summary.md",
-        if passed {
-            "PASS: no stale read, no failed request"
-        } else if all
-            .iter()
-            .any(|f| f.stale_reads + f.warm_up_stale_reads > 0)
-        {
-            "FAIL: stale reads"
-        } else {
-            "FAIL: failed requests"
-        },
+        verdict(
+            passed,
+            all.iter()
+                .any(|f| f.stale_reads + f.warm_up_stale_reads > 0)
+        ),
         started.elapsed().as_secs_f64(),
         dir.display()
     );
@@ -1299,9 +1226,7 @@ pub(crate) async fn run(args: &Args, dir: &Path, started: Instant) -> anyhow::Re
         "table": table,
         "elapsed_s": started.elapsed().as_secs_f64(),
     });
-    let path = dir.join("summary.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
-        .with_context(|| format!("write {}", path.display()))?;
+    readback::write_summary(dir, &summary)?;
     let mut markdown = format!(
         "# loadtests --scenario fleet\n\n{} users, {} ms per query, {}% writes, {:.0}s measured per fleet size, {} store over one 3-master Redis Cluster.\n\n{table}\n",
         args.users,

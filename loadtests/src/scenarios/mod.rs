@@ -13,6 +13,7 @@ pub(crate) mod dashboard;
 pub(crate) mod fleet;
 pub(crate) mod outage;
 pub(crate) mod pagination;
+pub(crate) mod readback;
 
 use std::{
     sync::{Arc, RwLock},
