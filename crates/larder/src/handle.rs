@@ -198,11 +198,11 @@ impl CacheHandle {
         stats: &Arc<RouteStats>,
         tags: Vec<String>,
     ) -> Result<(), StoreError> {
+        // Kept for the refills only when a rule has left records to refill.
+        let refill = self.shared.refills.may_have_records().then(|| tags.clone());
         let fut = self.shared.store.invalidate_tags(tags.clone());
-        let result = self
-            .apply(stats, Op::Invalidate, fut, Some(tags.clone()))
-            .await;
-        if result.is_ok() && self.shared.refills.may_have_records() {
+        let result = self.apply(stats, Op::Invalidate, fut, Some(tags)).await;
+        if let (Ok(()), Some(tags)) = (&result, refill) {
             // Started now that the invalidation is complete: a refill can only store what the
             // write left. The records are searched in the background, not before the answer.
             let handle = self.clone();

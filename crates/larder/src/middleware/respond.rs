@@ -65,15 +65,27 @@ pub(crate) fn from_entry<B>(
     // Both overwrite the template's placeholders in place.
     out.insert(header::AGE, age);
     status.fill(&mut out, x_cache);
-    // RFC 9110 §9.3.2: HEAD gets the GET response's fields and no content.
+    let body = entry.body.clone();
+    full(method, entry.status, out, body, entry.trailers.as_ref())
+}
+
+/// A full response: `headers` and, unless the request is a `HEAD` (RFC 9110 §9.3.2: the GET
+/// response's fields and no content), `body` and `trailers`.
+fn full<B>(
+    method: &Method,
+    code: StatusCode,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+    trailers: Option<&HeaderMap>,
+) -> Response<CacheBody<B>> {
     let body = if method == Method::HEAD {
         CacheBody::empty()
     } else {
-        CacheBody::replay(entry.body.clone(), entry.trailers.as_ref())
+        CacheBody::replay(body, trailers)
     };
     let mut response = Response::new(body);
-    *response.status_mut() = entry.status;
-    *response.headers_mut() = out;
+    *response.status_mut() = code;
+    *response.headers_mut() = headers;
     response
 }
 
@@ -100,15 +112,7 @@ pub(crate) fn from_owned_entry<B>(
     } = entry;
     out.insert(header::AGE, age);
     status.apply(&mut out, x_cache);
-    let body = if method == Method::HEAD {
-        CacheBody::empty()
-    } else {
-        CacheBody::replay(body, trailers.as_ref())
-    };
-    let mut response = Response::new(body);
-    *response.status_mut() = code;
-    *response.headers_mut() = out;
-    response
+    full(method, code, out, body, trailers.as_ref())
 }
 
 /// The headers every full response from `entry` starts from: the stored headers, then `Age`
