@@ -20,20 +20,6 @@ const READS: [&str; 7] = [
     "/api/chat/sessions?page=2",
 ];
 
-/// The dashboard with refills off: the reads after a write then show exactly what it
-/// invalidated (with refills on, they may already be refilled hits).
-async fn without_refill() -> axum::Router {
-    let (_, router) = support::dashboard_with(example_dashboard::Config {
-        store: StoreKind::Memory,
-        database_url: Some("sqlite::memory:".into()),
-        db_latency_ms: 0,
-        refill: false,
-        ..example_dashboard::Config::defaults()
-    })
-    .await;
-    router
-}
-
 /// Reads every route twice for `user`: the second read must be a hit.
 async fn warm(router: &axum::Router, user: i64) {
     for uri in READS {
@@ -75,7 +61,7 @@ async fn expect_invalidated(router: &axum::Router, user: i64, invalidated: &[&st
 
 #[tokio::test]
 async fn every_write_route_invalidates_exactly_its_tags_and_the_next_read_shows_the_new_data() {
-    let router = without_refill().await;
+    let (_, router) = dashboard(StoreKind::Memory).await;
     let (a, b) = (11, 12);
     warm(&router, b).await;
 
@@ -306,7 +292,7 @@ async fn every_write_route_invalidates_exactly_its_tags_and_the_next_read_shows_
 
 #[tokio::test]
 async fn pages_are_distinct_entries_and_one_write_clears_them_all() {
-    let router = without_refill().await;
+    let (_, router) = dashboard(StoreKind::Memory).await;
     let user = 21;
     let mut pages = Vec::new();
     for page in 1..=3 {
@@ -518,7 +504,7 @@ async fn the_audit_finds_no_stale_entry_after_every_kind_of_write() {
 /// (the new credits, the session's new message count); the other user's entries are untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_refills_what_its_user_read_so_the_next_load_is_all_hits_with_the_new_data() {
-    let (state, router) = dashboard(StoreKind::Memory).await;
+    let (state, router) = support::dashboard_refilling(StoreKind::Memory).await;
     let cache = state.cache.clone().expect("a cache");
     let (a, b) = (61, 62);
     warm(&router, a).await;

@@ -16,13 +16,30 @@ pub(crate) const ADMIN: &str = "admin-secret";
 /// The header of the tiered store's consistency token.
 pub(crate) const CONSISTENCY: &str = "larder-consistency";
 
-/// A dashboard on an in-memory SQLite database with no added latency.
+/// A dashboard on an in-memory SQLite database with no added latency, refills off: the
+/// reads after a write or an invalidation then show exactly what it invalidated (with
+/// refills on, the dashboard's default, they may already be refilled hits; see
+/// [`dashboard_refilling`]).
 pub(crate) async fn dashboard(store: StoreKind) -> (Dashboard, Router) {
     dashboard_with(Config {
         store,
         database_url: Some("sqlite::memory:".into()),
         db_latency_ms: 0,
         admin_token: Some(ADMIN.into()),
+        refill: false,
+        ..Config::defaults()
+    })
+    .await
+}
+
+/// [`dashboard`] with refills on, as the dashboard runs by default.
+pub(crate) async fn dashboard_refilling(store: StoreKind) -> (Dashboard, Router) {
+    dashboard_with(Config {
+        store,
+        database_url: Some("sqlite::memory:".into()),
+        db_latency_ms: 0,
+        admin_token: Some(ADMIN.into()),
+        refill: true,
         ..Config::defaults()
     })
     .await
