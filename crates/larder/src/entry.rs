@@ -111,6 +111,12 @@ impl Entry {
         self.trailers.as_ref()
     }
 
+    /// Whether this entry may answer a request with credentials on a rule that is neither
+    /// user-scoped nor shared: its response said `public` or `s-maxage` (RFC 9111 §3.5).
+    pub(crate) fn shared_with_credentials(&self) -> bool {
+        crate::rules::policy::shared_with_credentials(&self.headers)
+    }
+
     /// The tags the entry carries.
     pub fn tags(&self) -> impl Iterator<Item = &str> {
         self.tags.iter().map(|t| &**t)

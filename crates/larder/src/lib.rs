@@ -51,8 +51,10 @@
 //! 1. [`Cache`]'s `call` finds the request's rule by path (`rules::route`); none: it passes through.
 //! 2. **Classify** (`phase::classify`): a write goes to the service and invalidates its rule's
 //!    tags before it is answered (`phase::write`); a request the cache must not answer
-//!    (credentials without a user scope, `Range`, the store's breaker open...) bypasses it
-//!    with a reason; a read gets its key (`rules::key`).
+//!    (`Range`, a user-scoped rule's request naming no user, the store's breaker open...)
+//!    bypasses it with a reason; a read gets its key (`rules::key`). A read with credentials
+//!    on a rule neither user-scoped nor [shared](Rule::shared) may only be answered by, and
+//!    only fill, an entry whose response said `public` or `s-maxage` (RFC 9111 §3.5).
 //! 3. **Lookup** (`phase::lookup`): the store returns the entry with its invalidation marks,
 //!    the visibility rule hides what an invalidation replaced (`store::visibility`), and the
 //!    request judges the rest: its `Vary` variant, fresh, stale within a window, or a miss.
@@ -76,8 +78,10 @@
 //! `HEAD`; a `POST` is a read only under [`Rule::cache_posts_by_body`]), only statuses cacheable by default (error statuses only with explicit
 //! freshness), never a response with `Set-Cookie`, `no-store`, `no-cache`, `Vary: *`, or
 //! `private` unless the rule has a [`UserScope`]. A request with `Authorization` or
-//! `Cookie` is not cached unless the rule has a user scope, and then its entries are keyed by
-//! the user. The response's `max-age`, `s-maxage`, `Expires`, `stale-while-revalidate` and
+//! `Cookie` is cached per user under a rule with a user scope; under a [shared](Rule::shared)
+//! rule it shares the one entry of its URL with every caller; under any other rule it is
+//! answered only by an entry whose response said `public` or `s-maxage`, and its own response
+//! is stored only if it says so (RFC 9111 §3.5). The response's `max-age`, `s-maxage`, `Expires`, `stale-while-revalidate` and
 //! `stale-if-error` are honoured, and [`Rule::ttl`] fills in when they are absent (or replaces
 //! them with [`Rule::override_response_ttl`]). `Vary` is honoured. Hits carry `Age`; every
 //! entry has an `ETag` (the origin's, or a strong one derived from the body) and

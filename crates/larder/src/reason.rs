@@ -54,8 +54,6 @@ pub(crate) enum Bypass {
     RequestBody,
     /// The rule has a user scope and the request names no user.
     NoUser,
-    /// Credentials without a user scope (RFC 9111 §3.5).
-    Credentials,
     /// The store is failing, or invalidations wait to be replayed (the breaker is open).
     StoreUnavailable,
 }
@@ -69,7 +67,6 @@ impl Bypass {
             Bypass::Range => "range",
             Bypass::RequestBody => "request-body",
             Bypass::NoUser => "no-user",
-            Bypass::Credentials => "credentials",
             Bypass::StoreUnavailable => "store-unavailable",
         }
     }
@@ -108,6 +105,10 @@ pub(crate) enum Uncacheable {
     TagUnresolved,
     /// The service failed (a 5xx or an error).
     ServerError,
+    /// The request carried `Authorization` or `Cookie` on a rule with neither a user scope
+    /// nor [`Rule::shared`](crate::Rule::shared), and the response did not say `public` or
+    /// `s-maxage` (RFC 9111 §3.5).
+    Credentials,
 }
 
 impl Uncacheable {
@@ -128,6 +129,7 @@ impl Uncacheable {
             Uncacheable::GrpcStatus => "grpc-status",
             Uncacheable::TagUnresolved => "tag-unresolved",
             Uncacheable::ServerError => "server-error",
+            Uncacheable::Credentials => "credentials",
         }
     }
 }

@@ -162,6 +162,8 @@ struct Case {
     ttl: Option<u64>,
     /// Whether the rule has a user scope (the `x-user` request header).
     user_scope: bool,
+    /// Whether the rule is [`Rule::shared`].
+    shared: bool,
     method: &'static str,
     request: Pairs,
     request_body: &'static str,
@@ -181,6 +183,7 @@ const fn case(
         name,
         ttl,
         user_scope: false,
+        shared: false,
         method: "GET",
         request: &[],
         request_body: "",
@@ -209,6 +212,13 @@ impl Case {
     const fn user_scoped(self) -> Self {
         Case {
             user_scope: true,
+            ..self
+        }
+    }
+
+    const fn shared(self) -> Self {
+        Case {
+            shared: true,
             ..self
         }
     }
@@ -272,8 +282,17 @@ const CASES: &[Case] = &[
     case("request max-age=0 is not honoured by default", T60, 200, NONE, stored(60)).req(&[("cache-control", "max-age=0")]),
     case("request Pragma: no-cache is not honoured by default", T60, 200, NONE, stored(60)).req(&[("pragma", "no-cache")]),
     // Requests the cache stays out of.
-    case("Authorization without a user scope bypasses", T60, 200, MAX60, fwd("larder; fwd=bypass; detail=credentials")).req(&[("authorization", "Bearer x")]),
-    case("Cookie without a user scope bypasses", T60, 200, MAX60, fwd("larder; fwd=bypass; detail=credentials")).req(&[("cookie", "sid=1")]),
+    // Credentials (RFC 9111 §3.5): without a user scope or a shared rule, only a response
+    // that says public or s-maxage is stored, and only such an entry answers them.
+    case("Authorization without a user scope: max-age alone is not stored", T60, 200, MAX60, fwd("larder; fwd=miss; detail=credentials")).req(&[("authorization", "Bearer x")]),
+    case("Cookie without a user scope: a route ttl alone is not stored", T60, 200, NONE, fwd("larder; fwd=miss; detail=credentials")).req(&[("cookie", "sid=1")]),
+    case("Authorization and a public response is stored", NO_TTL, 200, &[("cache-control", "public, max-age=60")], stored(60)).req(&[("authorization", "Bearer x")]),
+    case("Cookie and an s-maxage response is stored", NO_TTL, 200, &[("cache-control", "s-maxage=60")], stored(60)).req(&[("cookie", "sid=1")]),
+    case("Cookie and public, private is not stored", T60, 200, &[("cache-control", "public, private")], fwd("larder; fwd=miss; detail=private")).req(&[("cookie", "sid=1")]),
+    case("a shared rule stores for a request with Cookie", T60, 200, NONE, stored(60)).shared().req(&[("cookie", "sid=1")]),
+    case("a shared rule stores for a request with Authorization", T60, 200, MAX60, stored(60)).shared().req(&[("authorization", "Bearer x")]),
+    case("a shared rule never stores a private response", T60, 200, &[("cache-control", "private")], fwd("larder; fwd=miss; detail=private")).shared().req(&[("cookie", "sid=1")]),
+    case("a shared rule never stores a Set-Cookie", T60, 200, &[("set-cookie", "sid=2")], fwd("larder; fwd=miss; detail=set-cookie")).shared().req(&[("cookie", "sid=1")]),
     case("Authorization with a user scope is stored", T60, 200, NONE, stored(60)).user_scoped().req(&[("x-user", "alice"), ("authorization", "Bearer x")]),
     case("a user-scoped rule bypasses requests without a user", T60, 200, MAX60, fwd("larder; fwd=bypass; detail=no-user")).user_scoped(),
     case("Range bypasses", T60, 206, &[("content-range", "bytes 0-0/6")], fwd("larder; fwd=bypass; detail=range")).req(&[("range", "bytes=0-0")]),
@@ -289,6 +308,9 @@ fn case_app(c: &Case, calls: Arc<AtomicUsize>) -> Router {
     }
     if c.user_scope {
         rule = rule.user_scope(UserScope::header(HeaderName::from_static("x-user")));
+    }
+    if c.shared {
+        rule = rule.shared();
     }
     let (status, headers) = (c.status, c.response);
     let handler = move || {

@@ -42,7 +42,7 @@ impl Predictor {
 
     /// Remembers that the key's response was not stored, for `reason`. Only reasons that are
     /// the response's own way of being are remembered: not the request's (`no-store`, `HEAD`,
-    /// an unfilled tag), and not a failure that may pass (a 5xx, a gRPC error, a 429 or 401
+    /// an unfilled tag, credentials), and not a failure that may pass (a 5xx, a gRPC error, a 429 or 401
     /// status), during which coalescing matters most.
     pub(crate) fn remember(&self, digest: [u8; 32], reason: Uncacheable) {
         let lasting = match reason {
@@ -58,6 +58,7 @@ impl Predictor {
             Uncacheable::RequestNoStore
             | Uncacheable::Head
             | Uncacheable::TagUnresolved
+            | Uncacheable::Credentials
             | Uncacheable::Status
             | Uncacheable::GrpcStatus
             | Uncacheable::ServerError => false,

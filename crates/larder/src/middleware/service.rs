@@ -205,6 +205,7 @@ where
             None
         }
     };
+    let entry = entry.filter(|e| !read.credentialed || e.shared_with_credentials());
     let now = shared.clock.now_ms();
     match lookup::judge(entry, &read.key, &parts.headers, now) {
         Found::Fresh { entry, ttl } => {
@@ -259,6 +260,7 @@ where
             let stats = &exchange.route.stats;
             let read = shared.breaker.call(stats, Op::Get, store_call).await;
             let entry = read.ok().and_then(Read::visible);
+            let entry = entry.filter(|e| !exchange.credentialed || e.shared_with_credentials());
             // Taken after the lookup: it saw every invalidation that completed before.
             exchange.since = shared.store.stamp();
             let now = shared.clock.now_ms();

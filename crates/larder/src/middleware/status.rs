@@ -217,8 +217,8 @@ mod tests {
         assert_eq!(h[&CACHE_STATUS], "larder; fwd=miss; stored");
         assert_eq!(h[&X_CACHE], "MISS");
         h.clear();
-        CacheStatus::bypass(Bypass::Credentials).apply(&mut h, XCache::Omit);
-        assert_eq!(h[&CACHE_STATUS], "larder; fwd=bypass; detail=credentials");
+        CacheStatus::bypass(Bypass::NoUser).apply(&mut h, XCache::Omit);
+        assert_eq!(h[&CACHE_STATUS], "larder; fwd=bypass; detail=no-user");
         h.clear();
         CacheStatus::Stale {
             by: 3,

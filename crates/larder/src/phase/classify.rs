@@ -38,6 +38,10 @@ pub(crate) struct ReadRequest {
     pub(crate) intent: Intent,
     /// The client's consistency token: it has seen the invalidation of this stamp.
     pub(crate) after: Option<u64>,
+    /// The request carries credentials on a rule that is neither user-scoped nor shared:
+    /// only an entry its response declared `public` or `s-maxage` may answer it, it neither
+    /// leads nor follows a flight, and its response is stored only if declared so (§3.5).
+    pub(crate) credentialed: bool,
 }
 
 /// Whether the store is read for a request.
@@ -76,18 +80,19 @@ pub(crate) fn classify(shared: &CacheState, route: &Route, parts: &Parts) -> Cla
     if digest.is_none() && has_content(&parts.headers) {
         return Class::Bypass(Bypass::RequestBody);
     }
-    let scope = match &route.rule.scope {
+    let (scope, credentialed) = match &route.rule.scope {
         Some(s) => match s.scope(parts) {
-            Some(user) => Some(user),
+            Some(user) => (Some(user), false),
             None => return Class::Bypass(Bypass::NoUser),
         },
-        // RFC 9111 §3.5: a response to a request with credentials is for that user only.
-        None if parts.headers.contains_key(header::AUTHORIZATION)
-            || parts.headers.contains_key(header::COOKIE) =>
-        {
-            return Class::Bypass(Bypass::Credentials);
-        }
-        None => None,
+        None if route.rule.shared => (None, false),
+        // RFC 9111 §3.5: a response to a request with credentials is for that user only,
+        // unless it says it may be shared.
+        None => (
+            None,
+            parts.headers.contains_key(header::AUTHORIZATION)
+                || parts.headers.contains_key(header::COOKIE),
+        ),
     };
     // The store is failing (or invalidations wait to be replayed): go straight to the
     // service, with no store call and no wait.
@@ -111,6 +116,7 @@ pub(crate) fn classify(shared: &CacheState, route: &Route, parts: &Parts) -> Cla
         directives,
         intent,
         after: consistency::token(&parts.headers),
+        credentialed,
     })
 }
 

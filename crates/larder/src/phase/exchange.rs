@@ -100,6 +100,8 @@ pub(crate) struct Exchange {
     pub(crate) looked_up: Option<tokio::time::Instant>,
     /// For a rule that refills after writes, how to send this request again (set on a miss).
     pub(crate) refill: Option<Arc<dyn refill::Replay>>,
+    /// See [`ReadRequest::credentialed`].
+    pub(crate) credentialed: bool,
 }
 
 impl Exchange {
@@ -124,6 +126,7 @@ impl Exchange {
             after: read.after,
             looked_up,
             refill: None,
+            credentialed: read.credentialed,
         }
     }
 
@@ -223,7 +226,10 @@ impl Exchange {
             return self.forward(inner, parts, body, stale, status).await;
         }
         // A key that proved uncacheable leads no flight: nobody would wait for it usefully.
-        let lead = if shared.predictor.uncacheable(self.key.digest()).is_some() {
+        // Nor does a request with credentials (on a rule neither user-scoped nor shared):
+        // what it is answered may be for it alone, and what others are answered not for it.
+        let lead = if self.credentialed || shared.predictor.uncacheable(self.key.digest()).is_some()
+        {
             None
         } else {
             match self.take_turn(&parts, fwd).await {
@@ -447,6 +453,7 @@ impl Exchange {
             path: &origin.path,
             born: origin.born,
             now: shared.clock.now(),
+            credentialed: self.credentialed,
         };
         let entry = match fill::prepare(&asked, &mut parts, body.size_hint()) {
             Ok(entry) => entry,

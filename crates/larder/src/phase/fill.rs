@@ -40,6 +40,8 @@ pub(crate) struct Asked<'a> {
     /// The store's stamp taken before the origin call: the entry's birth stamp.
     pub(crate) born: u64,
     pub(crate) now: SystemTime,
+    /// See [`ReadRequest::credentialed`](crate::phase::classify::ReadRequest::credentialed).
+    pub(crate) credentialed: bool,
 }
 
 /// The entry `response` would be stored as, all but its body; or why it is not stored.
@@ -103,6 +105,7 @@ fn lifetimes(
         response_headers: &response.headers,
         request: asked.directives,
         user_scoped: asked.scope.is_some(),
+        credentialed: asked.credentialed,
         route: RouteTtl {
             ttl: rule.ttl,
             override_response: rule.override_ttl,

@@ -65,6 +65,9 @@ pub(crate) struct Candidate<'a> {
     pub(crate) request: RequestDirectives,
     /// The entry is keyed by one user's scope (a private cache for that user): `private` responses may be stored.
     pub(crate) user_scoped: bool,
+    /// The request carried credentials on a rule neither user-scoped nor shared: only a
+    /// response that says `public` or `s-maxage` may be stored (§3.5).
+    pub(crate) credentialed: bool,
     pub(crate) route: RouteTtl,
     /// Current time, for `Expires` against `Date`.
     pub(crate) now: SystemTime,
@@ -401,6 +404,11 @@ fn forbidden(ex: &Candidate<'_>, cc: &ResponseDirectives) -> Option<Uncacheable>
     if cc.private && !ex.user_scoped {
         return Some(Uncacheable::Private);
     }
+    // RFC 9111 §3.5: a response to a request with credentials is stored for others only
+    // when it says a shared cache may store it.
+    if ex.credentialed && !cc.public && cc.s_maxage.is_none() {
+        return Some(Uncacheable::Credentials);
+    }
     // RFC 9111 §7.3 leaves this to the cache: we never store a Set-Cookie.
     if headers.contains_key(SET_COOKIE) {
         return Some(Uncacheable::SetCookie);
@@ -443,6 +451,13 @@ fn lifetime(ex: &Candidate<'_>, cc: &ResponseDirectives) -> Result<Duration, Unc
         return Ok(expires_lifetime(headers, ex.now));
     }
     ex.route.ttl.ok_or(Uncacheable::NoFreshness)
+}
+
+/// Whether a stored response with `headers` may answer a request with credentials: it said
+/// `public` or `s-maxage` (RFC 9111 §3.5).
+pub(crate) fn shared_with_credentials(headers: &HeaderMap) -> bool {
+    let cc = response_directives(headers);
+    cc.public || cc.s_maxage.is_some()
 }
 
 /// Decides whether a response may be stored by a shared cache and, if so, its freshness.
@@ -707,6 +722,7 @@ mod tests {
         headers: Pairs,
         request_no_store: bool,
         user_scoped: bool,
+        credentialed: bool,
         route: RouteTtl,
         want: Decision,
     }
@@ -724,8 +740,16 @@ mod tests {
             headers,
             request_no_store: false,
             user_scoped: false,
+            credentialed: false,
             route,
             want,
+        }
+    }
+
+    const fn credentialed(c: DecideCase) -> DecideCase {
+        DecideCase {
+            credentialed: true,
+            ..c
         }
     }
 
@@ -754,6 +778,10 @@ mod tests {
         case("private in shared cache skips", 200, &[("cache-control", "private, max-age=60")], NO_ROUTE, skip(Uncacheable::Private)),
         case("private with field names skips", 200, &[("cache-control", "private=\"x-user\", max-age=60")], NO_ROUTE, skip(Uncacheable::Private)),
         user_scoped(case("private in user-scoped cache stores", 200, &[("cache-control", "private, max-age=60")], NO_ROUTE, store(60, 0, 0, 0, false))),
+        credentialed(case("credentials without public skip", 200, MAX60, ROUTE_300, skip(Uncacheable::Credentials))),
+        credentialed(case("credentials with public store", 200, &[("cache-control", "public, max-age=60")], NO_ROUTE, store(60, 0, 0, 0, false))),
+        credentialed(case("credentials with s-maxage store", 200, &[("cache-control", "s-maxage=30")], NO_ROUTE, store(30, 0, 0, 0, true))),
+        credentialed(case("credentials with public but private skip", 200, &[("cache-control", "public, private, max-age=60")], NO_ROUTE, skip(Uncacheable::Private))),
         user_scoped(case("set-cookie skips even user-scoped", 200, &[("cache-control", "max-age=60"), ("set-cookie", "a=b")], NO_ROUTE, skip(Uncacheable::SetCookie))),
         case("vary star on a later line skips", 200, &[("cache-control", "max-age=60"), ("vary", "accept"), ("vary", "accept-encoding, *")], NO_ROUTE, skip(Uncacheable::VaryStar)),
         case("vary names store", 200, &[("cache-control", "max-age=60"), ("vary", "Accept-Encoding")], NO_ROUTE, store(60, 0, 0, 0, false)),
@@ -817,6 +845,7 @@ mod tests {
                     ..RequestDirectives::default()
                 },
                 user_scoped: c.user_scoped,
+                credentialed: c.credentialed,
                 route: c.route,
                 now: now(),
             };

@@ -97,6 +97,8 @@ pub struct Rule {
     pub(crate) audit: Option<f64>,
     pub(crate) posts_by_body: bool,
     pub(crate) refill: bool,
+    /// One entry for every caller, credentials or not (see [`Rule::shared`]).
+    pub(crate) shared: bool,
 }
 
 impl Rule {
@@ -119,6 +121,7 @@ impl Rule {
             audit: None,
             posts_by_body: false,
             refill: false,
+            shared: false,
         }
     }
 
@@ -176,6 +179,35 @@ impl Rule {
     {
         self.invalidates
             .extend(templates.into_iter().map(|t| Template::parse(t.as_ref())));
+        self
+    }
+
+    /// Declares that this route answers every caller alike, signed in or not: requests
+    /// carrying `Authorization` or `Cookie` are looked up and stored under the same key as
+    /// anonymous ones, so one entry serves everybody (a public page, announcements, a
+    /// catalogue in a browser app, where nearly every request carries a session cookie).
+    ///
+    /// The response still decides: one that says `private` or sets a cookie (`Set-Cookie`)
+    /// is never stored, and `Vary: Cookie` keys each cookie apart. Without this setting (and
+    /// without a [`user_scope`](Self::user_scope)), a request with credentials is served only
+    /// an entry whose response said `public` or `s-maxage`, and its own response is stored
+    /// only when it says so (RFC 9111 §3.5); everything else goes to the service uncached.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use larder::Rule;
+    ///
+    /// let announcements = Rule::new("announcements")
+    ///     .ttl(Duration::from_secs(60))
+    ///     .shared()
+    ///     .tag("announcements");
+    /// # let _ = announcements;
+    /// ```
+    ///
+    /// Panics (when the layer is built) if the rule also has a user scope: a response is
+    /// either the same for everyone or per user.
+    pub fn shared(mut self) -> Self {
+        self.shared = true;
         self
     }
 
@@ -281,6 +313,11 @@ impl Rule {
     /// Checks that every template variable can be filled. Panics on a misconfigured rule,
     /// like a router given an invalid path.
     pub(crate) fn validate(&self) {
+        assert!(
+            !(self.shared && self.scope.is_some()),
+            "larder rule `{}`: a shared rule has no user scope (its one entry serves every caller)",
+            self.name
+        );
         let params = self.pattern.as_deref().map(path_params).unwrap_or_default();
         for t in self.tags.iter().chain(&self.invalidates) {
             for var in t.vars() {
@@ -427,6 +464,15 @@ mod tests {
     #[should_panic(expected = "not a parameter")]
     fn unknown_param_is_rejected() {
         Rule::new("r").path("/a/{id}").tag("a:{sid}").validate();
+    }
+
+    #[test]
+    #[should_panic(expected = "a shared rule has no user scope")]
+    fn shared_with_user_scope_is_rejected() {
+        Rule::new("r")
+            .shared()
+            .user_scope(UserScope::header(http::header::AUTHORIZATION))
+            .validate();
     }
 
     #[test]
