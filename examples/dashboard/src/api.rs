@@ -66,6 +66,11 @@ fn provider(name: &str) -> Result<&'static str, ApiError> {
         .ok_or(ApiError::NotFound("provider"))
 }
 
+/// `GET /api/announcements`: public, the same for anonymous and signed-in callers.
+pub async fn announcements(State(app): State<Dashboard>) -> Result<Response, ApiError> {
+    Ok(Json(queries::announcements(&app.db).await?).into_response())
+}
+
 /// `POST /api/connectors/{provider}`
 pub async fn connect(
     State(app): State<Dashboard>,

@@ -25,6 +25,8 @@ pub enum StoreKind {
     Tiered,
 }
 
+/// One minute: announcements.
+pub const ONE_MINUTE: Duration = Duration::from_secs(60);
 /// Five minutes: profile, connectors, search and session pages.
 pub const FIVE_MINUTES: Duration = Duration::from_secs(5 * 60);
 /// Ten minutes: chat statistics.
@@ -130,6 +132,16 @@ async fn redis_store(nodes: &RedisNodes, namespace: &str) -> anyhow::Result<Redi
         .build()
         .await
         .with_context(|| format!("connect to {nodes}"))
+}
+
+/// The rule of `GET /api/announcements`: one entry for every caller, anonymous or signed
+/// in (`Rule::shared`: requests with `Authorization` or `Cookie` share it too), 1 minute,
+/// tagged `announcements` (an operator invalidates it with `POST /_cache/invalidate`).
+pub fn announcements_rule() -> Rule {
+    Rule::new("announcements")
+        .ttl(ONE_MINUTE)
+        .shared()
+        .tag("announcements")
 }
 
 /// The rules of every cached or invalidating route under `/api`; with `audit`, that fraction

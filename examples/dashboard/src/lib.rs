@@ -209,8 +209,14 @@ pub fn app(dashboard: Dashboard) -> Router {
                 Arc::clone(&dashboard.keys),
                 auth::require_user,
             ));
+    // Public: no key needed, one cached entry for every caller.
+    let mut public = Router::new().route("/api/announcements", get(api::announcements));
+    if let Some(cache) = &dashboard.cache {
+        public = public.layer(cache.layer(cache::announcements_rule()));
+    }
     Router::new()
         .merge(api)
+        .merge(public)
         .route("/_cache/health", get(ops::health))
         .route("/_cache/stats", get(ops::stats))
         .route("/_cache/invalidate", post(ops::invalidate))

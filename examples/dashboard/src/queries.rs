@@ -536,3 +536,46 @@ pub async fn api_keys(db: &Db) -> anyhow::Result<std::collections::HashMap<Strin
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
         .collect()
 }
+
+/// One announcement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// Its id.
+    pub id: i64,
+    /// Its title.
+    pub title: String,
+    /// Its text.
+    pub body: String,
+    /// When it was published, in Unix seconds.
+    pub published_at: i64,
+}
+
+/// `GET /api/announcements`: the same for every caller, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Announcements {
+    /// The newest 20.
+    pub announcements: Vec<Announcement>,
+}
+
+/// The newest announcements (one query).
+pub async fn announcements(db: &Db) -> Result<Announcements, ApiError> {
+    let mut conn = db.lease().await?;
+    let rows = sqlx::query(
+        "SELECT id, title, body, published_at FROM announcements \
+         ORDER BY published_at DESC, id DESC LIMIT 20",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let announcements = rows
+        .iter()
+        .map(|row| {
+            Ok(Announcement {
+                id: row.try_get(0)?,
+                title: row.try_get(1)?,
+                body: row.try_get(2)?,
+                published_at: row.try_get(3)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok(Announcements { announcements })
+}

@@ -63,6 +63,16 @@ const TOPICS: [&str; 10] = [
     "cash flow",
 ];
 
+/// The announcements every caller sees (`GET /api/announcements`), oldest first.
+pub const ANNOUNCEMENTS: [(&str, &str); 3] = [
+    ("Welcome", "The dashboard now answers from its cache."),
+    ("New connectors", "Shopify and Stripe data sync every hour."),
+    (
+        "Maintenance",
+        "The assistant is read-only on Sunday 02:00-03:00 UTC.",
+    ),
+];
+
 /// How many sessions user `id` starts with: 30 to 40.
 pub fn seeded_sessions(id: i64) -> i64 {
     30 + id % 11
@@ -100,11 +110,33 @@ pub async fn prepare(db: &Db) -> anyhow::Result<()> {
         ),
         "CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session_id)".to_owned(),
         "CREATE INDEX IF NOT EXISTS messages_by_user ON messages (user_id)".to_owned(),
+        format!(
+            "CREATE TABLE IF NOT EXISTS announcements ({id_column}, title TEXT NOT NULL, \
+             body TEXT NOT NULL, published_at BIGINT NOT NULL)"
+        ),
     ];
     for statement in &schema {
         conn.execute(statement.as_str())
             .await
             .with_context(|| format!("create the schema: {statement}"))?;
+    }
+    // Announcements are seeded on their own: a database made before they existed gets them.
+    let announcements: i64 = sqlx::query("SELECT COUNT(*) FROM announcements")
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+    if announcements == 0 {
+        for (i, (title, body)) in ANNOUNCEMENTS.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO announcements (title, body, published_at) VALUES ($1, $2, $3)",
+            )
+            .bind(*title)
+            .bind(*body)
+            .bind(EPOCH + i as i64 * 86_400)
+            .execute(&mut *conn)
+            .await
+            .context("seed the announcements")?;
+        }
     }
     let users: i64 = sqlx::query("SELECT COUNT(*) FROM users")
         .fetch_one(&mut *conn)

@@ -410,3 +410,79 @@ async fn store_none_serves_the_same_routes_uncached() {
     assert_eq!(admin.status, StatusCode::OK);
     assert_eq!(admin.body["invalidated"], false);
 }
+
+/// `GET /api/announcements` is public and cached once for every caller: anonymous, bearer
+/// (a known key or not) and cookie callers share one entry, which one database query filled;
+/// the per-user routes stay per user; an operator's invalidation of `announcements` refills it.
+#[tokio::test]
+async fn announcements_are_one_entry_for_anonymous_bearer_and_cookie_callers() {
+    for store in [StoreKind::Memory, StoreKind::None] {
+        let (state, router) = dashboard(store).await;
+        let before = state.db.stats().queries;
+        let callers: [&[(&str, &str)]; 5] = [
+            &[],
+            &[("authorization", "Bearer demo-key-1")],
+            &[("cookie", "session=abc")],
+            &[
+                ("authorization", "Bearer demo-key-2"),
+                ("cookie", "session=def"),
+            ],
+            &[("authorization", "Bearer not-a-key")],
+        ];
+        let mut bodies = Vec::new();
+        for (i, headers) in callers.iter().enumerate() {
+            let answer = support::get_with(&router, "/api/announcements", headers).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "{headers:?}: {:?}",
+                answer.body
+            );
+            let list = answer.body["announcements"].as_array().unwrap().clone();
+            assert_eq!(list.len(), 3, "{:?}", answer.body);
+            assert_eq!(list[0]["title"], "Maintenance", "newest first");
+            if store == StoreKind::Memory {
+                let want = if i == 0 { "MISS" } else { "HIT" };
+                assert_eq!(answer.x_cache.as_deref(), Some(want), "caller {headers:?}");
+            }
+            bodies.push(answer.body);
+        }
+        assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+        let queries = state.db.stats().queries - before;
+        match store {
+            StoreKind::Memory => assert_eq!(queries, 1, "one entry for all five callers"),
+            _ => assert_eq!(queries, 5, "uncached: a query per caller"),
+        }
+    }
+
+    // Per-user routes are still per user.
+    let (_, router) = dashboard(StoreKind::Memory).await;
+    let a = get(&router, "/api/user/me", 1).await;
+    let b = get(&router, "/api/user/me", 2).await;
+    assert!(a.is_miss() && b.is_miss());
+    assert_ne!(a.body["id"], b.body["id"]);
+
+    // An operator's invalidation of the tag: the next caller misses, then all hit again.
+    get(&router, "/api/announcements", 1).await;
+    assert!(get(&router, "/api/announcements", 2).await.is_hit());
+    let answer = call(
+        &router,
+        Method::POST,
+        "/_cache/invalidate",
+        Some(ADMIN),
+        Some(json!({ "tags": ["announcements"] })),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    let cookie = [("cookie", "session=abc")];
+    assert!(
+        support::get_with(&router, "/api/announcements", &cookie)
+            .await
+            .is_miss()
+    );
+    assert!(
+        support::get_with(&router, "/api/announcements", &[])
+            .await
+            .is_hit()
+    );
+}

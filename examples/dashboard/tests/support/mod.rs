@@ -105,6 +105,21 @@ pub(crate) async fn call_with_token(
         None => request.body(Body::empty()),
     }
     .unwrap();
+    answer(router, request).await
+}
+
+/// A `GET` of `uri` with `headers` (a cookie, a bearer key, none).
+pub(crate) async fn get_with(router: &Router, uri: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut request = Request::builder().uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    answer(router, request.body(Body::empty()).unwrap()).await
+}
+
+/// Sends `request` and reads the answer.
+async fn answer(router: &Router, request: Request<Body>) -> Answer {
+    let uri = request.uri().to_string();
     let response = router.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let cache_status = header(response.headers(), "cache-status");
