@@ -56,6 +56,8 @@ pub(crate) enum Bypass {
     NoUser,
     /// The store is failing, or invalidations wait to be replayed (the breaker is open).
     StoreUnavailable,
+    /// The rule's [`bypass_if`](crate::Rule::bypass_if) said so.
+    Predicate,
 }
 
 impl Bypass {
@@ -68,6 +70,7 @@ impl Bypass {
             Bypass::RequestBody => "request-body",
             Bypass::NoUser => "no-user",
             Bypass::StoreUnavailable => "store-unavailable",
+            Bypass::Predicate => "bypass-if",
         }
     }
 }

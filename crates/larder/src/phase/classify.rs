@@ -72,6 +72,9 @@ pub(crate) fn classify(shared: &CacheState, route: &Route, parts: &Parts) -> Cla
         let scope = route.rule.scope.as_ref().and_then(|s| s.scope(parts));
         return Class::Write { scope };
     }
+    if route.rule.bypass_if.as_ref().is_some_and(|p| p.test(parts)) {
+        return Class::Bypass(Bypass::Predicate);
+    }
     // A Range request wants part of a representation, and 206s are never stored.
     if parts.headers.contains_key(header::RANGE) {
         return Class::Bypass(Bypass::Range);
@@ -105,7 +108,12 @@ pub(crate) fn classify(shared: &CacheState, route: &Route, parts: &Parts) -> Cla
     // Reloads are honoured only when configured: by default a client cannot make the origin
     // do work the cache was put there to save.
     let reload = directives.no_cache || directives.max_age == Some(Duration::ZERO);
-    let intent = if reload && shared.reloads == Reloads::Honor {
+    let forced = route
+        .rule
+        .refresh_if
+        .as_ref()
+        .is_some_and(|p| p.test(parts));
+    let intent = if forced || (reload && shared.reloads == Reloads::Honor) {
         Intent::Reload
     } else {
         Intent::Lookup
@@ -144,6 +152,7 @@ fn key(
         headers: &parts.headers,
         scope,
         body: digest.map(RequestBodyDigest::as_bytes),
+        request: Some(parts),
     })
 }
 

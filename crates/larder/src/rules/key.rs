@@ -12,10 +12,10 @@
 //! (`application/x-www-form-urlencoded`: `&` separates pairs, `;` does not), so two URLs that
 //! differ only in percent-encoding give the same key exactly when the handler sees the same values.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use arrayvec::{ArrayString, ArrayVec};
-use http::{HeaderMap, HeaderName, Method};
+use http::{HeaderMap, HeaderName, Method, request::Parts};
 
 /// The version of the key format. Bumping it makes every stored entry unreachable.
 ///
@@ -176,6 +176,22 @@ pub struct KeyOptions {
     ignore_authority: bool,
     headers: Vec<HeaderName>,
     pagination: Option<Pagination>,
+    parts: Vec<KeyPart>,
+}
+
+/// A part of the key computed from the request by the application (see [`KeyOptions::part`]).
+#[derive(Clone)]
+struct KeyPart {
+    name: Box<str>,
+    value: Arc<KeyPartFn>,
+}
+
+type KeyPartFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
+
+impl fmt::Debug for KeyPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyPart({:?})", self.name)
+    }
 }
 
 impl KeyOptions {
@@ -246,6 +262,41 @@ impl KeyOptions {
         self
     }
 
+    /// Adds a part of the key that the application computes from the request: a tenant, a
+    /// feature flag, a region, anything the response depends on that the URL does not show,
+    /// read from an extension that a middleware in front of the cache inserted, or from a
+    /// header. Each distinct value gets its own entries; `None` is a value too (the requests
+    /// without one share their entries). `name` tells parts apart (two parts with different
+    /// names never collide).
+    ///
+    /// Use this, not a [`UserScope`](crate::UserScope), for what is not a user: a user scope
+    /// also decides whether `private` responses may be stored and whether a request with no
+    /// user is cached at all.
+    ///
+    /// ```
+    /// use larder::{KeyOptions, Rule};
+    ///
+    /// #[derive(Clone)]
+    /// struct Tenant(String);
+    ///
+    /// let rule = Rule::new("catalogue").key(
+    ///     KeyOptions::new().part("tenant", |req| {
+    ///         req.extensions.get::<Tenant>().map(|t| t.0.clone())
+    ///     }),
+    /// );
+    /// # let _ = rule;
+    /// ```
+    pub fn part<F>(mut self, name: &str, value: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.parts.push(KeyPart {
+            name: name.into(),
+            value: Arc::new(value),
+        });
+        self
+    }
+
     fn keeps(&self, name: &str) -> bool {
         if self.deny.iter().any(|d| **d == *name) {
             return false;
@@ -281,6 +332,18 @@ impl KeyOptions {
         match input.body {
             Some(d) => h.some(d),
             None => h.none(),
+        }
+        // Appended only when there are some, so the keys of rules without any are unchanged
+        // (the parts' kind bytes keep the two kinds of keys apart).
+        if !self.parts.is_empty() {
+            h.count(self.parts.len());
+            for part in &self.parts {
+                h.part(part.name.as_bytes());
+                match input.request.and_then(|r| (part.value)(r)) {
+                    Some(v) => h.some(v.as_bytes()),
+                    None => h.none(),
+                }
+            }
         }
         h.finish(label_of(&[
             input.method.as_str().as_bytes(),
@@ -376,6 +439,8 @@ pub(crate) struct KeyInput<'a> {
     pub(crate) scope: Option<&'a str>,
     /// The digest of the request body, for rules that cache POSTs by their body.
     pub(crate) body: Option<&'a [u8; 32]>,
+    /// The request, for the application's key parts ([`KeyOptions::part`]).
+    pub(crate) request: Option<&'a Parts>,
 }
 
 /// The query's name/value pairs as `application/x-www-form-urlencoded` defines them (what
@@ -602,6 +667,7 @@ mod tests {
             headers: &HeaderMap::new(),
             scope,
             body,
+            request: None,
         })
     }
 
@@ -617,6 +683,54 @@ mod tests {
             key_with_body(&o, &Method::GET, "/rpc", None, None, Some(&empty))
         );
         assert_ne!(key(&o, "/rpc", None, None), post(None));
+    }
+
+    #[test]
+    fn application_parts_are_keyed_by_name_and_value() {
+        let with = |opts: &KeyOptions, req: &Parts| {
+            opts.build(&KeyInput {
+                namespace: "t",
+                method: &Method::GET,
+                authority: Some("example.com"),
+                path: "/r",
+                query: None,
+                headers: &HeaderMap::new(),
+                scope: None,
+                body: None,
+                request: Some(req),
+            })
+        };
+        let header = |name: &'static str| {
+            move |req: &Parts| {
+                req.headers
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_owned())
+            }
+        };
+        let request = |tenant: Option<&str>| {
+            let mut b = http::Request::get("/r");
+            if let Some(t) = tenant {
+                b = b.header("x-tenant", t);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        let plain = KeyOptions::new();
+        let tenant = KeyOptions::new().part("tenant", header("x-tenant"));
+        let region = KeyOptions::new().part("region", header("x-tenant"));
+        let (acme, globex, none) = (
+            request(Some("acme")),
+            request(Some("globex")),
+            request(None),
+        );
+        // A rule without parts keys as it always did, whatever the request carries.
+        assert_eq!(with(&plain, &acme), key(&plain, "/r", None, None));
+        assert_eq!(with(&tenant, &acme), with(&tenant, &request(Some("acme"))));
+        assert_ne!(with(&tenant, &acme), with(&tenant, &globex));
+        // No value is a value of its own, and not the key of a rule without parts.
+        assert_ne!(with(&tenant, &none), with(&tenant, &acme));
+        assert_ne!(with(&tenant, &none), with(&plain, &none));
+        // The same value under another name is another key.
+        assert_ne!(with(&tenant, &acme), with(&region, &acme));
     }
 
     #[test]
@@ -740,6 +854,7 @@ mod tests {
             headers: &HeaderMap::new(),
             scope: None,
             body: None,
+            request: None,
         });
         assert_ne!(key(&o, "/me", None, None), other_host);
     }
@@ -764,6 +879,7 @@ mod tests {
                 headers: &h,
                 scope: None,
                 body: None,
+                request: None,
             })
         };
         let keys = [

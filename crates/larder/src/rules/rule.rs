@@ -52,6 +52,24 @@ impl UserScope {
     }
 }
 
+/// A test of a request, for [`Rule::bypass_if`] and [`Rule::refresh_if`].
+#[derive(Clone)]
+pub(crate) struct Predicate(Arc<PredicateFn>);
+
+type PredicateFn = dyn Fn(&Parts) -> bool + Send + Sync;
+
+impl Predicate {
+    pub(crate) fn test(&self, parts: &Parts) -> bool {
+        (self.0)(parts)
+    }
+}
+
+impl fmt::Debug for Predicate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Predicate(..)")
+    }
+}
+
 impl fmt::Debug for UserScope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("UserScope(..)")
@@ -99,6 +117,10 @@ pub struct Rule {
     pub(crate) refill: bool,
     /// One entry for every caller, credentials or not (see [`Rule::shared`]).
     pub(crate) shared: bool,
+    /// Reads for which this is true go to the service uncached ([`Rule::bypass_if`]).
+    pub(crate) bypass_if: Option<Predicate>,
+    /// Reads for which this is true refresh their entry ([`Rule::refresh_if`]).
+    pub(crate) refresh_if: Option<Predicate>,
 }
 
 impl Rule {
@@ -122,6 +144,8 @@ impl Rule {
             posts_by_body: false,
             refill: false,
             shared: false,
+            bypass_if: None,
+            refresh_if: None,
         }
     }
 
@@ -208,6 +232,62 @@ impl Rule {
     /// either the same for everyone or per user.
     pub fn shared(mut self) -> Self {
         self.shared = true;
+        self
+    }
+
+    /// Sends the reads for which `f` is true to the service, uncached: neither looked up nor
+    /// stored (`Cache-Status: larder; fwd=bypass; detail=bypass-if`). Writes still invalidate.
+    /// For the requests of an admin tool, a debugging header, a preview mode:
+    ///
+    /// ```
+    /// use larder::Rule;
+    ///
+    /// let rule = Rule::new("catalogue")
+    ///     .bypass_if(|req| req.headers.contains_key("x-preview"));
+    /// # let _ = rule;
+    /// ```
+    pub fn bypass_if<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> bool + Send + Sync + 'static,
+    {
+        self.bypass_if = Some(Predicate(Arc::new(f)));
+        self
+    }
+
+    /// Refreshes the entry of the reads for which `f` is true: the service is asked (as one
+    /// flight with concurrent reads of the key) and its response replaces the entry
+    /// (`Cache-Status: larder; fwd=request; stored`), whatever
+    /// [`honor_request_no_cache`](crate::CacheHandleBuilder::honor_request_no_cache) says for
+    /// everyone else. For an operator's "reload" button, or a trusted internal caller:
+    ///
+    /// ```
+    /// use larder::Rule;
+    ///
+    /// #[derive(Clone)]
+    /// struct Admin;
+    ///
+    /// let rule = Rule::new("report")
+    ///     .refresh_if(|req| {
+    ///         req.extensions.get::<Admin>().is_some()
+    ///             && req.headers.get("cache-control").is_some_and(|v| v == "no-cache")
+    ///     });
+    /// # let _ = rule;
+    /// ```
+    pub fn refresh_if<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> bool + Send + Sync + 'static,
+    {
+        self.refresh_if = Some(Predicate(Arc::new(f)));
+        self
+    }
+
+    /// Adds a part of the key computed from the request (a tenant, a region): see
+    /// [`KeyOptions::part`]. Unlike [`key`](Self::key), keeps the options set so far.
+    pub fn key_part<F>(mut self, name: &str, value: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.key = self.key.part(name, value);
         self
     }
 
