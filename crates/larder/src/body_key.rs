@@ -163,7 +163,7 @@ impl Predicate for KeyedRoutes {
         request.method == Method::POST
             && self
                 .routes
-                .rule(request.uri.path())
+                .rule(&request.uri, &request.extensions)
                 .is_some_and(|rule| rule.posts_by_body)
     }
 }

@@ -94,6 +94,12 @@ impl Db {
                 );
                 (url, Backend::Sqlite, None)
             }
+            // A file that does not exist yet is created (SQLite's `mode=rwc`), as the help
+            // says, unless the URL names a mode of its own.
+            Some(url) if url.starts_with("sqlite:") && !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                (format!("{url}{sep}mode=rwc"), Backend::Sqlite, None)
+            }
             Some(url) if url.starts_with("sqlite:") => (url.to_owned(), Backend::Sqlite, None),
             Some(other) => bail!(
                 "unsupported database URL {other:?}: expected sqlite://PATH, sqlite::memory: or postgres://..."
@@ -229,6 +235,19 @@ mod tests {
             "postgres://app:***@db:5432/x"
         );
         assert_eq!(redact("sqlite::memory:"), "sqlite::memory:");
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_file_that_does_not_exist_yet_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        let url = format!("sqlite://{}", path.display());
+        let db = Db::connect(Some(&url), 1, Duration::ZERO)
+            .await
+            .expect("a new file is created");
+        let mut a = db.raw().await.unwrap();
+        a.execute("CREATE TABLE t (x BIGINT)").await.unwrap();
+        assert!(path.exists());
     }
 
     #[tokio::test]

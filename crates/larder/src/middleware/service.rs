@@ -30,7 +30,7 @@ use crate::{
         write::Write,
     },
     reason::{Bypass, Fwd},
-    rules::route::{Params, Route, RouteSet},
+    rules::route::{self, Params, Route, RouteSet},
     stats::Outcome,
     store::{self, Read, StoreFuture},
 };
@@ -107,7 +107,7 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let (inner, handle) = (&mut self.inner, &self.handle);
-        let Some((route, params)) = self.routes.find(req.uri().path()) else {
+        let Some((route, params)) = self.routes.find(req.uri(), req.extensions()) else {
             return bypass(inner, handle, req, Bypass::NoRule);
         };
         let (parts, body) = req.into_parts();
@@ -130,7 +130,7 @@ where
                     route: Arc::clone(route),
                     scope,
                     params,
-                    path: parts.uri.path().to_owned(),
+                    path: route::request_path(&parts.uri, &parts.extensions).to_owned(),
                 };
                 let span = tracing::debug_span!("larder.write", route = %route.rule.name);
                 let req = Request::from_parts(parts, body);

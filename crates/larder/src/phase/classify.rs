@@ -16,7 +16,7 @@ use crate::{
     rules::{
         key::KeyInput,
         policy::{self, RequestDirectives},
-        route::Route,
+        route::{self, Route},
     },
 };
 
@@ -147,7 +147,7 @@ fn key(
             &Method::GET
         },
         authority: authority(parts),
-        path: parts.uri.path(),
+        path: route::request_path(&parts.uri, &parts.extensions),
         query: parts.uri.query(),
         headers: &parts.headers,
         scope,

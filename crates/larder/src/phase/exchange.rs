@@ -35,7 +35,7 @@ use crate::{
     reason::{Alone, Detail, Fwd, StaleUse, Uncacheable},
     rules::{
         policy::{self, RequestDirectives},
-        route::{Params, Route},
+        route::{self, Params, Route},
     },
     stats::Outcome,
 };
@@ -413,7 +413,7 @@ impl Exchange {
             started: tokio::time::Instant::now(),
             method: req.method().clone(),
             headers: req.headers().clone(),
-            path: req.uri().path().to_owned(),
+            path: route::request_path(req.uri(), req.extensions()).to_owned(),
         };
         match inner.call(req).await {
             Ok(r) if !r.status().is_server_error() => {

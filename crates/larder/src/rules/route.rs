@@ -5,7 +5,36 @@ use std::sync::{
     atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
+use http::{Extensions, Uri};
+
 use crate::{CacheHandle, Rule, Rules, stats::RouteStats};
+
+/// The request's path as the application routes it. Under axum's `Router::nest` the nested
+/// router's services see the path without the nest's prefix; keys, path tags and rules use
+/// the full path the client asked (axum's `OriginalUri`), so two nested routers never share
+/// entries. Elsewhere, the URI's path.
+pub(crate) fn request_path<'a>(uri: &'a Uri, extensions: &'a Extensions) -> &'a str {
+    #[cfg(feature = "axum")]
+    if let Some(original) = extensions.get::<axum::extract::OriginalUri>() {
+        return original.0.path();
+    }
+    let _ = extensions;
+    uri.path()
+}
+
+/// The route pattern axum matched (`MatchedPath`), with the nest's prefix.
+fn matched_pattern(extensions: &Extensions) -> Option<&str> {
+    #[cfg(feature = "axum")]
+    if let Some(matched) = extensions.get::<axum::extract::MatchedPath>() {
+        return Some(matched.as_str());
+    }
+    let _ = extensions;
+    None
+}
+
+/// The most patterns a per-route layer keeps a compiled matcher for (one route usually has
+/// one; past this they are compiled per request).
+const MATCHERS: usize = 64;
 
 /// A rule ready to serve: its settings, its counters, its body limit.
 #[derive(Debug)]
@@ -54,8 +83,13 @@ impl AuditGate {
 #[derive(Debug)]
 pub(crate) enum RouteSet {
     /// One rule for every request through the layer (per-route layering); an optional
-    /// pattern supplies path parameters.
-    One(Arc<Route>, Option<matchit::Router<()>>),
+    /// pattern supplies path parameters. Without one, the pattern axum matched does, through
+    /// matchers compiled once per pattern.
+    One(
+        Arc<Route>,
+        Option<matchit::Router<()>>,
+        dashmap::DashMap<Box<str>, Arc<matchit::Router<()>>>,
+    ),
     /// Rules picked by path.
     Many(matchit::Router<usize>, Vec<Arc<Route>>),
 }
@@ -77,13 +111,14 @@ impl RouteSet {
             .rules
             .into_iter()
             .map(|rule| {
-                rule.validate();
-                let needs_params = rule.pattern.is_some()
-                    && rule
-                        .tags
-                        .iter()
-                        .chain(&rule.invalidates)
-                        .any(|t| t.vars().any(|v| v != "user"));
+                // A per-route layer without a pattern takes its parameters from the route
+                // axum matched, known only per request.
+                rule.validate(selection == Selection::One && rule.pattern.is_none());
+                let needs_params = rule
+                    .tags
+                    .iter()
+                    .chain(&rule.invalidates)
+                    .any(|t| t.vars().any(|v| v != "user"));
                 Arc::new(Route {
                     stats: handle.shared.stats.route(&rule.name),
                     max_body_size: rule.max_body_size.unwrap_or(handle.shared.max_body_size),
@@ -101,7 +136,7 @@ impl RouteSet {
                     .unwrap_or_else(|e| panic!("larder: invalid path `{p}`: {e}"));
                 m
             });
-            return RouteSet::One(route, matcher);
+            return RouteSet::One(route, matcher, dashmap::DashMap::new());
         }
         let mut router = matchit::Router::new();
         for (i, r) in routes.iter().enumerate() {
@@ -117,20 +152,40 @@ impl RouteSet {
         RouteSet::Many(router, routes)
     }
 
-    /// The rule for `path` and, when its templates need them, the path parameters.
-    /// `Err` when a single rule's pattern does not match (its templates cannot be filled).
-    pub(crate) fn find(&self, path: &str) -> Option<(&Arc<Route>, Params)> {
+    /// The rule of a request and, when its templates need them, the path parameters. `None`
+    /// when no rule's pattern matches, or a single rule's own pattern does not.
+    ///
+    /// [`Rules`] patterns are matched against the full path ([`request_path`]) and, under
+    /// `Router::nest`, against the path the nested router sees if the full one matches none:
+    /// patterns may be written either way. A per-route layer with no pattern of its own takes
+    /// its parameters from the route axum matched (`MatchedPath`); with neither, templates
+    /// that name parameters cannot be filled and the response is not stored
+    /// (`detail=tag-unresolved`).
+    pub(crate) fn find(&self, uri: &Uri, extensions: &Extensions) -> Option<(&Arc<Route>, Params)> {
+        let path = request_path(uri, extensions);
         match self {
-            RouteSet::One(route, None) => Some((route, Vec::new())),
-            RouteSet::One(route, Some(m)) => {
-                if !route.needs_params {
-                    return Some((route, Vec::new()));
-                }
+            RouteSet::One(route, _, _) if !route.needs_params => Some((route, Vec::new())),
+            RouteSet::One(route, Some(m), _) => {
                 let matched = m.at(path).ok()?;
                 Some((route, collect(&matched.params)))
             }
+            RouteSet::One(route, None, compiled) => {
+                let params = matched_pattern(extensions)
+                    .and_then(|pattern| params_of(compiled, pattern, path))
+                    .unwrap_or_default();
+                Some((route, params))
+            }
             RouteSet::Many(router, routes) => {
-                let matched = router.at(path).ok()?;
+                let matched = router
+                    .at(path)
+                    .or_else(|e| {
+                        if path == uri.path() {
+                            Err(e)
+                        } else {
+                            router.at(uri.path())
+                        }
+                    })
+                    .ok()?;
                 let route = &routes[*matched.value];
                 let params = if route.needs_params {
                     collect(&matched.params)
@@ -141,20 +196,41 @@ impl RouteSet {
             }
         }
     }
-}
 
-impl RouteSet {
-    /// The rule for `path`, as [`find`](Self::find) picks it, without collecting parameters.
-    pub(crate) fn rule(&self, path: &str) -> Option<&Rule> {
+    /// The rule of a request, as [`find`](Self::find) picks it, without collecting parameters.
+    pub(crate) fn rule(&self, uri: &Uri, extensions: &Extensions) -> Option<&Rule> {
         match self {
-            RouteSet::One(route, Some(m)) if route.needs_params => {
-                m.at(path).ok()?;
+            RouteSet::One(route, Some(m), _) if route.needs_params => {
+                m.at(request_path(uri, extensions)).ok()?;
                 Some(&route.rule)
             }
-            RouteSet::One(route, _) => Some(&route.rule),
-            RouteSet::Many(router, routes) => Some(&routes[*router.at(path).ok()?.value].rule),
+            RouteSet::One(route, _, _) => Some(&route.rule),
+            RouteSet::Many(..) => self.find(uri, extensions).map(|(route, _)| &route.rule),
         }
     }
+}
+
+/// The parameters of `path` under axum's `pattern`, through a matcher compiled once per
+/// pattern (at most [`MATCHERS`] kept).
+fn params_of(
+    compiled: &dashmap::DashMap<Box<str>, Arc<matchit::Router<()>>>,
+    pattern: &str,
+    path: &str,
+) -> Option<Params> {
+    let matcher = match compiled.get(pattern) {
+        Some(m) => Arc::clone(&m),
+        None => {
+            let mut m = matchit::Router::new();
+            m.insert(pattern, ()).ok()?;
+            let m = Arc::new(m);
+            if compiled.len() < MATCHERS {
+                compiled.insert(pattern.into(), Arc::clone(&m));
+            }
+            m
+        }
+    };
+    let matched = matcher.at(path).ok()?;
+    Some(collect(&matched.params))
 }
 
 fn collect(params: &matchit::Params<'_, '_>) -> Params {
