@@ -41,6 +41,7 @@
 //!                 memory, redis, tiered
 //! codec.rs        the envelope of entries in stores outside the process (public)
 //! body_key.rs     reading and hashing request bodies, for POST reads (public)
+//! warm.rs         warm(): requests sent through the service, as clients send them
 //! ```
 //!
 //! Modules depend downwards only: no two import each other, directly or through others
@@ -142,6 +143,7 @@ mod rules;
 mod stats;
 pub mod store;
 mod typed;
+mod warm;
 
 pub use body_key::{BodyKey, BodyKeyLayer, KeyedBody, RequestBodyDigest};
 pub use engine::refill::RefillSnapshot;
@@ -162,6 +164,7 @@ pub use rules::{
 pub use stats::{RouteSnapshot, StatsSnapshot};
 pub use store::{MemoryStore, Store, StoreError, StoreErrorKind, StoreFuture};
 pub use typed::{EntryOptions, ReadStamp};
+pub use warm::{WarmReport, warm};
 
 // The README's examples compile and run as doc-tests (they use the Redis store).
 #[cfg(all(doctest, feature = "redis"))]

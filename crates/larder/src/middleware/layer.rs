@@ -2,12 +2,17 @@
 
 use std::sync::Arc;
 
+use http::{Method, request::Parts};
 use tower_layer::Layer;
 
 use crate::{
-    BodyKeyLayer, Cache, CacheHandle, Rule, Rules,
+    BodyKeyLayer, Cache, CacheHandle, CacheKey, RequestBodyDigest, Rule, Rules, StoreError,
     body_key::KeyedRoutes,
-    rules::route::{RouteSet, Selection},
+    phase::classify,
+    rules::{
+        route::{self, RouteSet, Selection},
+        tags,
+    },
 };
 
 /// Applies a [`Cache`] to a service. Built by [`CacheHandle::layer`] (one rule) or
@@ -100,6 +105,71 @@ impl CacheLayer {
     /// in front of this layer; see [`body_key`](crate::body_key).
     pub fn body_key_layer(&self) -> BodyKeyLayer<KeyedRoutes> {
         BodyKeyLayer::with_predicate(KeyedRoutes::new(Arc::clone(&self.routes)))
+    }
+
+    /// The key this layer would store the response to `request` under (the request's head:
+    /// `Request::into_parts().0`, or one built with `Request::get(url).body(())`), or `None`
+    /// when no rule covers it or its rule's user scope names no user for it. The key is that
+    /// of a `GET` (a stored `GET` also answers `HEAD`); a `POST` cached by body needs the
+    /// [`RequestBodyDigest`] extension a [`BodyKeyLayer`] adds.
+    ///
+    /// What goes into a key: the handle's namespace, the method, the authority (`Host`, unless
+    /// [`KeyOptions::ignore_authority`](crate::KeyOptions::ignore_authority)), the path, the
+    /// query as the rule's [`KeyOptions`](crate::KeyOptions) keep it, the headers it varies
+    /// on, the user, and the application's key parts. So build the request as clients send it,
+    /// `Host` included.
+    pub fn key_for(&self, request: &Parts) -> Option<CacheKey> {
+        let (route, _) = self.routes.find(&request.uri, &request.extensions)?;
+        let scope = match &route.rule.scope {
+            Some(s) => Some(s.scope(request)?),
+            None => None,
+        };
+        let digest = (request.method == Method::POST && route.rule.posts_by_body)
+            .then(|| request.extensions.get::<RequestBodyDigest>())
+            .flatten();
+        let shared = &self.handle.shared;
+        Some(classify::key(
+            shared,
+            route,
+            request,
+            scope.as_deref(),
+            digest,
+        ))
+    }
+
+    /// Invalidates what this layer stored for `request`'s URL, as a successful write to it
+    /// would (RFC 9111 §4.4): every stored response of its path, whatever its query or
+    /// variant, for the request's user on a user-scoped rule, for everyone otherwise. It is an
+    /// invalidation like [`CacheHandle::invalidate_tags`]: a fill that started before it
+    /// cannot store what it hid, it reaches the other instances (the backplane, the token),
+    /// and it refills what [`Rule::refill_after_write`] covers. Returns `Ok(false)` when no
+    /// rule covers the request, or its rule's user scope names no user for it.
+    ///
+    /// ```
+    /// # async fn purge(layer: larder::CacheLayer) -> Result<(), larder::StoreError> {
+    /// let (request, ()) = http::Request::get("https://shop.example/api/items/7")
+    ///     .body(())
+    ///     .unwrap()
+    ///     .into_parts();
+    /// layer.invalidate_request(&request).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn invalidate_request(&self, request: &Parts) -> Result<bool, StoreError> {
+        let Some((route, _)) = self.routes.find(&request.uri, &request.extensions) else {
+            return Ok(false);
+        };
+        let scope = match &route.rule.scope {
+            Some(s) => match s.scope(request) {
+                Some(user) => Some(user),
+                None => return Ok(false),
+            },
+            None => None,
+        };
+        let path = route::request_path(&request.uri, &request.extensions);
+        let tag = tags::of_path(scope.as_deref(), path);
+        self.handle.invalidate_tags([tag]).await?;
+        Ok(true)
     }
 }
 

@@ -130,7 +130,7 @@ pub(crate) fn classify(shared: &CacheState, route: &Route, parts: &Parts) -> Cla
 
 /// The key of a read: the digest of a POST's body stands for its content.
 #[inline]
-fn key(
+pub(crate) fn key(
     shared: &CacheState,
     route: &Route,
     parts: &Parts,

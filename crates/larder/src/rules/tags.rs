@@ -71,7 +71,7 @@ pub(crate) fn take_from_handler(headers: &mut HeaderMap) -> Vec<String> {
 
 /// The tag every stored response carries for its own path, so a write to the path
 /// invalidates it (RFC 9111 §4.4). Scoped by user, so one user's write leaves others' entries.
-fn of_path(scope: Option<&str>, path: &str) -> String {
+pub(crate) fn of_path(scope: Option<&str>, path: &str) -> String {
     let scope = scope.unwrap_or("");
     let mut tag = String::with_capacity(16 + scope.len() + path.len());
     tag.push_str("larder:uri:");

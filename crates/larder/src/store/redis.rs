@@ -405,6 +405,8 @@ pub struct RedisStoreBuilder {
     max_ttl: Duration,
     compress_over: usize,
     client_tracking: bool,
+    /// Publish invalidations on the backplane even without a tiered store of its own.
+    publish: bool,
     /// PEM root certificates that replace the public roots for `rediss://`.
     #[cfg(feature = "redis-tls")]
     root_certificates: Option<Vec<u8>>,
@@ -445,6 +447,7 @@ impl RedisStore {
             max_ttl: DEFAULT_MAX_TTL,
             compress_over: codec::COMPRESS_OVER,
             client_tracking: true,
+            publish: false,
             #[cfg(feature = "redis-tls")]
             root_certificates: None,
         }
@@ -1098,6 +1101,18 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Publishes this store's invalidations on the namespace's backplane, as the Redis half
+    /// of a [`TieredStore`](crate::store::TieredStore) does. Turn it on for a process that
+    /// invalidates for a fleet whose instances run the tiered store but has no tiered store
+    /// itself (a worker, a cron job, an admin tool): without it, the instances' L1s would not
+    /// hear of its invalidations and serve what they hid until their L1 lifetime ends. The
+    /// Redis user then needs `PUBLISH` on the `{namespace}:bus` channel (see the README's
+    /// ACL section).
+    pub fn publish_invalidations(mut self) -> Self {
+        self.publish = true;
+        self
+    }
+
     /// Compresses (LZ4) the entries whose encoded size is over `bytes` (default
     /// [`codec::COMPRESS_OVER`], 16 KiB; `usize::MAX` never compresses). Lower it to save
     /// Redis memory and network bytes at the cost of CPU on every hit of a large entry.
@@ -1244,7 +1259,7 @@ impl RedisStoreBuilder {
                 },
                 prefix,
                 observed: AtomicU64::new(0),
-                publishes: std::sync::atomic::AtomicBool::new(false),
+                publishes: std::sync::atomic::AtomicBool::new(self.publish),
                 max_ttl: self.max_ttl,
                 compress_over: self.compress_over,
                 raise: Script::new(RAISE),
