@@ -211,7 +211,14 @@ impl CacheHandle {
         result
     }
 
-    /// Removes one entry.
+    /// Removes one entry from the store (and this instance's L1).
+    ///
+    /// This is a removal, not an invalidation: unlike [`invalidate_tags`](Self::invalidate_tags)
+    /// it does not stop a fill that started before it from storing what it had read, and on
+    /// the tiered store the other instances' L1 copies stay until their L1 lifetime ends. To
+    /// drop what a write replaced, with every guarantee of the consistency contract, invalidate
+    /// a tag: the entry's own (give a typed value a tag of its key), or, for an HTTP
+    /// response, its URL's with [`CacheLayer::invalidate_request`](crate::CacheLayer::invalidate_request).
     pub async fn invalidate_key(&self, key: &CacheKey) -> Result<(), StoreError> {
         let fut = self.shared.store.remove(key);
         self.shared
