@@ -3,7 +3,7 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use crate::{
-    CacheKey, StatsSnapshot,
+    CacheKey, KeyOptions, StatsSnapshot,
     engine::{
         breaker::{Breaker, BreakerSettings, Deferred, Op},
         clock::Clock,
@@ -66,6 +66,10 @@ pub(crate) struct CacheState {
     pub(crate) typed: Arc<RouteStats>,
     /// What rules with `refill_after_write` ask again after a write.
     pub(crate) refills: Refills,
+    /// The TTL of rules that set none ([`CacheHandleBuilder::default_ttl`]).
+    pub(crate) default_ttl: Option<Duration>,
+    /// The key options of rules that set none ([`CacheHandleBuilder::default_key`]).
+    pub(crate) default_key: Option<KeyOptions>,
 }
 
 /// What a request's `no-cache` or `max-age=0` (a browser reload) does.
@@ -93,6 +97,8 @@ pub struct CacheHandleBuilder {
     refill_rate: u32,
     refill_concurrency: usize,
     refill_window: Duration,
+    default_ttl: Option<Duration>,
+    default_key: Option<KeyOptions>,
 }
 
 impl CacheHandle {
@@ -123,6 +129,8 @@ impl CacheHandle {
             refill_rate: refill::DEFAULT_RATE,
             refill_concurrency: refill::DEFAULT_CONCURRENCY,
             refill_window: refill::WINDOW,
+            default_ttl: None,
+            default_key: None,
         }
     }
 
@@ -303,6 +311,22 @@ impl fmt::Debug for CacheHandle {
 }
 
 impl CacheHandleBuilder {
+    /// The TTL of every rule of this handle's layers that sets none with
+    /// [`Rule::ttl`](crate::Rule::ttl): used when a response states no freshness of its own.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = Some(ttl);
+        self
+    }
+
+    /// The key options of every rule of this handle's layers that sets none with
+    /// [`Rule::key`](crate::Rule::key) (for example `KeyOptions::new().query(QueryMode::Sorted)`
+    /// for the whole service). A rule's [`paginate`](crate::Rule::paginate) and
+    /// [`key_part`](crate::Rule::key_part) are kept on top of them.
+    pub fn default_key(mut self, key: KeyOptions) -> Self {
+        self.default_key = Some(key);
+        self
+    }
+
     /// The prefix of every key, so several applications can share one store (default `larder`).
     pub fn namespace(mut self, namespace: &str) -> Self {
         self.namespace = namespace.into();
@@ -442,6 +466,8 @@ impl CacheHandleBuilder {
                     self.refill_concurrency,
                     self.refill_window,
                 ),
+                default_ttl: self.default_ttl,
+                default_key: self.default_key,
             }),
         })
     }

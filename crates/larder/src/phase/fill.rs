@@ -107,10 +107,11 @@ fn lifetimes(
         user_scoped: asked.scope.is_some(),
         credentialed: asked.credentialed,
         route: RouteTtl {
-            ttl: rule.ttl,
+            ttl: rule.status_ttl(response.status).or(rule.ttl),
             override_response: rule.override_ttl,
             stale_while_revalidate: rule.stale_while_revalidate,
             stale_if_error: rule.stale_if_error,
+            status_ttl: rule.status_ttl(response.status),
         },
         now: asked.now,
     });

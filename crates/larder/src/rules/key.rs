@@ -297,6 +297,16 @@ impl KeyOptions {
         self
     }
 
+    /// These options with what a rule added to its own (its pages and its parts), for a rule
+    /// that takes the handle's default options.
+    pub(crate) fn with_rule_parts(mut self, rule: &KeyOptions) -> Self {
+        if rule.pagination.is_some() {
+            self.pagination = rule.pagination.clone();
+        }
+        self.parts.extend(rule.parts.iter().cloned());
+        self
+    }
+
     fn keeps(&self, name: &str) -> bool {
         if self.deny.iter().any(|d| **d == *name) {
             return false;

@@ -56,6 +56,9 @@ pub(crate) struct RouteTtl {
     /// Defaults for the stale windows when the response does not state them.
     pub(crate) stale_while_revalidate: Option<Duration>,
     pub(crate) stale_if_error: Option<Duration>,
+    /// The rule's TTL for this response's status (`Rule::cache_status`): stores a status
+    /// otherwise stored only with explicit freshness, and replaces `ttl` for it.
+    pub(crate) status_ttl: Option<Duration>,
 }
 
 /// Everything `decide` needs about one exchange.
@@ -352,6 +355,11 @@ fn status_class(status: StatusCode) -> StatusClass {
     }
 }
 
+/// Whether responses with `status` are never stored, whatever they or the rule say.
+pub(crate) fn never_stored(status: StatusCode) -> bool {
+    status_class(status) == StatusClass::Never
+}
+
 /// Statuses whose caching requirements we implement, for `must-understand` (§5.2.2.3).
 fn understood(status: StatusCode) -> bool {
     matches!(
@@ -433,7 +441,9 @@ fn lifetime(ex: &Candidate<'_>, cc: &ResponseDirectives) -> Result<Duration, Unc
     let class = status_class(ex.status);
     match class {
         StatusClass::Never => return Err(Uncacheable::Status),
-        StatusClass::ExplicitOnly if !explicit => return Err(Uncacheable::Status),
+        StatusClass::ExplicitOnly if !explicit => {
+            return ex.route.status_ttl.ok_or(Uncacheable::Status);
+        }
         StatusClass::ExplicitOnly | StatusClass::RouteTtl => {}
     }
     let route_override = ex.route.override_response && class == StatusClass::RouteTtl;
@@ -687,6 +697,12 @@ mod tests {
         override_response: false,
         stale_while_revalidate: None,
         stale_if_error: None,
+        status_ttl: None,
+    };
+    const STATUS_30: RouteTtl = RouteTtl {
+        ttl: Some(secs(30)),
+        status_ttl: Some(secs(30)),
+        ..NO_ROUTE
     };
     const ROUTE_300: RouteTtl = RouteTtl {
         ttl: Some(secs(300)),
@@ -778,6 +794,9 @@ mod tests {
         case("private in shared cache skips", 200, &[("cache-control", "private, max-age=60")], NO_ROUTE, skip(Uncacheable::Private)),
         case("private with field names skips", 200, &[("cache-control", "private=\"x-user\", max-age=60")], NO_ROUTE, skip(Uncacheable::Private)),
         user_scoped(case("private in user-scoped cache stores", 200, &[("cache-control", "private, max-age=60")], NO_ROUTE, store(60, 0, 0, 0, false))),
+        case("404 with a status ttl is stored", 404, &[], STATUS_30, store(30, 0, 0, 0, false)),
+        case("404 with a status ttl keeps its own max-age", 404, MAX60, STATUS_30, store(60, 0, 0, 0, false)),
+        case("404 without a status ttl is not stored", 404, &[], ROUTE_300, skip(Uncacheable::Status)),
         credentialed(case("credentials without public skip", 200, MAX60, ROUTE_300, skip(Uncacheable::Credentials))),
         credentialed(case("credentials with public store", 200, &[("cache-control", "public, max-age=60")], NO_ROUTE, store(60, 0, 0, 0, false))),
         credentialed(case("credentials with s-maxage store", 200, &[("cache-control", "s-maxage=30")], NO_ROUTE, store(30, 0, 0, 0, true))),

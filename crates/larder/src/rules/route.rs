@@ -110,7 +110,15 @@ impl RouteSet {
         let routes: Vec<Arc<Route>> = rules
             .rules
             .into_iter()
-            .map(|rule| {
+            .map(|mut rule| {
+                // The handle's defaults, for what the rule leaves unset.
+                let shared = &handle.shared;
+                if rule.ttl.is_none() {
+                    rule.ttl = shared.default_ttl;
+                }
+                if let (false, Some(default)) = (rule.key_explicit, &shared.default_key) {
+                    rule.key = default.clone().with_rule_parts(&rule.key);
+                }
                 // A per-route layer without a pattern takes its parameters from the route
                 // axum matched, known only per request.
                 rule.validate(selection == Selection::One && rule.pattern.is_none());

@@ -2,7 +2,7 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use http::{HeaderName, request::Parts};
+use http::{HeaderName, StatusCode, request::Parts};
 
 use crate::rules::key::{KeyOptions, Pagination};
 
@@ -121,6 +121,10 @@ pub struct Rule {
     pub(crate) bypass_if: Option<Predicate>,
     /// Reads for which this is true refresh their entry ([`Rule::refresh_if`]).
     pub(crate) refresh_if: Option<Predicate>,
+    /// Whether [`Rule::key`] was called (if not, the handle's default key options apply).
+    pub(crate) key_explicit: bool,
+    /// TTLs of statuses cached without the response stating freshness ([`Rule::cache_status`]).
+    pub(crate) status_ttls: Vec<(StatusCode, Duration)>,
 }
 
 impl Rule {
@@ -146,6 +150,8 @@ impl Rule {
             shared: false,
             bypass_if: None,
             refresh_if: None,
+            key_explicit: false,
+            status_ttls: Vec::new(),
         }
     }
 
@@ -297,10 +303,49 @@ impl Rule {
         self
     }
 
-    /// Sets which parts of a request make up its key.
+    /// Sets which parts of a request make up its key (instead of the handle's
+    /// [`default_key`](crate::CacheHandleBuilder::default_key)).
     pub fn key(mut self, key: KeyOptions) -> Self {
         self.key = key;
+        self.key_explicit = true;
         self
+    }
+
+    /// Caches responses with `status` for `ttl` when they state no freshness of their own: a
+    /// `404` for 30 seconds, a `410` for a day, a `301` for longer than the rule's TTL. By
+    /// default only 200, 203, 204, 300, 301 and 308 take the rule's TTL, and other statuses
+    /// are stored only with `Cache-Control: max-age` (or `Expires`), so that an error page
+    /// is not served to everyone because a rule had a TTL. A response that states its own
+    /// freshness keeps it. Tags, path invalidation and `Vary` apply as to any entry, so a
+    /// write that creates the missing resource should invalidate one of the 404's tags (a
+    /// write to the same path does).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use http::StatusCode;
+    /// use larder::Rule;
+    ///
+    /// let items = Rule::new("item")
+    ///     .ttl(Duration::from_secs(300))
+    ///     .cache_status(StatusCode::NOT_FOUND, Duration::from_secs(30))
+    ///     .tag("items");
+    /// # let _ = items;
+    /// ```
+    ///
+    /// Panics (when the layer is built) for a status that is never stored: 1xx, 206, 304,
+    /// 401, 403, 407 and 5xx but 501.
+    pub fn cache_status(mut self, status: StatusCode, ttl: Duration) -> Self {
+        self.status_ttls.retain(|(s, _)| *s != status);
+        self.status_ttls.push((status, ttl));
+        self
+    }
+
+    /// The TTL [`cache_status`](Self::cache_status) gives `status`, if any.
+    pub(crate) fn status_ttl(&self, status: StatusCode) -> Option<Duration> {
+        self.status_ttls
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|&(_, ttl)| ttl)
     }
 
     /// Declares the page parameters of a paginated list: each page is its own entry, and all
@@ -395,6 +440,13 @@ impl Rule {
     /// are known only per request (a per-route layer without [`path`](Self::path) takes them
     /// from axum's `MatchedPath`), so they are not checked here.
     pub(crate) fn validate(&self, params_per_request: bool) {
+        for (status, _) in &self.status_ttls {
+            assert!(
+                !crate::rules::policy::never_stored(*status),
+                "larder rule `{}`: status {status} is never stored, cache_status cannot change that",
+                self.name
+            );
+        }
         assert!(
             !(self.shared && self.scope.is_some()),
             "larder rule `{}`: a shared rule has no user scope (its one entry serves every caller)",

@@ -1,0 +1,197 @@
+//! Defaults on the handle (`default_ttl`, `default_key`) and statuses cached for a time of
+//! their own (`Rule::cache_status`: a 404 for 30 s), through the layer.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::Path,
+    http::{HeaderMap, StatusCode},
+    routing::get,
+};
+use http::Request;
+use http_body_util::BodyExt;
+use larder::{CacheHandle, KeyOptions, MemoryStore, Pagination, Rule};
+use tower::ServiceExt;
+
+async fn send(app: &Router, method: &str, uri: &str, host: &str) -> (StatusCode, String, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", host)
+        .body(Body::empty())
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let cache_status = res.headers()["cache-status"].to_str().unwrap().to_owned();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        cache_status,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+/// `/r` answering `#N` (N counts the calls), behind `rule`.
+fn counted(cache: &CacheHandle, rule: Rule) -> Router {
+    let calls = Arc::new(AtomicUsize::new(0));
+    Router::new().route(
+        "/r",
+        get(move |headers: HeaderMap| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let host = headers["host"].to_str().unwrap().to_owned();
+            async move { format!("{host} #{n}") }
+        })
+        .layer(cache.layer(rule)),
+    )
+}
+
+#[tokio::test]
+async fn the_handles_default_ttl_fills_in_for_rules_without_one() {
+    let cache = CacheHandle::builder(MemoryStore::default())
+        .default_ttl(Duration::from_secs(120))
+        .build();
+    let app = counted(&cache, Rule::new("plain"));
+    assert_eq!(
+        send(&app, "GET", "/r", "a").await.1,
+        "larder; fwd=miss; stored"
+    );
+    let (_, status, _) = send(&app, "GET", "/r", "a").await;
+    assert!(status.starts_with("larder; hit; ttl=1"), "{status}");
+    let own = counted(&cache, Rule::new("own").ttl(Duration::from_secs(7)));
+    send(&own, "GET", "/r?own", "a").await;
+    assert_eq!(
+        send(&own, "GET", "/r?own", "a").await.1,
+        "larder; hit; ttl=7"
+    );
+
+    // Without a default, a rule without a TTL stores only what states its freshness.
+    let bare = CacheHandle::new(MemoryStore::default());
+    let app = counted(&bare, Rule::new("plain"));
+    assert_eq!(
+        send(&app, "GET", "/r", "a").await.1,
+        "larder; fwd=miss; detail=no-freshness"
+    );
+}
+
+#[tokio::test]
+async fn the_handles_default_key_applies_to_rules_without_key_options_and_keeps_their_pages() {
+    let cache = CacheHandle::builder(MemoryStore::default())
+        .default_ttl(Duration::from_secs(60))
+        .default_key(KeyOptions::new().ignore_authority())
+        .build();
+    // The default leaves the host out: two host names share the entry.
+    let app = counted(&cache, Rule::new("any-host"));
+    assert_eq!(send(&app, "GET", "/r", "a.example").await.2, "a.example #1");
+    assert_eq!(send(&app, "GET", "/r", "b.example").await.2, "a.example #1");
+    // A rule's own key options win: per host again.
+    let app = counted(&cache, Rule::new("per-host").key(KeyOptions::new()));
+    assert_eq!(
+        send(&app, "GET", "/r?x", "a.example").await.2,
+        "a.example #1"
+    );
+    assert_eq!(
+        send(&app, "GET", "/r?x", "b.example").await.2,
+        "b.example #2"
+    );
+    // A rule that only paginates takes the default and keeps its pages.
+    let app = counted(
+        &cache,
+        Rule::new("pages").paginate(Pagination::new("page").defaults(1, 10)),
+    );
+    assert_eq!(
+        send(&app, "GET", "/r?page=1", "a.example").await.2,
+        "a.example #1"
+    );
+    assert_eq!(
+        send(&app, "GET", "/r", "b.example").await.2,
+        "a.example #1",
+        "page 1 is the default"
+    );
+    assert_eq!(
+        send(&app, "GET", "/r?page=2", "b.example").await.2,
+        "b.example #2"
+    );
+}
+
+/// `/items/{id}`: 404 until the item is created with `PUT`.
+fn items(cache: &CacheHandle, rule: Rule) -> (Router, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let created: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let (c, read, write) = (Arc::clone(&calls), Arc::clone(&created), created);
+    let app = Router::new().route(
+        "/items/{id}",
+        get(move |Path(id): Path<u32>| {
+            c.fetch_add(1, Ordering::SeqCst);
+            let found = read.lock().unwrap().contains(&id);
+            async move {
+                if found {
+                    (StatusCode::OK, format!("item {id}"))
+                } else {
+                    (StatusCode::NOT_FOUND, "no such item".to_owned())
+                }
+            }
+        })
+        .put(move |Path(id): Path<u32>| {
+            write.lock().unwrap().push(id);
+            async { StatusCode::NO_CONTENT }
+        })
+        .layer(cache.layer(rule)),
+    );
+    (app, calls)
+}
+
+#[tokio::test]
+async fn a_404_is_cached_for_its_own_time_and_a_write_to_its_path_clears_it() {
+    let cache = CacheHandle::new(MemoryStore::default());
+    let rule = Rule::new("item")
+        .ttl(Duration::from_secs(300))
+        .cache_status(StatusCode::NOT_FOUND, Duration::from_secs(30));
+    let (app, calls) = items(&cache, rule);
+    let (status, cache_status, _) = send(&app, "GET", "/items/1", "a").await;
+    assert_eq!(
+        (status, cache_status.as_str()),
+        (StatusCode::NOT_FOUND, "larder; fwd=miss; stored")
+    );
+    let (status, cache_status, body) = send(&app, "GET", "/items/1", "a").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(cache_status, "larder; hit; ttl=30");
+    assert_eq!(body, "no such item");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Creating the item (a write to the same path) invalidates the cached 404.
+    assert_eq!(
+        send(&app, "PUT", "/items/1", "a").await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (status, _, body) = send(&app, "GET", "/items/1", "a").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "item 1"));
+    let (_, cache_status, _) = send(&app, "GET", "/items/1", "a").await;
+    assert_eq!(
+        cache_status, "larder; hit; ttl=300",
+        "the 200 takes the rule's TTL"
+    );
+
+    // Without cache_status, a 404 is not stored on the rule's TTL alone.
+    let (app, calls) = items(&cache, Rule::new("plain").ttl(Duration::from_secs(300)));
+    for _ in 0..2 {
+        let (_, cache_status, _) = send(&app, "GET", "/items/9", "b").await;
+        assert_eq!(cache_status, "larder; fwd=miss; detail=status");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+#[should_panic(expected = "status 503 Service Unavailable is never stored")]
+fn a_status_that_is_never_stored_cannot_be_given_a_ttl() {
+    let cache = CacheHandle::new(MemoryStore::default());
+    let _ = cache.layer(
+        Rule::new("r").cache_status(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(5)),
+    );
+}
