@@ -353,9 +353,22 @@ impl CacheHandleBuilder {
         self
     }
 
-    /// Also send `X-Cache: HIT | MISS | STALE | BYPASS` (off by default; `Cache-Status` is always sent).
+    /// Also send `X-Cache: HIT | MISS | STALE | BYPASS` (off by default; `Cache-Status` is
+    /// sent unless [`hide_cache_headers`](Self::hide_cache_headers)).
     pub fn x_cache(mut self) -> Self {
         self.x_cache = XCache::Send;
+        self
+    }
+
+    /// Sends none of the headers the cache adds: no `Cache-Status`, no `X-Cache`, and no
+    /// `ETag` derived from a stored body (an `ETag` the service sent is kept, and a stored
+    /// response still answers `If-None-Match` with its own validator). For services that do
+    /// not show their caching to external clients; over gRPC these headers are the call's
+    /// response metadata, hidden the same way. The statistics and metrics still count every
+    /// outcome. The tiered store's `larder-consistency` token is not a report but a function
+    /// (read-your-writes) and is still sent on writes.
+    pub fn hide_cache_headers(mut self) -> Self {
+        self.x_cache = XCache::Hidden;
         self
     }
 

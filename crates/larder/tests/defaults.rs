@@ -195,3 +195,71 @@ fn a_status_that_is_never_stored_cannot_be_given_a_ttl() {
         Rule::new("r").cache_status(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(5)),
     );
 }
+
+/// `hide_cache_headers`: no `Cache-Status`, no `X-Cache`, no derived `ETag` on a miss, a hit or
+/// a 304; the service's own `ETag` and an upstream cache's `Cache-Status` pass; the statistics
+/// still count.
+#[tokio::test]
+async fn hidden_cache_headers_never_reach_the_client() {
+    use axum::http::header;
+    let cache = CacheHandle::builder(MemoryStore::default())
+        .x_cache()
+        .hide_cache_headers()
+        .default_ttl(Duration::from_secs(60))
+        .build();
+    let app = Router::new()
+        .route("/plain", get(|| async { "plain" }))
+        .route(
+            "/tagged",
+            get(|| async {
+                (
+                    [
+                        (header::ETAG, "\"v1\""),
+                        (
+                            header::HeaderName::from_static("cache-status"),
+                            "upstream; hit",
+                        ),
+                    ],
+                    "tagged",
+                )
+            }),
+        )
+        .layer(
+            cache.layer_with(
+                larder::Rules::new()
+                    .route("/plain", Rule::new("plain"))
+                    .route("/tagged", Rule::new("tagged")),
+            ),
+        );
+    let call = |uri: &'static str, inm: Option<&'static str>| {
+        let app = app.clone();
+        async move {
+            let mut req = Request::get(uri);
+            if let Some(v) = inm {
+                req = req.header(header::IF_NONE_MATCH, v);
+            }
+            let res = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+            let (status, headers) = (res.status(), res.headers().clone());
+            // A miss is stored as its body is read.
+            res.into_body().collect().await.unwrap();
+            (status, headers)
+        }
+    };
+    for _ in 0..2 {
+        let (status, h) = call("/plain", None).await;
+        assert_eq!(status, StatusCode::OK);
+        for name in ["cache-status", "x-cache", "etag"] {
+            assert!(!h.contains_key(name), "{name}: {h:?}");
+        }
+        let (_, h) = call("/tagged", None).await;
+        assert_eq!(h["etag"], "\"v1\"");
+        let upstream: Vec<_> = h.get_all("cache-status").iter().collect();
+        assert_eq!(upstream, ["upstream; hit"], "only the upstream member");
+        assert!(!h.contains_key("x-cache"));
+    }
+    let (status, h) = call("/tagged", Some("\"v1\"")).await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    assert!(!h.contains_key("x-cache"));
+    let stats = cache.stats();
+    assert_eq!((stats.total.hits, stats.total.misses), (3, 2), "{stats:?}");
+}

@@ -50,7 +50,7 @@ pub(crate) fn from_entry<B>(
                 out.append(name.clone(), v.clone());
             }
         }
-        if !out.contains_key(header::ETAG) {
+        if !out.contains_key(header::ETAG) && x_cache != XCache::Hidden {
             out.insert(header::ETAG, entry.etag.clone());
         }
         out.insert(header::AGE, age);

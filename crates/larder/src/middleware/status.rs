@@ -62,12 +62,15 @@ impl Member {
     }
 }
 
-/// Whether responses also carry `X-Cache: HIT | MISS | STALE | BYPASS`, which the seeds'
-/// tools read (`Cache-Status` is always sent).
+/// Which of this cache's headers responses carry: `Cache-Status` always, and `X-Cache: HIT |
+/// MISS | STALE | BYPASS` (which the seeds' tools read) when asked; or none of them, nor the
+/// `ETag` the cache derives ([`Hidden`](Self::Hidden)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum XCache {
     Omit,
     Send,
+    /// Neither `Cache-Status` nor `X-Cache`, nor a derived `ETag`.
+    Hidden,
 }
 
 /// What the cache did with one request, as written in `Cache-Status`.
@@ -176,6 +179,17 @@ impl CacheStatus {
     /// Writes this cache's `Cache-Status` member over the last one in `headers` (the
     /// placeholder a served-headers template ends with) and, when enabled, sets `X-Cache`.
     pub(crate) fn fill(self, headers: &mut HeaderMap, x_cache: XCache) {
+        if x_cache == XCache::Hidden {
+            // Take the placeholder out, and keep the upstream caches' members.
+            let mut members: Vec<HeaderValue> =
+                headers.get_all(&CACHE_STATUS).iter().cloned().collect();
+            members.pop();
+            headers.remove(&CACHE_STATUS);
+            for member in members {
+                headers.append(&CACHE_STATUS, member);
+            }
+            return;
+        }
         match headers.entry(&CACHE_STATUS) {
             http::header::Entry::Occupied(mut members) => {
                 if let Some(ours) = members.iter_mut().last() {
@@ -194,6 +208,9 @@ impl CacheStatus {
     /// Appends `Cache-Status` after any upstream cache's (RFC 9211 §2: the last member is the
     /// cache closest to the user) and, when enabled, sets `X-Cache`.
     pub(crate) fn apply(self, headers: &mut HeaderMap, x_cache: XCache) {
+        if x_cache == XCache::Hidden {
+            return;
+        }
         headers.append(&CACHE_STATUS, self.value());
         if x_cache == XCache::Send {
             headers.insert(&X_CACHE, self.x_cache());

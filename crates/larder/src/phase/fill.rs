@@ -18,6 +18,7 @@ use crate::{
     CacheHandle, CacheKey, Entry,
     engine::{breaker::Op, coalesce::Lead, lock::LockHeld, refill},
     entry::derive_etag,
+    middleware::status::XCache,
     reason::Uncacheable,
     rules::{
         policy::{self, Decision, Lifetimes, RequestDirectives, RouteTtl},
@@ -187,7 +188,11 @@ impl Fill {
         let body = concat(chunks);
         if self.entry.etag.is_empty() {
             let etag = derive_etag(&body);
-            self.entry.headers.insert(header::ETAG, etag.clone());
+            // Sent with the entry, unless the handle hides what the cache adds (the entry
+            // still answers `If-None-Match` with it).
+            if self.handle.shared.x_cache != XCache::Hidden {
+                self.entry.headers.insert(header::ETAG, etag.clone());
+            }
             self.entry.etag = etag;
         }
         // The stored representation has a known length; HEAD hits need it in the headers.
