@@ -72,6 +72,39 @@ pub(crate) struct CacheState {
     pub(crate) default_key: Option<KeyOptions>,
 }
 
+impl CacheState {
+    /// The statistics, as [`CacheHandle::stats`] gives them.
+    fn snapshot(&self) -> StatsSnapshot {
+        let mut stats = self.stats.snapshot();
+        stats.refills = self.refills.snapshot();
+        stats.usage = self.store.usage();
+        stats.store_available = self.breaker.available();
+        stats.pending_invalidations = self.breaker.pending();
+        stats
+    }
+}
+
+/// How often the gauges are set from the handle's state.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
+
+/// Sets the gauges every [`GAUGES_EVERY`] while the handle lives (it holds it weakly).
+fn report_gauges_in_background(state: std::sync::Weak<CacheState>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(GAUGES_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(state) = state.upgrade() else {
+                return;
+            };
+            crate::stats::report_gauges(state.store.name(), &state.snapshot());
+        }
+    });
+}
+
 /// What a request's `no-cache` or `max-age=0` (a browser reload) does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reloads {
@@ -145,7 +178,11 @@ impl CacheHandle {
         if tags.is_empty() {
             return Ok(());
         }
-        self.invalidate(&self.shared.typed, tags).await
+        let result = self.invalidate(&self.shared.typed, tags).await;
+        if result.is_ok() {
+            self.shared.typed.invalidated();
+        }
+        result
     }
 
     /// Runs an invalidation (or a purge) to its end even if the caller's future is dropped
@@ -272,10 +309,13 @@ impl CacheHandle {
         CacheKey::typed(&self.shared.namespace, key)
     }
 
-    /// A copy of the statistics.
+    /// A copy of the statistics: the counters, what the store holds here and whether it is
+    /// used. The same figures are gauges of the `metrics` facade (`larder_store_available`,
+    /// `larder_pending_invalidations`, `larder_entries`, `larder_bytes`), set every second
+    /// while a tokio runtime runs the handle's background task, and at each call of this.
     pub fn stats(&self) -> StatsSnapshot {
-        let mut stats = self.shared.stats.snapshot();
-        stats.refills = self.shared.refills.snapshot();
+        let stats = self.shared.snapshot();
+        crate::stats::report_gauges(self.shared.store.name(), &stats);
         stats
     }
 
@@ -458,7 +498,8 @@ impl CacheHandleBuilder {
             },
             journal,
         );
-        Ok(CacheHandle {
+        crate::stats::describe();
+        let handle = CacheHandle {
             after: None,
             shared: Arc::new(CacheState {
                 store: self.store,
@@ -482,7 +523,9 @@ impl CacheHandleBuilder {
                 default_ttl: self.default_ttl,
                 default_key: self.default_key,
             }),
-        })
+        };
+        report_gauges_in_background(Arc::downgrade(&handle.shared));
+        Ok(handle)
     }
 }
 

@@ -26,15 +26,18 @@ pub(crate) enum Outcome {
     Miss,
     Collapsed,
     Bypass,
+    /// A write (an unsafe method) forwarded to the service, invalidating when it succeeds.
+    Write,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 5] = [
+    const ALL: [Outcome; 6] = [
         Outcome::Hit,
         Outcome::Stale,
         Outcome::Miss,
         Outcome::Collapsed,
         Outcome::Bypass,
+        Outcome::Write,
     ];
 
     fn as_str(self) -> &'static str {
@@ -44,6 +47,7 @@ impl Outcome {
             Outcome::Miss => "miss",
             Outcome::Collapsed => "collapsed",
             Outcome::Bypass => "bypass",
+            Outcome::Write => "write",
         }
     }
 }
@@ -57,6 +61,7 @@ pub(crate) struct RouteStats {
     misses: AtomicU64,
     collapsed: AtomicU64,
     bypasses: AtomicU64,
+    writes: AtomicU64,
     stored: AtomicU64,
     errors: AtomicU64,
     invalidations: AtomicU64,
@@ -64,7 +69,7 @@ pub(crate) struct RouteStats {
     audit_mismatches: AtomicU64,
     /// `larder_requests_total{route, outcome}` per outcome (in [`Outcome::ALL`]'s order),
     /// registered at the first request so the hit path does not build a metric key each time.
-    outcomes: OnceLock<[metrics::Counter; 5]>,
+    outcomes: OnceLock<[metrics::Counter; 6]>,
 }
 
 impl RouteStats {
@@ -75,6 +80,7 @@ impl RouteStats {
             Outcome::Miss => &self.misses,
             Outcome::Collapsed => &self.collapsed,
             Outcome::Bypass => &self.bypasses,
+            Outcome::Write => &self.writes,
         };
         counter.fetch_add(1, Relaxed);
         let counters = self.outcomes.get_or_init(|| {
@@ -120,6 +126,7 @@ impl RouteStats {
             misses: self.misses.load(Relaxed),
             collapsed: self.collapsed.load(Relaxed),
             bypasses: self.bypasses.load(Relaxed),
+            writes: self.writes.load(Relaxed),
             stored: self.stored.load(Relaxed),
             errors: self.errors.load(Relaxed),
             invalidations: self.invalidations.load(Relaxed),
@@ -136,6 +143,9 @@ impl RouteStats {
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     routes: DashMap<Arc<str>, Arc<RouteStats>>,
+    /// Requests through a layer that no rule covered (`detail=no-rule`).
+    unmatched: AtomicU64,
+    unmatched_counter: OnceLock<metrics::Counter>,
 }
 
 impl Stats {
@@ -152,6 +162,14 @@ impl Stats {
             .clone()
     }
 
+    /// Counts a request that no rule of its layer covered.
+    pub(crate) fn unmatched(&self) {
+        self.unmatched.fetch_add(1, Relaxed);
+        self.unmatched_counter
+            .get_or_init(|| metrics::counter!("larder_unmatched_requests_total"))
+            .increment(1);
+    }
+
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let routes: BTreeMap<String, RouteSnapshot> = self
             .routes
@@ -165,6 +183,7 @@ impl Stats {
             total.misses += r.misses;
             total.collapsed += r.collapsed;
             total.bypasses += r.bypasses;
+            total.writes += r.writes;
             total.stored += r.stored;
             total.errors += r.errors;
             total.invalidations += r.invalidations;
@@ -175,7 +194,11 @@ impl Stats {
         StatsSnapshot {
             total,
             routes,
+            unmatched: self.unmatched.load(Relaxed),
             refills: crate::RefillSnapshot::default(),
+            usage: None,
+            store_available: true,
+            pending_invalidations: 0,
         }
     }
 }
@@ -185,11 +208,109 @@ impl Stats {
 pub struct StatsSnapshot {
     /// All routes together.
     pub total: RouteSnapshot,
-    /// Per route, by rule name (typed cache-aside calls count under `typed`).
+    /// Per route, by rule name. Calls from code count under `typed`: typed cache-aside
+    /// values, and the invalidations made with the handle (`invalidate_tags`, admin routes).
     pub routes: BTreeMap<String, RouteSnapshot>,
+    /// Requests through a layer that no rule covered (`Cache-Status: ...; detail=no-rule`):
+    /// a route left out of a [`Rules`](crate::Rules) by mistake shows here.
+    pub unmatched: u64,
     /// Refills after writes ([`Rule::refill_after_write`](crate::Rule::refill_after_write));
     /// a refill's call to the service also counts as a miss of its route.
     pub refills: crate::RefillSnapshot,
+    /// What the store holds in this process, when it can tell (the memory store; the tiered
+    /// store's L1 and its reads by level).
+    pub usage: Option<crate::store::Usage>,
+    /// Whether the store is being used: false while the circuit breaker is open or
+    /// invalidations wait for the store's recovery (requests then bypass it).
+    pub store_available: bool,
+    /// Invalidations the store did not take, waiting for its recovery purge.
+    pub pending_invalidations: u64,
+}
+
+/// Describes every metric (`# HELP` in Prometheus) to the recorder installed now, once per
+/// process (at the first handle built).
+pub(crate) fn describe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+        describe_counter!(
+            "larder_requests_total",
+            "Requests through the cache by rule (route) and outcome: hit, stale, miss, collapsed (shared another request's call), bypass, write."
+        );
+        describe_counter!(
+            "larder_unmatched_requests_total",
+            "Requests through a cache layer that no rule covered (Cache-Status detail=no-rule)."
+        );
+        describe_counter!("larder_stored_total", "Responses and typed values written to the store, by rule.");
+        describe_counter!(
+            "larder_store_errors_total",
+            "Store calls that failed or timed out, by rule (each was answered by the service)."
+        );
+        describe_counter!(
+            "larder_invalidations_total",
+            "Invalidations: by successful writes, by rule; route=\"typed\" counts those made from code."
+        );
+        describe_counter!(
+            "larder_audit_mismatches_total",
+            "Audited hits whose entry differed from the service's answer: stale entries, by rule."
+        );
+        describe_counter!(
+            "larder_deferred_invalidations_total",
+            "Invalidations the store did not take, kept for its recovery purge."
+        );
+        describe_counter!("larder_breaker_opened_total", "Times the store's circuit breaker opened.");
+        describe_counter!(
+            "larder_outage_purges_total",
+            "Recovery purges after an outage with deferred invalidations."
+        );
+        describe_counter!(
+            "larder_refills_total",
+            "Refills after writes by outcome: done, failed, dropped."
+        );
+        describe_counter!(
+            "larder_tiered_reads_total",
+            "Tiered store reads by where they were answered: l1 (this process) or l2 (Redis)."
+        );
+        describe_histogram!(
+            "larder_store_seconds",
+            Unit::Seconds,
+            "Duration of network store calls by store and operation."
+        );
+        describe_histogram!(
+            "larder_backplane_delay_seconds",
+            Unit::Seconds,
+            "Delay from an invalidation's publication to its arrival at this L1."
+        );
+        describe_gauge!(
+            "larder_store_available",
+            "1 while the store is used, 0 while requests bypass it (breaker open, or invalidations pending)."
+        );
+        describe_gauge!(
+            "larder_pending_invalidations",
+            "Invalidations waiting for the store's recovery purge."
+        );
+        describe_gauge!("larder_entries", "Entries held in this process (memory store, tiered L1).");
+        describe_gauge!(
+            "larder_bytes",
+            Unit::Bytes,
+            "Bytes held in this process (memory store, tiered L1), as the capacity counts them."
+        );
+    });
+}
+
+/// Sets the gauges from `snapshot`, labelled with the store's name.
+pub(crate) fn report_gauges(store: &'static str, snapshot: &StatsSnapshot) {
+    metrics::gauge!("larder_store_available", "store" => store).set(if snapshot.store_available {
+        1.0
+    } else {
+        0.0
+    });
+    metrics::gauge!("larder_pending_invalidations", "store" => store)
+        .set(snapshot.pending_invalidations as f64);
+    if let Some(usage) = &snapshot.usage {
+        metrics::gauge!("larder_entries", "store" => store).set(usage.entries as f64);
+        metrics::gauge!("larder_bytes", "store" => store).set(usage.bytes as f64);
+    }
 }
 
 /// The counters of one route.
@@ -203,13 +324,17 @@ pub struct RouteSnapshot {
     pub misses: u64,
     /// Waited for another request's call to the service and shared its response.
     pub collapsed: u64,
-    /// Not cacheable (credentials without a user scope, a write, a `Range` request...).
+    /// Not cacheable (a `Range` request, a user-scoped rule's request naming no user, the
+    /// store unavailable...).
     pub bypasses: u64,
+    /// Writes (unsafe methods) forwarded to the service; those that succeeded invalidated.
+    pub writes: u64,
     /// Responses written to the store.
     pub stored: u64,
     /// Store calls that failed or timed out (each one was served from the service instead).
     pub errors: u64,
-    /// Writes that invalidated tags.
+    /// Invalidations: by successful writes through the route; under `typed`, those made from
+    /// code ([`CacheHandle::invalidate_tags`](crate::CacheHandle::invalidate_tags)).
     pub invalidations: u64,
     /// Hits audited against the service (see [`Rule::audit`](crate::Rule::audit)).
     pub audits: u64,

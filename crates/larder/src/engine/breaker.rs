@@ -106,6 +106,8 @@ struct BreakerState {
     /// Set from a deferred invalidation until the recovery purge has landed: the store is not
     /// read meanwhile.
     has_pending: AtomicBool,
+    /// Invalidations deferred since the store last recovered (the recovery purge covers them).
+    pending: AtomicU64,
     /// How many invalidations were deferred, so a recovery knows whether one came in while
     /// it purged.
     deferrals: AtomicU64,
@@ -143,6 +145,7 @@ impl Breaker {
                 },
                 open: AtomicBool::new(pending),
                 has_pending: AtomicBool::new(pending),
+                pending: AtomicU64::new(u64::from(pending)),
                 deferrals: AtomicU64::new(0),
                 failures: AtomicU32::new(0),
                 probing: AtomicBool::new(false),
@@ -171,6 +174,16 @@ impl Breaker {
     /// did not fail.
     pub(crate) fn healthy(&self) -> bool {
         self.closed() && self.inner.failures.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether the breaker lets store calls through, without starting a probe (for gauges).
+    pub(crate) fn available(&self) -> bool {
+        !self.inner.open.load(Ordering::Acquire) && !self.inner.has_pending.load(Ordering::Acquire)
+    }
+
+    /// How many invalidations wait for the store's recovery purge.
+    pub(crate) fn pending(&self) -> u64 {
+        self.inner.pending.load(Ordering::Acquire)
     }
 
     /// Whether the store may be called (the breaker is closed and no invalidation waits to
@@ -247,6 +260,7 @@ impl Breaker {
     pub(crate) fn defer(&self, what: Deferred<'_>) {
         let inner = &self.inner;
         inner.deferrals.fetch_add(1, Ordering::AcqRel);
+        inner.pending.fetch_add(1, Ordering::AcqRel);
         inner.has_pending.store(true, Ordering::Release);
         if let Some(journal) = &inner.journal {
             let (tags, purge) = match what {
@@ -340,6 +354,7 @@ async fn probe(inner: Weak<BreakerState>) {
         }
         metrics::counter!("larder_outage_purges_total").increment(1);
         s.failures.store(0, Ordering::Release);
+        s.pending.store(0, Ordering::Release);
         s.has_pending.store(false, Ordering::Release);
         s.open.store(false, Ordering::Release);
         s.probing.store(false, Ordering::Release);

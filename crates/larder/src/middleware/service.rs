@@ -108,6 +108,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let (inner, handle) = (&mut self.inner, &self.handle);
         let Some((route, params)) = self.routes.find(req.uri(), req.extensions()) else {
+            handle.shared.stats.unmatched();
             return bypass(inner, handle, req, Bypass::NoRule);
         };
         let (parts, body) = req.into_parts();
@@ -124,7 +125,7 @@ where
                 bypass(inner, handle, Request::from_parts(parts, body), reason)
             }
             Class::Write { scope } => {
-                route.stats.record(Outcome::Bypass);
+                route.stats.record(Outcome::Write);
                 let write = Write {
                     handle: handle.clone(),
                     route: Arc::clone(route),

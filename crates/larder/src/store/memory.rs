@@ -21,7 +21,7 @@ use moka::notification::RemovalCause;
 // the layer judges, not how long the store keeps an entry.
 use std::time::Instant as Deadline;
 
-use super::{Entries, Invalidation, Marks, Read, Store, StoreFuture};
+use super::{Entries, Invalidation, Marks, Read, Store, StoreFuture, Usage};
 use crate::{CacheKey, Entry};
 
 const DEFAULT_CAPACITY: u64 = 256 * 1024 * 1024;
@@ -351,7 +351,17 @@ impl Invalidation for MemoryStore {
 }
 
 /// One process's store: no fill lock.
-impl Store for MemoryStore {}
+impl Store for MemoryStore {
+    fn usage(&self) -> Option<Usage> {
+        let entries = &self.shared.entries;
+        Some(Usage {
+            entries: entries.len() as u64,
+            bytes: entries.weight(),
+            l1_reads: None,
+            l2_reads: None,
+        })
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -132,6 +132,26 @@ pub trait Store: Entries + Invalidation {
     fn fill_lock(&self) -> Option<&dyn FillLock> {
         None
     }
+
+    /// What the store holds in this process, if it can tell (`None`, the default, for a
+    /// store that holds nothing here, such as Redis).
+    fn usage(&self) -> Option<Usage> {
+        None
+    }
+}
+
+/// What a store holds in this process: in [`CacheHandle::stats`](crate::CacheHandle::stats)
+/// and as the gauges `larder_entries` and `larder_bytes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// Entries held (the memory store's, or the tiered store's L1).
+    pub entries: u64,
+    /// Their weight in bytes (bodies, headers and tags), as the capacity counts it.
+    pub bytes: u64,
+    /// On the tiered store: reads answered from the L1 (`larder_tiered_reads_total{level="l1"}`).
+    pub l1_reads: Option<u64>,
+    /// On the tiered store: reads that went to Redis (`larder_tiered_reads_total{level="l2"}`).
+    pub l2_reads: Option<u64>,
 }
 
 /// A read of `key` for a client with consistency token `after`, if it carries one (see

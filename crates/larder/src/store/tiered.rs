@@ -40,7 +40,7 @@ use tokio::sync::watch;
 
 use super::{
     Entries, FillLock, Invalidation, MemoryStore, Read, RedisStore, Store, StoreError, StoreFuture,
-    redis::BusMessage,
+    Usage, redis::BusMessage,
 };
 use crate::{CacheKey, Entry};
 
@@ -84,6 +84,8 @@ struct TieredState {
     /// (by then every such invalidation has landed or failed, and a failed one ends in a
     /// purge that is published).
     fill_floor: AtomicU64,
+    /// Reads by where they were answered.
+    reads: Reads,
     /// Dropped with the store, which stops the backplane task.
     _stop: watch::Sender<()>,
 }
@@ -196,6 +198,7 @@ impl TieredStoreBuilder {
             epoch: Instant::now(),
             applied: AtomicU64::new(0),
             fill_floor: AtomicU64::new(u64::MAX),
+            reads: Reads::default(),
             _stop: stop,
         });
         tokio::spawn(backplane(Arc::downgrade(&shared), stopped));
@@ -349,8 +352,14 @@ impl Entries for TieredStore {
 
     fn get(&self, key: &CacheKey) -> StoreFuture<Read> {
         match self.l1_get(key) {
-            Some(read) => StoreFuture::ready(Ok(read)),
-            None => self.read_l2(key),
+            Some(read) => {
+                self.shared.reads.count(1, 0);
+                StoreFuture::ready(Ok(read))
+            }
+            None => {
+                self.shared.reads.count(0, 1);
+                self.read_l2(key)
+            }
         }
     }
 
@@ -365,6 +374,8 @@ impl Entries for TieredStore {
     fn get_many(&self, keys: &[CacheKey]) -> StoreFuture<Vec<Read>> {
         let mut found: Vec<Option<Read>> = keys.iter().map(|k| self.l1_get(k)).collect();
         let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
+        let l2 = missing.len() as u64;
+        self.shared.reads.count(keys.len() as u64 - l2, l2);
         if missing.is_empty() {
             return StoreFuture::ready(Ok(found.into_iter().flatten().collect()));
         }
@@ -452,5 +463,40 @@ impl Invalidation for TieredStore {
 impl Store for TieredStore {
     fn fill_lock(&self) -> Option<&dyn FillLock> {
         Some(&self.shared.l2)
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        let l1 = self.shared.l1.usage()?;
+        Some(Usage {
+            l1_reads: Some(self.shared.reads.l1.load(Ordering::Relaxed)),
+            l2_reads: Some(self.shared.reads.l2.load(Ordering::Relaxed)),
+            ..l1
+        })
+    }
+}
+
+/// Reads of a tiered store by where they were answered.
+#[derive(Debug, Default)]
+struct Reads {
+    l1: AtomicU64,
+    l2: AtomicU64,
+    /// `larder_tiered_reads_total{level}`, registered at the first read.
+    counters: std::sync::OnceLock<[metrics::Counter; 2]>,
+}
+
+impl Reads {
+    fn count(&self, l1: u64, l2: u64) {
+        let [c1, c2] = self.counters.get_or_init(|| {
+            ["l1", "l2"]
+                .map(|level| metrics::counter!("larder_tiered_reads_total", "level" => level))
+        });
+        if l1 > 0 {
+            self.l1.fetch_add(l1, Ordering::Relaxed);
+            c1.increment(l1);
+        }
+        if l2 > 0 {
+            self.l2.fetch_add(l2, Ordering::Relaxed);
+            c2.increment(l2);
+        }
     }
 }
