@@ -4,7 +4,8 @@
 //! [`CacheHandle::stats`](crate::CacheHandle::stats) reads, and as
 //! `larder_requests_total{route, outcome}` through the [`metrics`] facade, so any recorder
 //! (Prometheus, StatsD) sees them. A route registers its outcome counters with the recorder
-//! once, at its first request, and keeps the handles: install the recorder before serving. Store call latency is the histogram (registered at the first store call)
+//! once, at its first request, and keeps the handles, and every metric is described when the
+//! first handle is built: install the recorder before building the handle. Store call latency is the histogram (registered at the first store call)
 //! `larder_store_seconds{store, op}` (network stores only; in-process calls are not timed).
 
 use std::{

@@ -139,6 +139,8 @@ pub struct Dashboard {
 /// Opens the database (creating the schema and seed data if it is empty), reads the API
 /// keys, and builds the cache `config` asks for.
 pub async fn connect(config: &Config) -> anyhow::Result<Dashboard> {
+    // Before the cache is built: its counters and their descriptions go to this recorder.
+    ops::prometheus_recorder();
     // A wrong `--redis-url` is reported before the database is opened and seeded (and only
     // when a store uses it).
     let redis = match config.store {

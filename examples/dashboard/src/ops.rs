@@ -1,7 +1,7 @@
 //! Operations routes: health, cache statistics, Prometheus metrics, the admin routes and
 //! the origin's own counters.
 
-use std::fmt::Write as _;
+use std::sync::OnceLock;
 
 use axum::{
     Json,
@@ -9,6 +9,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -32,94 +33,63 @@ pub async fn health(State(app): State<Dashboard>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// `GET /_cache/stats`: hits, misses, stale, bypasses, errors and hit rate per route.
+/// `GET /_cache/stats`: hits, misses, stale, bypasses, writes, errors and hit rate per route,
+/// requests no rule covered, and what the store holds here (entries and bytes; on the tiered
+/// store, L1 and L2 reads), whether it is used and the invalidations waiting for it.
 pub async fn stats(State(app): State<Dashboard>) -> Response {
     let stats = app.cache.as_ref().map(|c| c.stats());
     Json(json!({ "store": app.store, "stats": stats })).into_response()
 }
 
-/// `GET /metrics`: the same figures and the origin's, in the Prometheus text format.
-pub async fn prometheus(State(app): State<Dashboard>) -> Response {
-    let mut out = String::new();
-    if let Some(cache) = &app.cache {
-        let snapshot = cache.stats();
-        out.push_str(
-            "# HELP larder_requests_total Requests through the cache by route and outcome.\n",
-        );
-        out.push_str("# TYPE larder_requests_total counter\n");
-        for (route, s) in &snapshot.routes {
-            for (outcome, n) in [
-                ("hit", s.hits),
-                ("stale", s.stale),
-                ("miss", s.misses),
-                ("collapsed", s.collapsed),
-                ("bypass", s.bypasses),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "larder_requests_total{{route=\"{}\",outcome=\"{outcome}\"}} {n}",
-                    escape(route)
-                );
-            }
+/// The process's Prometheus recorder of the `metrics` facade, installed at the first call
+/// (the dashboard's [`connect`](crate::connect) makes it, before the cache is built, so the
+/// cache's counters and descriptions reach it). A process has one global recorder: if another
+/// was installed first, `/metrics` renders this one's (empty) registry and says so in a log.
+pub fn prometheus_recorder() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("another metrics recorder is installed: /metrics will be empty");
         }
-        for (name, help, pick) in [
-            (
-                "larder_stored_total",
-                "Responses stored.",
-                (|s: &larder::RouteSnapshot| s.stored) as fn(&_) -> u64,
-            ),
-            (
-                "larder_store_errors_total",
-                "Store calls that failed or timed out.",
-                |s| s.errors,
-            ),
-            (
-                "larder_invalidations_total",
-                "Invalidations made by writes.",
-                |s| s.invalidations,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (route, s) in &snapshot.routes {
-                let _ = writeln!(out, "{name}{{route=\"{}\"}} {}", escape(route), pick(s));
-            }
-        }
-        out.push_str(
-            "# HELP larder_hit_ratio Hits over lookups, by route.\n# TYPE larder_hit_ratio gauge\n",
+        metrics::describe_counter!(
+            "dashboard_db_queries_total",
+            "Database round trips of the dashboard's origin."
         );
-        for (route, s) in &snapshot.routes {
-            let _ = writeln!(
-                out,
-                "larder_hit_ratio{{route=\"{}\"}} {}",
-                escape(route),
-                s.hit_rate
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP larder_store_available 1 while the cache uses its store.\n# TYPE larder_store_available gauge\nlarder_store_available {}",
-            u8::from(cache.is_store_available())
+        metrics::describe_gauge!(
+            "dashboard_db_connections_in_use",
+            "Pool connections held now."
         );
-    }
-    let origin = app.db.stats();
-    let _ = writeln!(
-        out,
-        "# HELP dashboard_db_queries_total Database round trips.\n# TYPE dashboard_db_queries_total counter\n\
-         dashboard_db_queries_total {}\n\
-         # HELP dashboard_db_connections_in_use Pool connections held now.\n# TYPE dashboard_db_connections_in_use gauge\n\
-         dashboard_db_connections_in_use {}\n\
-         # HELP dashboard_db_max_connections_in_use Most pool connections held at once.\n# TYPE dashboard_db_max_connections_in_use gauge\n\
-         dashboard_db_max_connections_in_use {}",
-        origin.queries, origin.connections_in_use, origin.max_connections_in_use
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+        metrics::describe_gauge!(
+            "dashboard_db_max_connections_in_use",
+            "Most pool connections held at once."
+        );
+        handle
+    })
 }
 
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// `GET /metrics`: everything the cache and the origin report through the `metrics` facade,
+/// rendered by metrics-exporter-prometheus (with `# HELP` and `# TYPE` lines). The cache's
+/// gauges (store available, pending invalidations, entries and bytes) and the database's
+/// figures are brought up to date first.
+pub async fn prometheus(State(app): State<Dashboard>) -> Response {
+    let recorder = prometheus_recorder();
+    if let Some(cache) = &app.cache {
+        // Sets the cache's gauges as of now.
+        let _ = cache.stats();
+    }
+    let origin = app.db.stats();
+    metrics::counter!("dashboard_db_queries_total").absolute(origin.queries);
+    metrics::gauge!("dashboard_db_connections_in_use").set(origin.connections_in_use as f64);
+    metrics::gauge!("dashboard_db_max_connections_in_use")
+        .set(origin.max_connections_in_use as f64);
+    recorder.run_upkeep();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        recorder.render(),
+    )
+        .into_response()
 }
 
 /// Answers 404 when no admin token is configured (the routes are off) and 401 when the
