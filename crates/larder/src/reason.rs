@@ -180,6 +180,9 @@ pub(crate) enum StaleUse {
     WhileRevalidate,
     /// Served because the service failed.
     IfError,
+    /// Served from this process's copy while the store is unavailable
+    /// (`serve_l1_during_outage`).
+    Outage,
 }
 
 impl StaleUse {
@@ -187,6 +190,7 @@ impl StaleUse {
         match self {
             StaleUse::WhileRevalidate => "stale-while-revalidate",
             StaleUse::IfError => "stale-if-error",
+            StaleUse::Outage => "outage",
         }
     }
 }

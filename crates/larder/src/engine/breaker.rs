@@ -262,6 +262,8 @@ impl Breaker {
         inner.deferrals.fetch_add(1, Ordering::AcqRel);
         inner.pending.fetch_add(1, Ordering::AcqRel);
         inner.has_pending.store(true, Ordering::Release);
+        // Copies kept in this process (an L1 read during an outage) must not outlive it.
+        inner.store.lost_invalidation();
         if let Some(journal) = &inner.journal {
             let (tags, purge) = match what {
                 Deferred::Tags(tags) => (tags, false),

@@ -29,7 +29,7 @@ use crate::{
         lookup::{self, Found},
         write::Write,
     },
-    reason::{Bypass, Fwd},
+    reason::{Bypass, Fwd, StaleUse},
     rules::route::{self, Params, Route, RouteSet},
     stats::Outcome,
     store::{self, Read, StoreFuture},
@@ -123,6 +123,26 @@ where
             Class::Bypass(reason) => {
                 route.stats.record(Outcome::Bypass);
                 bypass(inner, handle, Request::from_parts(parts, body), reason)
+            }
+            Class::Outage(key) => {
+                let shared = &handle.shared;
+                let now = shared.clock.now_ms();
+                let copy = shared
+                    .store
+                    .read_during_outage(&key, now)
+                    .filter(|(entry, _)| lookup::vary_matches(entry, &key, &parts.headers));
+                let Some((entry, since)) = copy else {
+                    route.stats.record(Outcome::Bypass);
+                    let req = Request::from_parts(parts, body);
+                    return bypass(inner, handle, req, Bypass::StoreUnavailable);
+                };
+                let status = CacheStatus::Stale {
+                    by: since.as_secs().max(1),
+                    used: StaleUse::Outage,
+                };
+                let (method, headers) = (&parts.method, &parts.headers);
+                let response = exchange::serve(shared, route, &entry, method, headers, status, now);
+                ResponseFuture::ready(response)
             }
             Class::Write { scope } => {
                 route.stats.record(Outcome::Write);

@@ -28,6 +28,9 @@ pub(crate) enum Class {
     Write { scope: Option<String> },
     /// A read the store may answer.
     Read(ReadRequest),
+    /// A read while the store is unavailable, on a store that may still answer it from this
+    /// process's copy (see `Store::read_during_outage`); otherwise it bypasses the cache.
+    Outage(CacheKey),
 }
 
 /// A read the store may answer.
@@ -100,6 +103,9 @@ pub(crate) fn classify(shared: &CacheState, route: &Route, parts: &Parts) -> Cla
     // The store is failing (or invalidations wait to be replayed): go straight to the
     // service, with no store call and no wait.
     if !shared.breaker.closed() {
+        if digest.is_none() && shared.store.serves_during_outage() {
+            return Class::Outage(key(shared, route, parts, scope.as_deref(), None));
+        }
         return Class::Bypass(Bypass::StoreUnavailable);
     }
 

@@ -138,6 +138,24 @@ pub trait Store: Entries + Invalidation {
     fn usage(&self) -> Option<Usage> {
         None
     }
+
+    /// Whether [`read_during_outage`](Self::read_during_outage) may answer (the tiered store
+    /// built with `serve_l1_during_outage`).
+    fn serves_during_outage(&self) -> bool {
+        false
+    }
+
+    /// While the store is unavailable (the cache's circuit is open): an entry this process
+    /// still holds for `key`, fresh at `now_ms`, and how long the store has been unheard
+    /// from. `None` (the default): requests go to the service.
+    fn read_during_outage(&self, key: &CacheKey, now_ms: u64) -> Option<(Arc<Entry>, Duration)> {
+        let _ = (key, now_ms);
+        None
+    }
+
+    /// Told when an invalidation could not be delivered and waits for the store's recovery:
+    /// a store that keeps copies in this process drops them (the default does nothing).
+    fn lost_invalidation(&self) {}
 }
 
 /// What a store holds in this process: in [`CacheHandle::stats`](crate::CacheHandle::stats)

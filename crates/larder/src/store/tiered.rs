@@ -86,6 +86,9 @@ struct TieredState {
     fill_floor: AtomicU64,
     /// Reads by where they were answered.
     reads: Reads,
+    /// How long after Redis was last heard from the L1 may still answer during an outage
+    /// ([`TieredStoreBuilder::serve_l1_during_outage`]); `None`: not at all.
+    outage_window: Option<Duration>,
     /// Dropped with the store, which stops the backplane task.
     _stop: watch::Sender<()>,
 }
@@ -96,6 +99,7 @@ pub struct TieredStoreBuilder {
     l2: RedisStore,
     l1_capacity: u64,
     l1_max_ttl: Duration,
+    outage_window: Option<Duration>,
 }
 
 impl TieredStore {
@@ -105,6 +109,7 @@ impl TieredStore {
             l2,
             l1_capacity: 64 * 1024 * 1024,
             l1_max_ttl: Duration::from_secs(60),
+            outage_window: None,
         }
     }
 
@@ -183,6 +188,25 @@ impl TieredStoreBuilder {
         self
     }
 
+    /// A degraded mode for Redis outages, off by default: for at most `window` after Redis
+    /// was last heard from, the cache serves what this instance's L1 holds (entries still
+    /// fresh by their own lifetime), marked `Cache-Status: larder; hit; ttl=-N; detail=outage`
+    /// (N: seconds since Redis was last heard from), instead of sending every request to the
+    /// service. Past `window`, or for what the L1 does not hold, requests go to the service as
+    /// without it.
+    ///
+    /// **The trade**: this relaxes the consistency contract. Another instance's write during
+    /// the outage cannot reach this L1 (its invalidation waits for Redis), so for up to
+    /// `window` this instance may serve what such a write replaced. This instance's own
+    /// writes stay exact: an invalidation it cannot deliver empties its L1 at once. When
+    /// Redis is back the L1 is emptied before it is read again, as without this mode. Use it
+    /// where an answer a few seconds old beats a flood of requests on the service during an
+    /// outage (a catalogue, public pages), not for what a user just changed elsewhere.
+    pub fn serve_l1_during_outage(mut self, window: Duration) -> Self {
+        self.outage_window = Some(window);
+        self
+    }
+
     /// Builds the store and starts its backplane task (on the current tokio runtime).
     pub fn build(self) -> TieredStore {
         let l1 = MemoryStore::builder()
@@ -199,6 +223,7 @@ impl TieredStoreBuilder {
             applied: AtomicU64::new(0),
             fill_floor: AtomicU64::new(u64::MAX),
             reads: Reads::default(),
+            outage_window: self.outage_window,
             _stop: stop,
         });
         tokio::spawn(backplane(Arc::downgrade(&shared), stopped));
@@ -327,7 +352,11 @@ async fn backplane(shared: Weak<TieredState>, mut stopped: watch::Receiver<()>) 
                 if s.coherent.swap(false, Ordering::AcqRel) {
                     tracing::warn!("cache backplane lost; L1 unused until it is back");
                 }
-                s.l1.clear();
+                // Kept for the outage mode (it reads it only within its window); emptied
+                // when the backplane subscribes again, as it is without the mode.
+                if s.outage_window.is_none() {
+                    s.l1.clear();
+                }
             }
             None => return,
         }
@@ -463,6 +492,41 @@ impl Invalidation for TieredStore {
 impl Store for TieredStore {
     fn fill_lock(&self) -> Option<&dyn FillLock> {
         Some(&self.shared.l2)
+    }
+
+    fn serves_during_outage(&self) -> bool {
+        self.shared.outage_window.is_some()
+    }
+
+    fn read_during_outage(&self, key: &CacheKey, now_ms: u64) -> Option<(Arc<Entry>, Duration)> {
+        let s = &self.shared;
+        let window = s.outage_window?;
+        if self.is_coherent() {
+            return None;
+        }
+        let now = s.nanos_now();
+        let trusted_until = s.trusted_until.load(Ordering::Acquire);
+        if trusted_until == 0 {
+            // Never coherent since it started: nothing in it was ever checked.
+            return None;
+        }
+        // The lease ran `L1_LEASE` past the ping Redis last answered: heard from then.
+        let heard = trusted_until.saturating_sub(u64::try_from(L1_LEASE.as_nanos()).unwrap_or(0));
+        let since = Duration::from_nanos(now.saturating_sub(heard));
+        if since > window {
+            return None;
+        }
+        let entry = s.l1.read(key).visible()?;
+        matches!(
+            entry.freshness(now_ms),
+            crate::entry::Freshness::Fresh { .. }
+        )
+        .then_some((entry, since))
+    }
+
+    fn lost_invalidation(&self) {
+        // An invalidation that did not reach Redis: nothing in the L1 may answer any more.
+        self.shared.l1.clear();
     }
 
     fn usage(&self) -> Option<Usage> {
