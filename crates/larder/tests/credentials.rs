@@ -120,10 +120,8 @@ async fn stores(server: &RedisServer, ns: &str) -> Vec<(&'static str, CacheHandl
             .await
             .unwrap()
     };
-    let tiered = TieredStore::builder(redis(format!("{ns}-t")).await).build();
-    eventually(|| async { tiered.is_coherent().then_some(()) })
-        .await
-        .expect("the backplane subscribed");
+    let tiered =
+        support::coherent(TieredStore::builder(redis(format!("{ns}-t")).await).build()).await;
     vec![
         (
             "memory",

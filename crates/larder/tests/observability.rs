@@ -101,10 +101,7 @@ async fn the_tiered_store_tells_l1_from_l2_reads_and_an_outage_shows_in_the_stat
         .build()
         .await
         .unwrap();
-    let store = TieredStore::builder(l2).build();
-    eventually(|| async { store.is_coherent().then_some(()) })
-        .await
-        .expect("the backplane subscribed");
+    let store = support::coherent(TieredStore::builder(l2).build()).await;
     let cache = CacheHandle::builder(store)
         .circuit_breaker(1, Duration::from_secs(60))
         .build();

@@ -76,10 +76,7 @@ async fn warmed(
     if let Some(window) = window {
         builder = builder.serve_l1_during_outage(window);
     }
-    let store = builder.build();
-    eventually(|| async { store.is_coherent().then_some(()) })
-        .await
-        .expect("the backplane subscribed");
+    let store = support::coherent(builder.build()).await;
     let cache = CacheHandle::builder(store.clone())
         .circuit_breaker(1, Duration::from_secs(60))
         .build();

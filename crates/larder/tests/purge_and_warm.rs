@@ -132,14 +132,6 @@ async fn stores(server: &RedisServer, ns: &str) -> Vec<(&'static str, CacheHandl
     ]
 }
 
-/// Waits until `n` responses have landed in the store (a network store writes after the
-/// response is sent).
-async fn landed(cache: &CacheHandle, n: u64) {
-    eventually(|| async { (cache.stats().total.stored >= n).then_some(()) })
-        .await
-        .unwrap_or_else(|| panic!("{n} entries did not land"));
-}
-
 #[tokio::test]
 async fn key_for_names_the_stored_entry_and_invalidate_request_clears_one_url() {
     let server = RedisServer::start();
@@ -155,7 +147,7 @@ async fn key_for_names_the_stored_entry_and_invalidate_request_clears_one_url() 
         ] {
             send(&app, uri, user).await;
         }
-        landed(&cache, 4).await;
+        support::landed(&cache, 4).await;
 
         // The key of a request is the entry's: removing it makes that URL, only, miss.
         let key = layer
@@ -191,7 +183,7 @@ async fn key_for_names_the_stored_entry_and_invalidate_request_clears_one_url() 
         );
 
         // A URL purge: the next read of that URL misses, for that user only on a per-user route.
-        landed(&cache, 5).await;
+        support::landed(&cache, 5).await;
         assert!(
             layer
                 .invalidate_request(&head("/items/8", "ann"))
@@ -241,7 +233,7 @@ async fn warm_sends_requests_through_the_whole_router_so_clients_then_hit() {
         assert_eq!(report.not_stored.len(), 1, "{store}: {report:?}");
         assert_eq!(report.not_stored[0].1, "larder; fwd=bypass; detail=no-rule");
         assert!(report.failed.is_empty());
-        landed(&cache, 4).await;
+        support::landed(&cache, 4).await;
         let origin = calls.load(Ordering::SeqCst);
         for (uri, user) in [
             ("/items/1", "ann"),
@@ -284,10 +276,7 @@ async fn a_worker_with_only_redis_invalidates_for_a_tiered_fleet() {
             .build()
             .await
             .unwrap();
-        let store = TieredStore::builder(l2).build();
-        eventually(|| async { store.is_coherent().then_some(()) })
-            .await
-            .expect("the backplane subscribed");
+        let store = support::coherent(TieredStore::builder(l2).build()).await;
         CacheHandle::builder(store).namespace("shop").build()
     };
     let (a, b) = (tiered().await, tiered().await);
@@ -304,7 +293,7 @@ async fn a_worker_with_only_redis_invalidates_for_a_tiered_fleet() {
         app(b.layer_with(rules()), &calls),
     );
     send(&app_a, "/items/5", "ann").await;
-    landed(&a, 1).await;
+    support::landed(&a, 1).await;
     // Both instances now hold it in their L1.
     for app in [&app_a, &app_b] {
         eventually(|| async {

@@ -138,9 +138,7 @@ async fn refresh_if_replaces_the_entry_for_everyone_without_honouring_every_relo
         assert_eq!(body, "none:2", "{store}");
         assert_eq!(status, "larder; fwd=request; stored", "{store}");
         // A network store writes after the response is sent: the old entry answers until then.
-        eventually(|| async { (cache.stats().total.stored >= 2).then_some(()) })
-            .await
-            .expect("the refreshed entry landed");
+        support::landed(&cache, 2).await;
         assert_eq!(hit(&app, &[]).await, "none:2", "{store}");
         assert_eq!(calls.load(Ordering::SeqCst), 2, "{store}");
     }

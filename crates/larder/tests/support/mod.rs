@@ -56,3 +56,19 @@ impl Body for Chunks {
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![fill; n])))))
     }
 }
+
+/// `store` once its backplane has subscribed (its L1 is in use), within [`metrics_app::DEADLINE`].
+pub async fn coherent(store: larder::store::TieredStore) -> larder::store::TieredStore {
+    metrics_app::eventually(|| async { store.is_coherent().then_some(()) })
+        .await
+        .expect("the backplane subscribed");
+    store
+}
+
+/// Waits until `n` entries (all routes together) have landed in `cache`'s store: a network
+/// store writes after the response has been sent.
+pub async fn landed(cache: &larder::CacheHandle, n: u64) {
+    metrics_app::eventually(|| async { (cache.stats().total.stored >= n).then_some(()) })
+        .await
+        .unwrap_or_else(|| panic!("{n} entries did not land: {:?}", cache.stats().total));
+}
