@@ -100,7 +100,7 @@ fn report_gauges_in_background(state: std::sync::Weak<CacheState>) {
             let Some(state) = state.upgrade() else {
                 return;
             };
-            crate::stats::report_gauges(state.store.name(), &state.snapshot());
+            crate::stats::report_gauges(state.store.name(), &state.namespace, &state.snapshot());
         }
     });
 }
@@ -315,7 +315,7 @@ impl CacheHandle {
     /// while a tokio runtime runs the handle's background task, and at each call of this.
     pub fn stats(&self) -> StatsSnapshot {
         let stats = self.shared.snapshot();
-        crate::stats::report_gauges(self.shared.store.name(), &stats);
+        crate::stats::report_gauges(self.shared.store.name(), &self.shared.namespace, &stats);
         stats
     }
 

@@ -299,18 +299,20 @@ pub(crate) fn describe() {
     });
 }
 
-/// Sets the gauges from `snapshot`, labelled with the store's name.
-pub(crate) fn report_gauges(store: &'static str, snapshot: &StatsSnapshot) {
-    metrics::gauge!("larder_store_available", "store" => store).set(if snapshot.store_available {
-        1.0
-    } else {
-        0.0
-    });
-    metrics::gauge!("larder_pending_invalidations", "store" => store)
+/// Sets the gauges from `snapshot`, labelled with the store's name and the handle's namespace
+/// (two handles in one process report apart).
+pub(crate) fn report_gauges(store: &'static str, namespace: &str, snapshot: &StatsSnapshot) {
+    let labels = [
+        ("store", store.to_owned()),
+        ("namespace", namespace.to_owned()),
+    ];
+    let available = if snapshot.store_available { 1.0 } else { 0.0 };
+    metrics::gauge!("larder_store_available", &labels).set(available);
+    metrics::gauge!("larder_pending_invalidations", &labels)
         .set(snapshot.pending_invalidations as f64);
     if let Some(usage) = &snapshot.usage {
-        metrics::gauge!("larder_entries", "store" => store).set(usage.entries as f64);
-        metrics::gauge!("larder_bytes", "store" => store).set(usage.bytes as f64);
+        metrics::gauge!("larder_entries", &labels).set(usage.entries as f64);
+        metrics::gauge!("larder_bytes", &labels).set(usage.bytes as f64);
     }
 }
 

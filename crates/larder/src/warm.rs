@@ -31,7 +31,9 @@ pub struct WarmReport {
 /// or the [`Cache`](crate::Cache) service itself. Give each request what a client would send:
 /// the `Host` (it is part of the key unless
 /// [`KeyOptions::ignore_authority`](crate::KeyOptions::ignore_authority)) and, on per-user
-/// routes, the user's credentials.
+/// routes, the user's credentials. With
+/// [`hide_cache_headers`](crate::CacheHandleBuilder::hide_cache_headers) there is no
+/// `Cache-Status` to read: every answer is reported in `not_stored` with its status code.
 ///
 /// ```
 /// # async fn run() {
@@ -107,9 +109,12 @@ where
         .await
         .map_err(|e| e.to_string())?;
     let response = service.call(request).await.map_err(|e| e.to_string())?;
+    // This cache's member is the last one (an upstream cache's come first).
     let status = response
         .headers()
-        .get(CACHE_STATUS)
+        .get_all(CACHE_STATUS)
+        .iter()
+        .next_back()
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let code = response.status();

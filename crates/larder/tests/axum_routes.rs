@@ -130,3 +130,53 @@ async fn two_nests_never_share_entries() {
         assert_eq!(send(&app, "/v2/items/1").await.0, "v2 1 #2");
     }
 }
+
+/// A per-route layer with its own `.path(...)` under a nest: its pattern matches the full path
+/// or the nested one, so its templates fill and its writes invalidate.
+#[tokio::test]
+async fn a_per_route_layer_with_its_own_path_works_under_a_nest() {
+    let cache = CacheHandle::new(MemoryStore::default());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let inner = Router::new().route(
+        "/items/{id}",
+        counted(&calls, "item").layer(cache.layer(item_rule().path("/items/{id}"))),
+    );
+    let app = Router::new().nest("/api", inner);
+    assert_eq!(
+        send(&app, "/api/items/4").await.1,
+        "larder; fwd=miss; stored"
+    );
+    assert!(send(&app, "/api/items/4").await.1.contains("; hit"));
+    cache.invalidate_tags(["item:4"]).await.unwrap();
+    assert_eq!(send(&app, "/api/items/4").await.0, "item 4 #2");
+}
+
+/// Keys fold `%2f` and `%2F` into one path; so do the path tags that writes invalidate.
+#[tokio::test]
+async fn a_write_to_a_path_invalidates_it_however_its_escapes_are_cased() {
+    let cache = CacheHandle::new(MemoryStore::default());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let app = Router::new().route(
+        "/files/{name}",
+        get(move || {
+            let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { format!("file #{n}") }
+        })
+        .put(|| async { "saved" })
+        .layer(cache.layer(Rule::new("file").ttl(Duration::from_secs(60)))),
+    );
+    assert_eq!(send(&app, "/files/a%2fb").await.0, "file #1");
+    assert_eq!(send(&app, "/files/a%2Fb").await.0, "file #1", "one key");
+    let put = Request::put("/files/a%2Fb").body(Body::empty()).unwrap();
+    let res = app.clone().oneshot(put).await.unwrap();
+    assert_eq!(
+        res.headers()["cache-status"],
+        "larder; fwd=method; detail=invalidated"
+    );
+    assert_eq!(
+        send(&app, "/files/a%2fb").await.0,
+        "file #2",
+        "the write reached it"
+    );
+}

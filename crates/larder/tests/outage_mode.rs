@@ -123,6 +123,20 @@ async fn during_an_outage_the_l1_answers_marked_outage_until_a_local_write() {
         );
     }
     assert!(cache.stats().routes["items"].stale >= 5);
+    // Never to a request with credentials (the rule does not share with it), nor to a client
+    // that carries a consistency token (it saw an invalidation the L1 may not have).
+    for (name, value) in [("cookie", "sid=1"), ("larder-consistency", "1")] {
+        let req = Request::get("/items")
+            .header(name, value)
+            .body(Body::empty())
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(
+            res.headers()["cache-status"],
+            "larder; fwd=bypass; detail=store-unavailable",
+            "{name}"
+        );
+    }
 
     // This instance's write cannot reach Redis: its L1 is emptied, never read past the write.
     assert_eq!(send(&app, "POST", "/items").await.0, "created");

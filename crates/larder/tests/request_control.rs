@@ -162,5 +162,18 @@ async fn a_key_part_keeps_each_tenant_apart() {
         assert_eq!(hit(&app, &[]).await, "none:3", "{store}");
         assert_eq!(hit(&app, &a).await, "acme:1", "{store}");
         assert_eq!(calls.load(Ordering::SeqCst), 3, "{store}");
+
+        // A part set before `key(...)` is kept by it.
+        let rule = Rule::new("r2")
+            .ttl(Duration::from_secs(60))
+            .key_part("tenant", |req| {
+                req.extensions.get::<Tenant>().map(|t| t.0.clone())
+            })
+            .key(larder::KeyOptions::new().ignore_authority());
+        // On a cache of its own, so that no entry of the rule above answers.
+        let fresh = CacheHandle::new(MemoryStore::default());
+        let (app, _) = crate::app(&fresh, rule);
+        assert_eq!(send(&app, &a).await.0, "acme:1", "{store}");
+        assert_eq!(send(&app, &b).await.0, "globex:2", "{store}: still apart");
     }
 }

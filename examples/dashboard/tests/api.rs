@@ -371,9 +371,9 @@ async fn health_stats_metrics_and_origin_stats() {
     };
     assert!(value("larder_requests_total{route=\"chat_stats\",outcome=\"hit\"}") >= 1.0);
     assert!(value("larder_requests_total{route=\"chat_stats\",outcome=\"miss\"}") >= 1.0);
-    assert!(value("larder_store_available{store=\"memory\"}") >= 0.0);
-    assert!(value("larder_entries{store=\"memory\"}") >= 0.0);
-    assert!(value("larder_bytes{store=\"memory\"}") >= 0.0);
+    assert!(value("larder_store_available{store=\"memory\",namespace=\"dashboard\"}") >= 0.0);
+    assert!(value("larder_entries{store=\"memory\",namespace=\"dashboard\"}") >= 0.0);
+    assert!(value("larder_bytes{store=\"memory\",namespace=\"dashboard\"}") >= 0.0);
     assert!(value("dashboard_db_queries_total") >= 0.0);
     // Every series is described.
     for name in [

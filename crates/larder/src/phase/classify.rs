@@ -100,17 +100,7 @@ pub(crate) fn classify(shared: &CacheState, route: &Route, parts: &Parts) -> Cla
                 || parts.headers.contains_key(header::COOKIE),
         ),
     };
-    // The store is failing (or invalidations wait to be replayed): go straight to the
-    // service, with no store call and no wait.
-    if !shared.breaker.closed() {
-        if digest.is_none() && shared.store.serves_during_outage() {
-            return Class::Outage(key(shared, route, parts, scope.as_deref(), None));
-        }
-        return Class::Bypass(Bypass::StoreUnavailable);
-    }
-
     let directives = policy::request_directives(&parts.headers);
-    let key = key(shared, route, parts, scope.as_deref(), digest);
     // Reloads are honoured only when configured: by default a client cannot make the origin
     // do work the cache was put there to save.
     let reload = directives.no_cache || directives.max_age == Some(Duration::ZERO);
@@ -119,7 +109,25 @@ pub(crate) fn classify(shared: &CacheState, route: &Route, parts: &Parts) -> Cla
         .refresh_if
         .as_ref()
         .is_some_and(|p| p.test(parts));
-    let intent = if forced || (reload && shared.reloads == Reloads::Honor) {
+    let refresh = forced || (reload && shared.reloads == Reloads::Honor);
+    // The store is failing (or invalidations wait to be replayed): go straight to the
+    // service, with no store call and no wait.
+    if !shared.breaker.closed() {
+        // The degraded mode answers only what a lookup could: not a request with credentials
+        // on a rule that may not share with it, nor one whose client saw an invalidation (its
+        // token), nor one that asks for a refresh.
+        let plain = digest.is_none()
+            && !credentialed
+            && !refresh
+            && consistency::token(&parts.headers).is_none();
+        if plain && shared.store.serves_during_outage() {
+            return Class::Outage(key(shared, route, parts, scope.as_deref(), None));
+        }
+        return Class::Bypass(Bypass::StoreUnavailable);
+    }
+
+    let key = key(shared, route, parts, scope.as_deref(), digest);
+    let intent = if refresh {
         Intent::Reload
     } else {
         Intent::Lookup

@@ -307,6 +307,18 @@ impl KeyOptions {
         self
     }
 
+    /// These options, after `earlier` ones of the same rule: `earlier`'s parts come first, and
+    /// its pages stay unless these set their own.
+    pub(crate) fn keeping(mut self, earlier: &KeyOptions) -> Self {
+        if self.pagination.is_none() {
+            self.pagination = earlier.pagination.clone();
+        }
+        let mut parts = earlier.parts.clone();
+        parts.append(&mut self.parts);
+        self.parts = parts;
+        self
+    }
+
     fn keeps(&self, name: &str) -> bool {
         if self.deny.iter().any(|d| **d == *name) {
             return false;
@@ -593,7 +605,7 @@ fn trim(b: &[u8]) -> &[u8] {
 
 /// Upper-cases the hex digits of percent escapes (RFC 3986 §6.2.2.1); nothing else changes,
 /// because the router matched the path as sent.
-fn normalize_percent(path: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn normalize_percent(path: &str) -> std::borrow::Cow<'_, str> {
     let b = path.as_bytes();
     if !b.contains(&b'%') {
         return std::borrow::Cow::Borrowed(path);

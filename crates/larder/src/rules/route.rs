@@ -88,7 +88,7 @@ pub(crate) enum RouteSet {
     One(
         Arc<Route>,
         Option<matchit::Router<()>>,
-        dashmap::DashMap<Box<str>, Arc<matchit::Router<()>>>,
+        dashmap::DashMap<Box<str>, matchit::Router<()>>,
     ),
     /// Rules picked by path.
     Many(matchit::Router<usize>, Vec<Arc<Route>>),
@@ -121,7 +121,9 @@ impl RouteSet {
                 }
                 // A per-route layer without a pattern takes its parameters from the route
                 // axum matched, known only per request.
-                rule.validate(selection == Selection::One && rule.pattern.is_none());
+                rule.validate(
+                    cfg!(feature = "axum") && selection == Selection::One && rule.pattern.is_none(),
+                );
                 let needs_params = rule
                     .tags
                     .iter()
@@ -174,7 +176,7 @@ impl RouteSet {
         match self {
             RouteSet::One(route, _, _) if !route.needs_params => Some((route, Vec::new())),
             RouteSet::One(route, Some(m), _) => {
-                let matched = m.at(path).ok()?;
+                let matched = at_either(m, path, uri.path())?;
                 Some((route, collect(&matched.params)))
             }
             RouteSet::One(route, None, compiled) => {
@@ -184,16 +186,7 @@ impl RouteSet {
                 Some((route, params))
             }
             RouteSet::Many(router, routes) => {
-                let matched = router
-                    .at(path)
-                    .or_else(|e| {
-                        if path == uri.path() {
-                            Err(e)
-                        } else {
-                            router.at(uri.path())
-                        }
-                    })
-                    .ok()?;
+                let matched = at_either(router, path, uri.path())?;
                 let route = &routes[*matched.value];
                 let params = if route.needs_params {
                     collect(&matched.params)
@@ -209,7 +202,7 @@ impl RouteSet {
     pub(crate) fn rule(&self, uri: &Uri, extensions: &Extensions) -> Option<&Rule> {
         match self {
             RouteSet::One(route, Some(m), _) if route.needs_params => {
-                m.at(request_path(uri, extensions)).ok()?;
+                at_either(m, request_path(uri, extensions), uri.path())?;
                 Some(&route.rule)
             }
             RouteSet::One(route, _, _) => Some(&route.rule),
@@ -218,27 +211,36 @@ impl RouteSet {
     }
 }
 
+/// `full` matched by `router`, or (under a nest) `nested`, the path the nested router sees.
+fn at_either<'r, 'p, T>(
+    router: &'r matchit::Router<T>,
+    full: &'p str,
+    nested: &'p str,
+) -> Option<matchit::Match<'r, 'p, &'r T>> {
+    match router.at(full) {
+        Ok(m) => Some(m),
+        Err(_) if full != nested => router.at(nested).ok(),
+        Err(_) => None,
+    }
+}
+
 /// The parameters of `path` under axum's `pattern`, through a matcher compiled once per
 /// pattern (at most [`MATCHERS`] kept).
 fn params_of(
-    compiled: &dashmap::DashMap<Box<str>, Arc<matchit::Router<()>>>,
+    compiled: &dashmap::DashMap<Box<str>, matchit::Router<()>>,
     pattern: &str,
     path: &str,
 ) -> Option<Params> {
-    let matcher = match compiled.get(pattern) {
-        Some(m) => Arc::clone(&m),
-        None => {
-            let mut m = matchit::Router::new();
-            m.insert(pattern, ()).ok()?;
-            let m = Arc::new(m);
-            if compiled.len() < MATCHERS {
-                compiled.insert(pattern.into(), Arc::clone(&m));
-            }
-            m
-        }
-    };
-    let matched = matcher.at(path).ok()?;
-    Some(collect(&matched.params))
+    if let Some(m) = compiled.get(pattern) {
+        return m.at(path).ok().map(|matched| collect(&matched.params));
+    }
+    let mut m = matchit::Router::new();
+    m.insert(pattern, ()).ok()?;
+    let params = m.at(path).ok().map(|matched| collect(&matched.params));
+    if compiled.len() < MATCHERS {
+        compiled.insert(pattern.into(), m);
+    }
+    params
 }
 
 fn collect(params: &matchit::Params<'_, '_>) -> Params {

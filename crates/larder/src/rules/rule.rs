@@ -304,9 +304,12 @@ impl Rule {
     }
 
     /// Sets which parts of a request make up its key (instead of the handle's
-    /// [`default_key`](crate::CacheHandleBuilder::default_key)).
+    /// [`default_key`](crate::CacheHandleBuilder::default_key)). A [`paginate`](Self::paginate)
+    /// or [`key_part`](Self::key_part) called before is kept (`key`'s own pages win).
     pub fn key(mut self, key: KeyOptions) -> Self {
-        self.key = key;
+        // Pages and key parts set before (`paginate`, `key_part`) are kept.
+        let earlier = std::mem::take(&mut self.key);
+        self.key = key.keeping(&earlier);
         self.key_explicit = true;
         self
     }

@@ -72,12 +72,14 @@ pub(crate) fn take_from_handler(headers: &mut HeaderMap) -> Vec<String> {
 /// The tag every stored response carries for its own path, so a write to the path
 /// invalidates it (RFC 9111 §4.4). Scoped by user, so one user's write leaves others' entries.
 pub(crate) fn of_path(scope: Option<&str>, path: &str) -> String {
+    // As the key sees it: `%2f` and `%2F` are one path, and one tag.
+    let path = crate::rules::key::normalize_percent(path);
     let scope = scope.unwrap_or("");
     let mut tag = String::with_capacity(16 + scope.len() + path.len());
     tag.push_str("larder:uri:");
     tag.push_str(&scope.len().to_string());
     tag.push(':');
     tag.push_str(scope);
-    tag.push_str(path);
+    tag.push_str(&path);
     tag
 }

@@ -89,6 +89,10 @@ struct TieredState {
     /// How long after Redis was last heard from the L1 may still answer during an outage
     /// ([`TieredStoreBuilder::serve_l1_during_outage`]); `None`: not at all.
     outage_window: Option<Duration>,
+    /// Set when an invalidation could not be delivered, until the backplane subscribes again
+    /// (and the L1 is emptied): a read from Redis under way then may have put back an entry
+    /// the invalidation hid, so the outage mode does not read the L1 meanwhile.
+    lost: AtomicBool,
     /// Dropped with the store, which stops the backplane task.
     _stop: watch::Sender<()>,
 }
@@ -189,15 +193,17 @@ impl TieredStoreBuilder {
     }
 
     /// A degraded mode for Redis outages, off by default: for at most `window` after Redis
-    /// was last heard from, the cache serves what this instance's L1 holds (entries still
+    /// was last heard from on the backplane (its pings), the cache serves what this instance's L1 holds (entries still
     /// fresh by their own lifetime), marked `Cache-Status: larder; hit; ttl=-N; detail=outage`
     /// (N: seconds since Redis was last heard from), instead of sending every request to the
     /// service. Past `window`, or for what the L1 does not hold, requests go to the service as
     /// without it.
     ///
     /// **The trade**: this relaxes the consistency contract. Another instance's write during
-    /// the outage cannot reach this L1 (its invalidation waits for Redis), so for up to
-    /// `window` this instance may serve what such a write replaced. This instance's own
+    /// the outage cannot reach this L1 (its invalidation waits for Redis, or is published on a
+    /// backplane this instance no longer hears), so for up to `window` this instance may serve
+    /// what such a write replaced. Requests with credentials on rules that may not share with
+    /// them, requests carrying a consistency token and forced refreshes are never answered so. This instance's own
     /// writes stay exact: an invalidation it cannot deliver empties its L1 at once. When
     /// Redis is back the L1 is emptied before it is read again, as without this mode. Use it
     /// where an answer a few seconds old beats a flood of requests on the service during an
@@ -224,6 +230,7 @@ impl TieredStoreBuilder {
             fill_floor: AtomicU64::new(u64::MAX),
             reads: Reads::default(),
             outage_window: self.outage_window,
+            lost: AtomicBool::new(false),
             _stop: stop,
         });
         tokio::spawn(backplane(Arc::downgrade(&shared), stopped));
@@ -293,6 +300,7 @@ async fn backplane(shared: Weak<TieredState>, mut stopped: watch::Receiver<()>) 
             if let Some(s) = shared.upgrade() {
                 s.fill_floor.store(u64::MAX, Ordering::Release);
                 s.l1.clear();
+                s.lost.store(false, Ordering::Release);
                 s.applied.store(0, Ordering::Release);
                 s.coherent.store(true, Ordering::Release);
                 s.renew(Instant::now());
@@ -501,7 +509,7 @@ impl Store for TieredStore {
     fn read_during_outage(&self, key: &CacheKey, now_ms: u64) -> Option<(Arc<Entry>, Duration)> {
         let s = &self.shared;
         let window = s.outage_window?;
-        if self.is_coherent() {
+        if self.is_coherent() || s.lost.load(Ordering::Acquire) {
             return None;
         }
         let now = s.nanos_now();
@@ -525,7 +533,9 @@ impl Store for TieredStore {
     }
 
     fn lost_invalidation(&self) {
-        // An invalidation that did not reach Redis: nothing in the L1 may answer any more.
+        // An invalidation that did not reach Redis: nothing in the L1 may answer any more
+        // (the flag first: a read under way may fill the L1 again after the clear).
+        self.shared.lost.store(true, Ordering::Release);
         self.shared.l1.clear();
     }
 
