@@ -117,7 +117,10 @@ impl CacheLayer {
     /// [`KeyOptions::ignore_authority`](crate::KeyOptions::ignore_authority)), the path, the
     /// query as the rule's [`KeyOptions`](crate::KeyOptions) keep it, the headers it varies
     /// on, the user, and the application's key parts. So build the request as clients send it,
-    /// `Host` included.
+    /// `Host` included, with the full path. (Under `Router::nest`, a request built by hand
+    /// carries no `OriginalUri`: a layer whose patterns are written without the nest's prefix
+    /// then matches only the path as the nested router sees it, so give it that path, or write
+    /// the patterns with the prefix.)
     pub fn key_for(&self, request: &Parts) -> Option<CacheKey> {
         let (route, _) = self.routes.find(&request.uri, &request.extensions)?;
         let scope = match &route.rule.scope {
