@@ -86,7 +86,9 @@
 //! `stale-if-error` are honoured, and [`Rule::ttl`] fills in when they are absent (or replaces
 //! them with [`Rule::override_response_ttl`]). `Vary` is honoured. Hits carry `Age`; every
 //! entry has an `ETag` (the origin's, or a strong one derived from the body) and
-//! `If-None-Match` on a hit gets `304`. Requests' `no-store` and `only-if-cached` are honoured;
+//! `If-None-Match` on a hit gets `304`; a first response (a 200 of known length up to 64 KiB,
+//! without an `ETag` of its own) is read whole before it is answered, so it carries the `ETag`
+//! its hits will. Requests' `no-store` and `only-if-cached` are honoured;
 //! their `no-cache` and `max-age=0` (a browser reload) are not unless
 //! [`CacheHandleBuilder::honor_request_no_cache`] says so, because a client should not be able
 //! to make the origin do the work the cache exists to save.

@@ -1,6 +1,8 @@
 //! Defaults on the handle (`default_ttl`, `default_key`) and statuses cached for a time of
 //! their own (`Rule::cache_status`: a 404 for 30 s), through the layer.
 
+mod support;
+
 use std::{
     sync::{
         Arc, Mutex,
@@ -268,4 +270,63 @@ async fn hidden_cache_headers_never_reach_the_client() {
     assert!(!h.contains_key("x-cache"));
     let stats = cache.stats();
     assert_eq!((stats.total.hits, stats.total.misses), (3, 2), "{stats:?}");
+}
+
+/// A first response read whole (a 200 of known, small length without an ETag of its own)
+/// already carries the ETag its hits will, so a client can revalidate from its first answer;
+/// a streamed body of unknown length gets it from its first hit on.
+#[tokio::test]
+async fn a_miss_carries_the_etag_its_hits_will() {
+    use axum::http::header;
+    let cache = CacheHandle::builder(MemoryStore::default())
+        .default_ttl(Duration::from_secs(60))
+        .build();
+    let app = Router::new()
+        .route("/small", get(|| async { "small body" }))
+        .route(
+            "/streamed",
+            get(|| async { Body::new(support::Chunks::new(8, 4)) }),
+        )
+        .layer(
+            cache.layer_with(
+                larder::Rules::new()
+                    .route("/small", Rule::new("small"))
+                    .route("/streamed", Rule::new("streamed")),
+            ),
+        );
+    let call = |uri: &'static str, inm: Option<String>| {
+        let app = app.clone();
+        async move {
+            let mut req = Request::get(uri);
+            if let Some(v) = inm {
+                req = req.header(header::IF_NONE_MATCH, v);
+            }
+            let res = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+            let (status, headers) = (res.status(), res.headers().clone());
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            (status, headers, body)
+        }
+    };
+    let (status, miss, body) = call("/small", None).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"small body"[..]));
+    assert_eq!(miss["cache-status"], "larder; fwd=miss; stored");
+    let etag = miss["etag"].to_str().unwrap().to_owned();
+    let (_, hit, _) = call("/small", None).await;
+    assert_eq!(hit["etag"], etag.as_str(), "the hit's ETag is the miss's");
+    let (status, _, body) = call("/small", Some(etag)).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_MODIFIED,
+        "revalidated from the first answer"
+    );
+    assert!(body.is_empty());
+
+    let (_, miss, body) = call("/streamed", None).await;
+    assert_eq!(body.len(), 8);
+    assert!(
+        !miss.contains_key("etag"),
+        "a streamed miss goes out before its end"
+    );
+    let (_, hit, _) = call("/streamed", None).await;
+    assert!(hit.contains_key("etag"));
 }

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, header, request::Parts};
+use http::{HeaderMap, Method, Request, Response, StatusCode, header, request::Parts, response};
 use http_body::Body;
 use tower_service::Service;
 use tracing::Instrument;
@@ -23,9 +23,14 @@ use crate::{
         lock::{self, LockHeld, LockOutcome},
         refill,
     },
-    entry::Freshness,
+    entry::{Freshness, derive_etag},
     handle::CacheState,
-    middleware::{body::CacheBody, future::ResponseFuture, respond, status::CacheStatus},
+    middleware::{
+        body::CacheBody,
+        future::ResponseFuture,
+        respond,
+        status::{CacheStatus, XCache},
+    },
     phase::{
         audit,
         classify::ReadRequest,
@@ -417,7 +422,13 @@ impl Exchange {
         };
         match inner.call(req).await {
             Ok(r) if !r.status().is_server_error() => {
-                Ok(self.record(r, asked, (lead, lock, refill), fwd))
+                let (parts, body) = r.into_parts();
+                let body = if self.wants_whole_body(&parts, &body) {
+                    Incoming::read_whole(body).await
+                } else {
+                    Incoming::Stream(body)
+                };
+                Ok(self.record(parts, body, asked, (lead, lock, refill), fwd))
             }
             failed => {
                 // RFC 5861 §4: stale-if-error. `lead` drops: followers ask for themselves.
@@ -431,17 +442,31 @@ impl Exchange {
         }
     }
 
+    /// Whether the origin's response is read whole before it is answered, so that a first
+    /// response already carries the `ETag` its hits will: a 200 without one, of a known and
+    /// small length (at most [`WHOLE_BODY_MAX`] and the rule's limit), unless the handle
+    /// hides what the cache adds.
+    fn wants_whole_body<B: Body>(&self, parts: &response::Parts, body: &B) -> bool {
+        self.handle.shared.x_cache != XCache::Hidden
+            && parts.status == StatusCode::OK
+            && !parts.headers.contains_key(header::ETAG)
+            && body.size_hint().exact().is_some_and(|n| {
+                n > 0 && n <= WHOLE_BODY_MAX && n <= self.route.max_body_size as u64
+            })
+    }
+
     /// Hands the origin's response to the fill phase: copied into the entry as it streams to
-    /// the client, or passed on with the reason it is not stored (the followers are told).
+    /// the client (or all at once, read whole), or passed on with the reason it is not stored
+    /// (the followers are told).
     fn record<B: Body<Data = Bytes>>(
         self,
-        response: Response<B>,
+        mut parts: response::Parts,
+        body: Incoming<B>,
         origin: Origin,
         (lead, lock, refill): (Option<Lead>, Option<LockHeld>, Option<refill::Seed>),
         fwd: Fwd,
     ) -> Response<CacheBody<B>> {
         let shared = &self.handle.shared;
-        let (mut parts, body) = response.into_parts();
         let asked = Asked {
             route: &self.route,
             key: &self.key,
@@ -455,7 +480,11 @@ impl Exchange {
             now: shared.clock.now(),
             credentialed: self.credentialed,
         };
-        let entry = match fill::prepare(&asked, &mut parts, body.size_hint()) {
+        let prepared = match &body {
+            Incoming::Whole { broken: true, .. } => Err(Uncacheable::ServerError),
+            _ => fill::prepare(&asked, &mut parts, body.size_hint()),
+        };
+        let mut entry = match prepared {
             Ok(entry) => entry,
             Err(reason) => {
                 if let Some(lead) = &lead {
@@ -464,7 +493,7 @@ impl Exchange {
                 shared.predictor.remember(*self.key.digest(), reason);
                 CacheStatus::forward(fwd, Detail::Uncacheable(reason))
                     .apply(&mut parts.headers, shared.x_cache);
-                return Response::from_parts(parts, CacheBody::stream(body));
+                return Response::from_parts(parts, body.into_cache_body());
             }
         };
         // Say `stored` only when the length is known to fit (a stream of unknown length may
@@ -473,6 +502,15 @@ impl Exchange {
         // not take it).
         let known = parts.headers.contains_key(header::CONTENT_LENGTH)
             || body.size_hint().exact().is_some();
+        // Read whole: the ETag its hits will carry goes out with this first response too.
+        if let Incoming::Whole { data, .. } = &body {
+            if entry.etag.is_empty() {
+                let etag = derive_etag(data);
+                parts.headers.insert(header::ETAG, etag.clone());
+                entry.headers.insert(header::ETAG, etag.clone());
+                entry.etag = etag;
+            }
+        }
         let status = if known && shared.breaker.healthy() {
             CacheStatus::Stored { fwd }
         } else {
@@ -480,7 +518,7 @@ impl Exchange {
         };
         status.apply(&mut parts.headers, shared.x_cache);
         let limit = self.route.max_body_size;
-        let fill = Fill {
+        let mut fill = Fill {
             handle: self.handle.clone(),
             key: self.key,
             entry,
@@ -490,7 +528,18 @@ impl Exchange {
             started: origin.started,
             refill,
         };
-        Response::from_parts(parts, CacheBody::recording(body, fill, limit))
+        match body {
+            Incoming::Stream(body) => {
+                Response::from_parts(parts, CacheBody::recording(body, fill, limit))
+            }
+            Incoming::Whole { data, trailers, .. } => {
+                if let Some(t) = &trailers {
+                    fill.trailers(t.clone());
+                }
+                fill.finish(vec![data.clone()]);
+                Response::from_parts(parts, CacheBody::replay(data, trailers.as_ref()))
+            }
+        }
     }
 
     /// RFC 5861 §4: the service failed and a stale entry may stand in for its response.
@@ -537,6 +586,67 @@ impl Exchange {
             status,
             self.handle.shared.x_cache,
         ))
+    }
+}
+
+/// The longest body read whole before its response is answered (see
+/// [`Exchange::wants_whole_body`]).
+const WHOLE_BODY_MAX: u64 = 64 * 1024;
+
+/// The origin's body: streamed, or read whole before the response is answered.
+enum Incoming<B> {
+    Stream(B),
+    /// All of it (`broken`: it failed before its end, and `data` is what came).
+    Whole {
+        data: Bytes,
+        trailers: Option<HeaderMap>,
+        broken: bool,
+    },
+}
+
+impl<B: Body<Data = Bytes>> Incoming<B> {
+    /// Reads `body` to its end. A body that fails is kept as far as it came, marked broken:
+    /// it is answered truncated (as it would have streamed) and never stored.
+    async fn read_whole(body: B) -> Self {
+        let mut body = std::pin::pin!(body);
+        let mut chunks = bytes::BytesMut::new();
+        let mut trailers = None;
+        let mut broken = false;
+        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            match frame {
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) => chunks.extend_from_slice(&data),
+                    Err(frame) => trailers = frame.into_trailers().ok().or(trailers),
+                },
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            }
+            if body.is_end_stream() {
+                break;
+            }
+        }
+        Incoming::Whole {
+            data: chunks.freeze(),
+            trailers,
+            broken,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Incoming::Stream(body) => body.size_hint(),
+            Incoming::Whole { data, .. } => http_body::SizeHint::with_exact(data.len() as u64),
+        }
+    }
+
+    /// The body answered without storing it.
+    fn into_cache_body(self) -> CacheBody<B> {
+        match self {
+            Incoming::Stream(body) => CacheBody::stream(body),
+            Incoming::Whole { data, trailers, .. } => CacheBody::replay(data, trailers.as_ref()),
+        }
     }
 }
 
