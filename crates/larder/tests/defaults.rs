@@ -330,3 +330,49 @@ async fn a_miss_carries_the_etag_its_hits_will() {
     let (_, hit, _) = call("/streamed", None).await;
     assert!(hit.contains_key("etag"));
 }
+
+/// A body of known length that breaks while it is read whole: answered as far as it came,
+/// never stored.
+#[tokio::test]
+async fn a_body_read_whole_that_breaks_is_not_stored() {
+    struct Breaks(bool);
+    impl http_body::Body for Breaks {
+        type Data = bytes::Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+            if self.0 {
+                return std::task::Poll::Ready(Some(Err(std::io::Error::other("reset"))));
+            }
+            self.0 = true;
+            std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                b"half",
+            )))))
+        }
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(8)
+        }
+    }
+    let cache = CacheHandle::builder(MemoryStore::default())
+        .default_ttl(Duration::from_secs(60))
+        .build();
+    let app = Router::new().route(
+        "/r",
+        get(|| async { Body::new(Breaks(false)) }).layer(cache.layer(Rule::new("r"))),
+    );
+    for _ in 0..2 {
+        let res = app
+            .clone()
+            .oneshot(Request::get("/r").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            res.headers()["cache-status"],
+            "larder; fwd=miss; detail=server-error"
+        );
+        assert!(!res.headers().contains_key("etag"));
+    }
+    assert_eq!(cache.stats().total.stored, 0);
+}
