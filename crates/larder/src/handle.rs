@@ -13,7 +13,7 @@ use crate::{
         refill::{self, Refills},
     },
     middleware::status::XCache,
-    stats::{RouteStats, Stats},
+    stats::{Gauges, RouteStats, Stats},
     store::{MemoryStore, Store, StoreError},
 };
 
@@ -73,14 +73,18 @@ pub(crate) struct CacheState {
 }
 
 impl CacheState {
-    /// The statistics, as [`CacheHandle::stats`] gives them.
-    fn snapshot(&self) -> StatsSnapshot {
-        let mut stats = self.stats.snapshot();
-        stats.refills = self.refills.snapshot();
-        stats.usage = self.store.usage();
-        stats.store_available = self.breaker.available();
-        stats.pending_invalidations = self.breaker.pending();
-        stats
+    /// The figures of the gauges, read from the store and the breaker (no counters).
+    fn gauges(&self) -> Gauges {
+        Gauges {
+            store_available: self.breaker.available(),
+            pending_invalidations: self.breaker.pending(),
+            usage: self.store.usage(),
+        }
+    }
+
+    /// Sets the gauges from `gauges`.
+    fn report(&self, gauges: &Gauges) {
+        crate::stats::report_gauges(self.store.name(), &self.namespace, gauges);
     }
 }
 
@@ -100,7 +104,7 @@ fn report_gauges_in_background(state: std::sync::Weak<CacheState>) {
             let Some(state) = state.upgrade() else {
                 return;
             };
-            crate::stats::report_gauges(state.store.name(), &state.namespace, &state.snapshot());
+            state.report(&state.gauges());
         }
     });
 }
@@ -314,8 +318,14 @@ impl CacheHandle {
     /// `larder_pending_invalidations`, `larder_entries`, `larder_bytes`), set every second
     /// while a tokio runtime runs the handle's background task, and at each call of this.
     pub fn stats(&self) -> StatsSnapshot {
-        let stats = self.shared.snapshot();
-        crate::stats::report_gauges(self.shared.store.name(), &self.shared.namespace, &stats);
+        let shared = &self.shared;
+        let gauges = shared.gauges();
+        shared.report(&gauges);
+        let mut stats = shared.stats.snapshot();
+        stats.refills = shared.refills.snapshot();
+        stats.usage = gauges.usage;
+        stats.store_available = gauges.store_available;
+        stats.pending_invalidations = gauges.pending_invalidations;
         stats
     }
 

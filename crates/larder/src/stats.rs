@@ -299,18 +299,26 @@ pub(crate) fn describe() {
     });
 }
 
-/// Sets the gauges from `snapshot`, labelled with the store's name and the handle's namespace
-/// (two handles in one process report apart).
-pub(crate) fn report_gauges(store: &'static str, namespace: &str, snapshot: &StatsSnapshot) {
+/// What the gauges show: whether the store is used, the invalidations waiting for it, and
+/// what it holds in this process.
+pub(crate) struct Gauges {
+    pub(crate) store_available: bool,
+    pub(crate) pending_invalidations: u64,
+    pub(crate) usage: Option<crate::store::Usage>,
+}
+
+/// Sets the gauges, labelled with the store's name and the handle's namespace (two handles in
+/// one process report apart).
+pub(crate) fn report_gauges(store: &'static str, namespace: &str, gauges: &Gauges) {
     let labels = [
         ("store", store.to_owned()),
         ("namespace", namespace.to_owned()),
     ];
-    let available = if snapshot.store_available { 1.0 } else { 0.0 };
+    let available = if gauges.store_available { 1.0 } else { 0.0 };
     metrics::gauge!("larder_store_available", &labels).set(available);
     metrics::gauge!("larder_pending_invalidations", &labels)
-        .set(snapshot.pending_invalidations as f64);
-    if let Some(usage) = &snapshot.usage {
+        .set(gauges.pending_invalidations as f64);
+    if let Some(usage) = &gauges.usage {
         metrics::gauge!("larder_entries", &labels).set(usage.entries as f64);
         metrics::gauge!("larder_bytes", &labels).set(usage.bytes as f64);
     }

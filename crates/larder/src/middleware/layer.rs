@@ -10,7 +10,7 @@ use crate::{
     body_key::KeyedRoutes,
     phase::classify,
     rules::{
-        route::{self, RouteSet, Selection},
+        route::{self, Route, RouteSet, Selection},
         tags,
     },
 };
@@ -122,11 +122,7 @@ impl CacheLayer {
     /// then matches only the path as the nested router sees it, so give it that path, or write
     /// the patterns with the prefix.)
     pub fn key_for(&self, request: &Parts) -> Option<CacheKey> {
-        let (route, _) = self.routes.find(&request.uri, &request.extensions)?;
-        let scope = match &route.rule.scope {
-            Some(s) => Some(s.scope(request)?),
-            None => None,
-        };
+        let (route, scope) = self.route_and_user(request)?;
         let digest = (request.method == Method::POST && route.rule.posts_by_body)
             .then(|| request.extensions.get::<RequestBodyDigest>())
             .flatten();
@@ -159,20 +155,24 @@ impl CacheLayer {
     /// # }
     /// ```
     pub async fn invalidate_request(&self, request: &Parts) -> Result<bool, StoreError> {
-        let Some((route, _)) = self.routes.find(&request.uri, &request.extensions) else {
+        let Some((_, scope)) = self.route_and_user(request) else {
             return Ok(false);
-        };
-        let scope = match &route.rule.scope {
-            Some(s) => match s.scope(request) {
-                Some(user) => Some(user),
-                None => return Ok(false),
-            },
-            None => None,
         };
         let path = route::request_path(&request.uri, &request.extensions);
         let tag = tags::of_path(scope.as_deref(), path);
         self.handle.invalidate_tags([tag]).await?;
         Ok(true)
+    }
+
+    /// The route of `request` and its user (`None` on a rule without a user scope); `None`
+    /// when no rule covers it, or its rule's user scope names no user for it.
+    fn route_and_user(&self, request: &Parts) -> Option<(&Arc<Route>, Option<String>)> {
+        let (route, _) = self.routes.find(&request.uri, &request.extensions)?;
+        let user = match &route.rule.scope {
+            Some(s) => Some(s.scope(request)?),
+            None => None,
+        };
+        Some((route, user))
     }
 }
 

@@ -23,7 +23,7 @@ use crate::{
         lock::{self, LockHeld, LockOutcome},
         refill,
     },
-    entry::{Freshness, derive_etag},
+    entry::Freshness,
     handle::CacheState,
     middleware::{
         body::CacheBody,
@@ -502,14 +502,11 @@ impl Exchange {
         // not take it).
         let known = parts.headers.contains_key(header::CONTENT_LENGTH)
             || body.size_hint().exact().is_some();
-        // Read whole: the ETag its hits will carry goes out with this first response too.
+        // Read whole: the ETag its hits will carry goes out with this first response too
+        // (never read whole when the handle hides it).
         if let Incoming::Whole { data, .. } = &body {
-            if entry.etag.is_empty() {
-                let etag = derive_etag(data);
-                parts.headers.insert(header::ETAG, etag.clone());
-                entry.headers.insert(header::ETAG, etag.clone());
-                entry.etag = etag;
-            }
+            let etag = fill::give_etag(&mut entry, data, false);
+            parts.headers.insert(header::ETAG, etag);
         }
         let status = if known && shared.breaker.healthy() {
             CacheStatus::Stored { fwd }
@@ -609,13 +606,13 @@ impl<B: Body<Data = Bytes>> Incoming<B> {
     /// it is answered truncated (as it would have streamed) and never stored.
     async fn read_whole(body: B) -> Self {
         let mut body = std::pin::pin!(body);
-        let mut chunks = bytes::BytesMut::new();
+        let mut chunks = Vec::new();
         let mut trailers = None;
         let mut broken = false;
         while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
             match frame {
                 Ok(frame) => match frame.into_data() {
-                    Ok(data) => chunks.extend_from_slice(&data),
+                    Ok(data) => chunks.push(data),
                     Err(frame) => trailers = frame.into_trailers().ok().or(trailers),
                 },
                 Err(_) => {
@@ -628,7 +625,8 @@ impl<B: Body<Data = Bytes>> Incoming<B> {
             }
         }
         Incoming::Whole {
-            data: chunks.freeze(),
+            // One frame (the usual small body) is kept as it came, not copied.
+            data: fill::concat(chunks),
             trailers,
             broken,
         }

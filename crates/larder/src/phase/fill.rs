@@ -186,15 +186,8 @@ impl Fill {
             return self.uncacheable(Uncacheable::GrpcStatus);
         }
         let body = concat(chunks);
-        if self.entry.etag.is_empty() {
-            let etag = derive_etag(&body);
-            // Sent with the entry, unless the handle hides what the cache adds (the entry
-            // still answers `If-None-Match` with it).
-            if self.handle.shared.x_cache != XCache::Hidden {
-                self.entry.headers.insert(header::ETAG, etag.clone());
-            }
-            self.entry.etag = etag;
-        }
+        let hidden = self.handle.shared.x_cache == XCache::Hidden;
+        give_etag(&mut self.entry, &body, hidden);
         // The stored representation has a known length; HEAD hits need it in the headers.
         // (Not with trailers: over HTTP/1.1 those need chunked encoding.)
         if self.entry.trailers.is_none()
@@ -274,7 +267,21 @@ pub(crate) fn write(
     }
 }
 
-fn concat(mut chunks: Vec<Bytes>) -> Bytes {
+/// Gives `entry` the strong `ETag` derived from `body` when the origin sent none, and returns
+/// the entry's `ETag`. It is sent with the entry, unless the handle hides what the cache adds
+/// (`hidden`: the entry still answers `If-None-Match` with it).
+pub(crate) fn give_etag(entry: &mut Entry, body: &[u8], hidden: bool) -> HeaderValue {
+    if entry.etag.is_empty() {
+        let etag = derive_etag(body);
+        if !hidden {
+            entry.headers.insert(header::ETAG, etag.clone());
+        }
+        entry.etag = etag;
+    }
+    entry.etag.clone()
+}
+
+pub(crate) fn concat(mut chunks: Vec<Bytes>) -> Bytes {
     match chunks.len() {
         0 => Bytes::new(),
         1 => chunks.pop().unwrap_or_default(),

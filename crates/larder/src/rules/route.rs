@@ -206,7 +206,10 @@ impl RouteSet {
                 Some(&route.rule)
             }
             RouteSet::One(route, _, _) => Some(&route.rule),
-            RouteSet::Many(..) => self.find(uri, extensions).map(|(route, _)| &route.rule),
+            RouteSet::Many(router, routes) => {
+                let matched = at_either(router, request_path(uri, extensions), uri.path())?;
+                Some(&routes[*matched.value].rule)
+            }
         }
     }
 }
