@@ -329,6 +329,16 @@ impl CacheHandle {
         stats
     }
 
+    /// Starts the statistics again from nothing: every route's counters and response times,
+    /// the unmatched requests and the refills' outcomes, as [`stats`](Self::stats) shows them
+    /// (handy after a warm-up, or to measure one period). What the store holds is not touched,
+    /// nor the `metrics` series: counters there only grow, as Prometheus expects (a scraper
+    /// takes rates).
+    pub fn reset_stats(&self) {
+        self.shared.stats.reset();
+        self.shared.refills.reset_counts();
+    }
+
     /// The store behind this cache.
     pub fn store(&self) -> &dyn Store {
         &*self.shared.store

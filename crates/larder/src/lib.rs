@@ -163,7 +163,7 @@ pub use rules::{
     rule::{Rule, Rules, UserScope},
     tags::TAGS_HEADER,
 };
-pub use stats::{RouteSnapshot, StatsSnapshot};
+pub use stats::{LatencySnapshot, RouteSnapshot, StatsSnapshot};
 pub use store::{MemoryStore, Store, StoreError, StoreErrorKind, StoreFuture};
 pub use typed::{EntryOptions, ReadStamp};
 pub use warm::{WarmReport, warm};

@@ -1,7 +1,11 @@
 //! Typed cache-aside: any serde value (a query result, an AI response) by a string key,
 //! sharing the store, tags, single-flight and fallback with the HTTP layer.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -15,7 +19,7 @@ use crate::{
     },
     entry::{Freshness, derive_etag},
     phase::fill,
-    stats::Outcome,
+    stats::{Outcome, RouteStats},
     store::{Read, StoreError, StoreErrorKind},
 };
 
@@ -24,19 +28,22 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadStamp(u64);
 
-/// How long a typed value stays fresh and which tags it carries.
+/// How long a typed value stays fresh, which tags it carries, and the category its calls
+/// are counted under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryOptions {
     ttl: Duration,
     tags: Vec<String>,
+    category: Option<Arc<str>>,
 }
 
 impl EntryOptions {
-    /// Fresh for `ttl`, with no tags.
+    /// Fresh for `ttl`, with no tags, counted under `typed`.
     pub fn new(ttl: Duration) -> Self {
         EntryOptions {
             ttl,
             tags: Vec::new(),
+            category: None,
         }
     }
 
@@ -45,12 +52,41 @@ impl EntryOptions {
         self.tags.push(tag.into());
         self
     }
+
+    /// Counts the calls made with these options under `name` in
+    /// [`CacheHandle::stats`](crate::CacheHandle::stats) and the `metrics` series (as the
+    /// `route` label): hits, misses, shared calls, values stored and response times, apart
+    /// from other values (`assistant`, `ai_reply`, `metrics`). Without it they count under
+    /// `typed`. A category may share its name with a rule: their figures then add up.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), std::io::Error> {
+    /// use std::time::Duration;
+    /// use larder::{CacheHandle, EntryOptions};
+    ///
+    /// let cache = CacheHandle::in_memory();
+    /// let opts = EntryOptions::new(Duration::from_secs(1800)).tag("assistant:7").category("assistant");
+    /// for _ in 0..2 {
+    ///     let _: String = cache
+    ///         .get_or_insert_with("assistant:7", &opts, || async { Ok::<_, std::io::Error>("config".into()) })
+    ///         .await?;
+    /// }
+    /// let assistant = &cache.stats().routes["assistant"];
+    /// assert_eq!((assistant.misses, assistant.hits), (1, 1));
+    /// assert_eq!(assistant.hit_latency.count, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn category(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.category = Some(name.into());
+        self
+    }
 }
 
 impl CacheHandle {
     /// Reads a typed value. A missing, expired, invalidated or undecodable value, or a store
     /// failure, is `None`.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let started = Instant::now();
         let key = self.key(key);
         let stats = &self.shared.typed;
         let fut = self.store_get(&key);
@@ -62,23 +98,26 @@ impl CacheHandle {
             .ok()
             .and_then(Read::visible);
         let value = entry.and_then(|e| self.decode(&e));
-        stats.record(if value.is_some() {
+        let outcome = if value.is_some() {
             Outcome::Hit
         } else {
             Outcome::Miss
-        });
+        };
+        stats.answered(outcome, Some(started));
         value
     }
 
     /// Reads many typed values in one store call (one round trip for a network store).
     pub async fn get_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Vec<Option<T>> {
+        let started = Instant::now();
         let values = self.read_many(keys).await;
         for value in &values {
-            self.shared.typed.record(if value.is_some() {
+            let outcome = if value.is_some() {
                 Outcome::Hit
             } else {
                 Outcome::Miss
-            });
+            };
+            self.shared.typed.answered(outcome, Some(started));
         }
         values
     }
@@ -139,7 +178,7 @@ impl CacheHandle {
                 "the value did not serialize",
             ));
         };
-        let stats = &self.shared.typed;
+        let stats = &self.stats_of(options);
         let fut = self.shared.store.put(self.key(key), Arc::new(entry));
         self.shared.breaker.call(stats, Op::Put, fut).await?;
         stats.stored();
@@ -176,18 +215,21 @@ impl CacheHandle {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        let started = Instant::now();
         let cache_key = self.key(key);
-        let stats = &self.shared.typed;
-        if let Some(v) = self.read_hit(&cache_key).await {
+        let stats = &self.stats_of(options);
+        if let Some(v) = self.read_hit(stats, &cache_key, started).await {
             return Ok(v);
         }
-        let lead = match self.take_turn(&cache_key).await {
+        let lead = match self.take_turn(stats, &cache_key, started).await {
             Ok(value) => return Ok(value),
             Err(lead) => lead,
         };
         stats.record(Outcome::Miss);
         let born = self.shared.store.stamp();
-        let value = f().await?;
+        let value = f().await;
+        stats.took(Outcome::Miss, started);
+        let value = value?;
         if let Some(entry) = self.encode(&value, options, born) {
             let entry = Arc::new(entry);
             if let Some(lead) = &lead {
@@ -196,6 +238,14 @@ impl CacheHandle {
             fill::write(self, stats, cache_key, entry, None, lead);
         }
         Ok(value)
+    }
+
+    /// The counters of calls made with `options`: their category's, else `typed`.
+    fn stats_of(&self, options: &EntryOptions) -> Arc<RouteStats> {
+        match &options.category {
+            Some(name) => self.shared.stats.category(name),
+            None => Arc::clone(&self.shared.typed),
+        }
     }
 
     /// Batch cache-aside: reads every key in one store call (one round trip for a network
@@ -241,19 +291,26 @@ impl CacheHandle {
         F: FnOnce(Vec<usize>) -> Fut,
         Fut: Future<Output = Result<Vec<T>, E>>,
     {
+        let started = Instant::now();
         let keys: Vec<&str> = items.iter().map(|(k, _)| *k).collect();
+        let stats: Vec<Arc<RouteStats>> = items.iter().map(|(_, o)| self.stats_of(o)).collect();
         let mut found: Vec<Option<T>> = self.read_many(&keys).await;
-        for _ in found.iter().flatten() {
-            self.shared.typed.record(Outcome::Hit);
+        for (value, stats) in found.iter().zip(&stats) {
+            if value.is_some() {
+                stats.answered(Outcome::Hit, Some(started));
+            }
         }
-        let (missing, leads) = self.join_missing(&keys, &mut found);
+        let (missing, leads) = self.join_missing(&keys, &stats, &mut found, started);
         if missing.is_empty() {
             return Ok(found.into_iter().flatten().collect());
         }
-        let stats = &self.shared.typed;
         let born = self.shared.store.stamp();
         // If `f` fails, the leads drop here: their followers ask for themselves.
-        let values = f(missing.clone()).await?;
+        let values = f(missing.clone()).await;
+        for &i in &missing {
+            stats[i].took(Outcome::Miss, started);
+        }
+        let values = values?;
         assert_eq!(
             values.len(),
             missing.len(),
@@ -266,7 +323,7 @@ impl CacheHandle {
                 if let Some(lead) = &lead {
                     lead.land(Arc::clone(&entry));
                 }
-                fill::write(self, stats, self.key(key), entry, None, lead);
+                fill::write(self, &stats[i], self.key(key), entry, None, lead);
             }
             found[i] = Some(value);
         }
@@ -278,7 +335,9 @@ impl CacheHandle {
     fn join_missing<T: DeserializeOwned>(
         &self,
         keys: &[&str],
+        stats: &[Arc<RouteStats>],
         found: &mut [Option<T>],
+        started: Instant,
     ) -> (Vec<usize>, Vec<Option<Lead>>) {
         let since = self.since();
         let (mut missing, mut leads) = (Vec::new(), Vec::new());
@@ -291,7 +350,7 @@ impl CacheHandle {
                 // Another call's value, born after every invalidation this batch must see.
                 Some(Err(entry)) => {
                     if let Some(value) = self.decode(&entry) {
-                        self.shared.typed.record(Outcome::Collapsed);
+                        stats[i].answered(Outcome::Collapsed, Some(started));
                         *slot = Some(value);
                         continue;
                     }
@@ -300,7 +359,7 @@ impl CacheHandle {
                 Some(Ok(lead)) => leads.push(Some(lead)),
                 None => leads.push(None),
             }
-            self.shared.typed.record(Outcome::Miss);
+            stats[i].record(Outcome::Miss);
             missing.push(i);
         }
         (missing, leads)
@@ -308,8 +367,12 @@ impl CacheHandle {
 
     /// Takes a typed call's turn with the coalescer: `Ok` with another call's value, or
     /// `Err` to compute it (leading the flight, if it may).
-    async fn take_turn<T: DeserializeOwned>(&self, key: &CacheKey) -> Result<T, Option<Lead>> {
-        let stats = &self.shared.typed;
+    async fn take_turn<T: DeserializeOwned>(
+        &self,
+        stats: &RouteStats,
+        key: &CacheKey,
+        started: Instant,
+    ) -> Result<T, Option<Lead>> {
         let ticket = Ticket {
             since: self.since(),
             wait: self.shared.collapse_timeout,
@@ -328,12 +391,12 @@ impl CacheHandle {
         {
             Turn::Lead(lead) => Err(Some(lead)),
             Turn::Found(value) => {
-                stats.record(Outcome::Hit);
+                stats.answered(Outcome::Hit, Some(started));
                 Ok(value)
             }
             Turn::Shared(entry) => match self.decode(&entry) {
                 Some(value) => {
-                    stats.record(Outcome::Collapsed);
+                    stats.answered(Outcome::Collapsed, Some(started));
                     Ok(value)
                 }
                 None => Err(None),
@@ -375,11 +438,17 @@ impl CacheHandle {
             .visible()
     }
 
-    /// Reads `key` from the store; its value if there is a usable one (counted as a hit).
-    async fn read_hit<T: DeserializeOwned>(&self, key: &CacheKey) -> Option<T> {
+    /// Reads `key` from the store; its value if there is a usable one (counted as a hit of
+    /// `stats`, with the time since `started`).
+    async fn read_hit<T: DeserializeOwned>(
+        &self,
+        stats: &RouteStats,
+        key: &CacheKey,
+        started: Instant,
+    ) -> Option<T> {
         let entry = self.read_entry(key).await?;
         let value = self.decode(&entry)?;
-        self.shared.typed.record(Outcome::Hit);
+        stats.answered(Outcome::Hit, Some(started));
         Some(value)
     }
 

@@ -171,6 +171,13 @@ impl Refills {
         }
     }
 
+    /// Zeroes what became of the replays (not what is remembered).
+    pub(crate) fn reset_counts(&self) {
+        for counter in [&self.done, &self.failed, &self.dropped] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Takes one replay from the rate's bucket.
     fn admit(&self) -> bool {
         let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());

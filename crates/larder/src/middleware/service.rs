@@ -11,6 +11,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Instant,
 };
 
 use bytes::Bytes;
@@ -106,6 +107,8 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // Response times count from here (see `RouteStats::took`).
+        let started = Instant::now();
         let (inner, handle) = (&mut self.inner, &self.handle);
         let Some((route, params)) = self.routes.find(req.uri(), req.extensions()) else {
             handle.shared.stats.unmatched();
@@ -118,7 +121,7 @@ where
                 let refill = (route.rule.refill && parts.method == http::Method::GET)
                     .then_some(&self.routes);
                 let request = (params, read, parts, body);
-                self::read(inner, handle, route, request, refill)
+                self::read(inner, handle, route, request, (refill, started))
             }
             Class::Bypass(reason) => {
                 route.stats.record(Outcome::Bypass);
@@ -141,7 +144,8 @@ where
                     used: StaleUse::Outage,
                 };
                 let (method, headers) = (&parts.method, &parts.headers);
-                let response = exchange::serve(shared, route, &entry, method, headers, status, now);
+                let at = (now, Some(started));
+                let response = exchange::serve(shared, route, &entry, method, headers, status, at);
                 ResponseFuture::ready(response)
             }
             Class::Write { scope } => {
@@ -191,7 +195,7 @@ fn read<S, ReqBody, B>(
     handle: &CacheHandle,
     route: &Arc<Route>,
     (params, read, parts, body): (Params, ReadRequest, Parts, ReqBody),
-    refill: Option<&Arc<RouteSet>>,
+    (refill, started): (Option<&Arc<RouteSet>>, Instant),
 ) -> ResponseFuture<S::Future, B, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<B>> + Clone + Send + 'static,
@@ -207,14 +211,14 @@ where
             fwd: Fwd::Request,
         };
         let now = shared.clock.now_ms();
-        let mut exchange = Exchange::new(handle, route, params, read, None);
+        let mut exchange = Exchange::new(handle, route, params, read, (None, Some(started)));
         exchange.refill = refill.map(|routes| Replayer::seed(inner, handle, routes));
         return exchange.answer(found, now, take(inner), parts, body);
     }
     let mut store_call = store::read_after(&*shared.store, &read.key, read.after);
     let Some(result) = store_call.try_ready() else {
         let looked_up = Some(tokio::time::Instant::now());
-        let exchange = Exchange::new(handle, route, params, read, looked_up);
+        let exchange = Exchange::new(handle, route, params, read, (looked_up, Some(started)));
         let refill = refill.map(Arc::clone);
         return read_later(exchange, store_call, take(inner), (parts, body), refill);
     };
@@ -238,19 +242,20 @@ where
                 &parts.method,
                 &parts.headers,
                 status,
-                now,
+                (now, Some(started)),
             );
             if refill.is_some() {
                 shared.refills.touch(read.key.digest());
             }
             if let Some(then) = exchange::after_hit(route, &entry, now) {
-                let exchange = Exchange::new(handle, route, params, read, None);
+                // Answered: what the hit sets off runs in the background, untimed.
+                let exchange = Exchange::new(handle, route, params, read, (None, None));
                 exchange.set_off(then, entry, take(inner), parts, body);
             }
             ResponseFuture::ready(response)
         }
         found => {
-            let mut exchange = Exchange::new(handle, route, params, read, None);
+            let mut exchange = Exchange::new(handle, route, params, read, (None, Some(started)));
             if let Some(routes) = refill {
                 exchange.refill = Some(Replayer::seed(inner, handle, routes));
             }

@@ -8,7 +8,7 @@
 //! also take the cross-instance fill lock, then asks the service and hands the response to the
 //! [fill](super::fill) phase.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header, request::Parts, response};
@@ -48,7 +48,8 @@ use crate::{
 type Reply<B, E> = Result<Response<CacheBody<B>>, E>;
 
 /// Answers a request (its `method` and `headers`) from `entry` at `now_ms`, with `status`,
-/// and counts it: the one way an entry is served (hits, stale, shared and re-read entries).
+/// and counts it, with its response time when the request `started` (a client's request):
+/// the one way an entry is served (hits, stale, shared and re-read entries).
 pub(crate) fn serve<B>(
     shared: &CacheState,
     route: &Route,
@@ -56,9 +57,9 @@ pub(crate) fn serve<B>(
     method: &Method,
     headers: &HeaderMap,
     status: CacheStatus,
-    now_ms: u64,
+    (now_ms, started): (u64, Option<Instant>),
 ) -> Response<CacheBody<B>> {
-    route.stats.record(status.outcome());
+    route.stats.answered(status.outcome(), started);
     respond::from_entry(entry, method, headers, now_ms, status, shared.x_cache)
 }
 
@@ -105,6 +106,9 @@ pub(crate) struct Exchange {
     pub(crate) looked_up: Option<tokio::time::Instant>,
     /// For a rule that refills after writes, how to send this request again (set on a miss).
     pub(crate) refill: Option<Arc<dyn refill::Replay>>,
+    /// When a client's request arrived at the layer (`None` for what runs in the background:
+    /// refreshes, what a hit sets off): its response time is counted.
+    pub(crate) started: Option<Instant>,
     /// See [`ReadRequest::credentialed`].
     pub(crate) credentialed: bool,
 }
@@ -117,7 +121,7 @@ impl Exchange {
         route: &Arc<Route>,
         params: Params,
         read: ReadRequest,
-        looked_up: Option<tokio::time::Instant>,
+        (looked_up, started): (Option<tokio::time::Instant>, Option<Instant>),
     ) -> Self {
         Exchange {
             handle: handle.clone(),
@@ -131,6 +135,7 @@ impl Exchange {
             after: read.after,
             looked_up,
             refill: None,
+            started,
             credentialed: read.credentialed,
         }
     }
@@ -158,7 +163,7 @@ impl Exchange {
                 // Decoded for this request alone (a network store's hit): moved, not copied.
                 let entry = match (then, Arc::try_unwrap(entry)) {
                     (None, Ok(owned)) => {
-                        self.route.stats.record(status.outcome());
+                        self.route.stats.answered(status.outcome(), self.started);
                         let (method, headers) = (&parts.method, &parts.headers);
                         let x_cache = self.handle.shared.x_cache;
                         return ResponseFuture::ready(respond::from_owned_entry(
@@ -201,7 +206,15 @@ impl Exchange {
         now_ms: u64,
     ) -> Response<CacheBody<B>> {
         let shared = &self.handle.shared;
-        serve(shared, &self.route, entry, method, headers, status, now_ms)
+        let at = (now_ms, self.started);
+        serve(shared, &self.route, entry, method, headers, status, at)
+    }
+
+    /// Counts the response time of a miss, once the service's response is at hand.
+    fn took_miss(&self) {
+        if let Some(started) = self.started {
+            self.route.stats.took(Outcome::Miss, started);
+        }
     }
 
     /// The store had nothing usable: follow a flight, or lead one (or ask alone).
@@ -220,7 +233,7 @@ impl Exchange {
     {
         let shared = &self.handle.shared;
         if self.directives.only_if_cached {
-            self.route.stats.record(Outcome::Miss);
+            self.route.stats.answered(Outcome::Miss, self.started);
             let status = CacheStatus::forward(fwd, Detail::Alone(Alone::OnlyIfCached));
             return Ok(respond::gateway_timeout(status, shared.x_cache));
         }
@@ -359,7 +372,7 @@ impl Exchange {
     }
 
     /// Serves a stale entry now and refreshes it in the background, once.
-    pub(crate) fn refresh<S, ReqBody, B>(self, inner: S, mut parts: Parts, body: ReqBody)
+    pub(crate) fn refresh<S, ReqBody, B>(mut self, inner: S, mut parts: Parts, body: ReqBody)
     where
         S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
         S::Future: Send + 'static,
@@ -376,6 +389,8 @@ impl Exchange {
             parts.method = Method::GET;
         }
         policy::strip_validators(&mut parts.headers);
+        // The client was answered: the refresh's call is not its response time.
+        self.started = None;
         tokio::spawn(async move {
             let req = Request::from_parts(parts, body);
             let refreshed = self.lead(Some(lead), None, inner, req, None, Fwd::Stale);
@@ -428,6 +443,7 @@ impl Exchange {
                 } else {
                     Incoming::Stream(body)
                 };
+                self.took_miss();
                 Ok(self.record(parts, body, asked, (lead, lock, refill), fwd))
             }
             failed => {
@@ -435,6 +451,7 @@ impl Exchange {
                 if let Some(entry) = &stale {
                     return Ok(self.serve_stale_if_error(entry, &asked.method, &asked.headers));
                 }
+                self.took_miss();
                 let status =
                     CacheStatus::forward(fwd, Detail::Uncacheable(Uncacheable::ServerError));
                 failed.map(|r| respond::passed_through(r, status, shared.x_cache))
@@ -552,7 +569,10 @@ impl Exchange {
             by,
             used: StaleUse::IfError,
         };
-        self.serve(entry, method, headers, status, now)
+        // Counted stale, timed as a miss: it waited for the service to fail.
+        self.took_miss();
+        let shared = &self.handle.shared;
+        serve(shared, &self.route, entry, method, headers, status, (now, None))
     }
 
     /// Forwards without storing (stale-if-error still applies).
@@ -578,6 +598,7 @@ impl Exchange {
                 return Ok(self.serve_stale_if_error(entry, &method, headers));
             }
         }
+        self.took_miss();
         Ok(respond::passed_through(
             result?,
             status,

@@ -7,6 +7,11 @@
 //! once, at its first request, and keeps the handles, and every metric is described when the
 //! first handle is built: install the recorder before building the handle. Store call latency is the histogram (registered at the first store call)
 //! `larder_store_seconds{store, op}` (network stores only; in-process calls are not timed).
+//!
+//! Response times are kept per route for hits and for misses ([`latency`]): in the snapshot as
+//! quantiles, and as the histogram `larder_response_seconds{route, served}`.
+
+mod latency;
 
 use std::{
     collections::BTreeMap,
@@ -14,7 +19,11 @@ use std::{
         Arc, OnceLock,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
+    time::Instant,
 };
+
+pub use latency::LatencySnapshot;
+use latency::{Counts, Latency};
 
 use dashmap::DashMap;
 use serde::Serialize;
@@ -40,6 +49,12 @@ impl Outcome {
         Outcome::Bypass,
         Outcome::Write,
     ];
+
+    /// Whether a response of this outcome waited for the service (its own call or another
+    /// request's): its time counts with the misses, else with the hits.
+    fn waited(self) -> bool {
+        matches!(self, Outcome::Miss | Outcome::Collapsed)
+    }
 
     fn as_str(self) -> &'static str {
         match self {
@@ -71,6 +86,12 @@ pub(crate) struct RouteStats {
     /// `larder_requests_total{route, outcome}` per outcome (in [`Outcome::ALL`]'s order),
     /// registered at the first request so the hit path does not build a metric key each time.
     outcomes: OnceLock<[metrics::Counter; 6]>,
+    /// Response times of responses answered from an entry (fresh or stale).
+    hit_latency: Latency,
+    /// Response times of responses that waited for the service (a miss, a shared call).
+    miss_latency: Latency,
+    /// `larder_response_seconds{route, served}`: hits, then misses.
+    latency_metrics: OnceLock<[metrics::Histogram; 2]>,
 }
 
 impl RouteStats {
@@ -90,6 +111,53 @@ impl RouteStats {
             })
         });
         counters[outcome as usize].increment(1);
+    }
+
+    /// Counts the time of a response of `outcome` to a request that arrived at `started`.
+    pub(crate) fn took(&self, outcome: Outcome, started: Instant) {
+        let took = started.elapsed();
+        let waited = outcome.waited();
+        let latency = if waited {
+            &self.miss_latency
+        } else {
+            &self.hit_latency
+        };
+        latency.record(took);
+        let histograms = self.latency_metrics.get_or_init(|| {
+            ["hit", "miss"].map(|served| {
+                metrics::histogram!("larder_response_seconds", "route" => Arc::clone(&self.name), "served" => served)
+            })
+        });
+        histograms[usize::from(waited)].record(took.as_secs_f64());
+    }
+
+    /// Counts a response of `outcome` and, for a client's request (`started`), its time.
+    pub(crate) fn answered(&self, outcome: Outcome, started: Option<Instant>) {
+        self.record(outcome);
+        if let Some(started) = started {
+            self.took(outcome, started);
+        }
+    }
+
+    /// Zeroes the counters and the response times (not what was sent to `metrics`).
+    fn reset(&self) {
+        for counter in [
+            &self.hits,
+            &self.stale,
+            &self.misses,
+            &self.collapsed,
+            &self.bypasses,
+            &self.writes,
+            &self.stored,
+            &self.errors,
+            &self.invalidations,
+            &self.audits,
+            &self.audit_mismatches,
+        ] {
+            counter.store(0, Relaxed);
+        }
+        self.hit_latency.reset();
+        self.miss_latency.reset();
     }
 
     pub(crate) fn stored(&self) {
@@ -134,6 +202,8 @@ impl RouteStats {
             audits: self.audits.load(Relaxed),
             audit_mismatches: self.audit_mismatches.load(Relaxed),
             hit_rate: 0.0,
+            hit_latency: self.hit_latency.snapshot(),
+            miss_latency: self.miss_latency.snapshot(),
         };
         s.hit_rate = s.rate();
         s
@@ -163,6 +233,14 @@ impl Stats {
             .clone()
     }
 
+    /// The counters of a typed call's category, created on first use.
+    pub(crate) fn category(&self, name: &Arc<str>) -> Arc<RouteStats> {
+        match self.routes.get(&**name) {
+            Some(stats) => Arc::clone(&stats),
+            None => self.route(name),
+        }
+    }
+
     /// Counts a request that no rule of its layer covered.
     pub(crate) fn unmatched(&self) {
         self.unmatched.fetch_add(1, Relaxed);
@@ -171,13 +249,30 @@ impl Stats {
             .increment(1);
     }
 
+    /// Zeroes every route's counters and response times and the unmatched count.
+    pub(crate) fn reset(&self) {
+        for route in self.routes.iter() {
+            route.value().reset();
+        }
+        self.unmatched.store(0, Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
+        let (mut hits, mut misses) = (Counts::default(), Counts::default());
         let routes: BTreeMap<String, RouteSnapshot> = self
             .routes
             .iter()
-            .map(|r| (r.key().to_string(), r.value().snapshot()))
+            .map(|r| {
+                r.value().hit_latency.add_to(&mut hits);
+                r.value().miss_latency.add_to(&mut misses);
+                (r.key().to_string(), r.value().snapshot())
+            })
             .collect();
-        let mut total = RouteSnapshot::default();
+        let mut total = RouteSnapshot {
+            hit_latency: hits.snapshot(),
+            miss_latency: misses.snapshot(),
+            ..RouteSnapshot::default()
+        };
         for r in routes.values() {
             total.hits += r.hits;
             total.stale += r.stale;
@@ -209,8 +304,9 @@ impl Stats {
 pub struct StatsSnapshot {
     /// All routes together.
     pub total: RouteSnapshot,
-    /// Per route, by rule name. Calls from code count under `typed`: typed cache-aside
-    /// values, and the invalidations made with the handle (`invalidate_tags`, admin routes).
+    /// Per route, by rule name. Typed cache-aside calls count under their options'
+    /// [`category`](crate::EntryOptions::category) (`typed` when they name none), and so do
+    /// the invalidations made with the handle (`invalidate_tags`, admin routes) under `typed`.
     pub routes: BTreeMap<String, RouteSnapshot>,
     /// Requests through a layer that no rule covered (`Cache-Status: ...; detail=no-rule`):
     /// a route left out of a [`Rules`](crate::Rules) by mistake shows here.
@@ -271,6 +367,11 @@ pub(crate) fn describe() {
         describe_counter!(
             "larder_tiered_reads_total",
             "Tiered store reads by where they were answered: l1 (this process) or l2 (Redis)."
+        );
+        describe_histogram!(
+            "larder_response_seconds",
+            Unit::Seconds,
+            "Response times by rule (route) and how they were served: hit (from an entry, fresh or stale) or miss (waited for the service); to the response's head."
         );
         describe_histogram!(
             "larder_store_seconds",
@@ -354,6 +455,12 @@ pub struct RouteSnapshot {
     pub audit_mismatches: u64,
     /// `(hits + stale) / (hits + stale + misses + collapsed)`, or 0 before any lookup.
     pub hit_rate: f64,
+    /// Response times of hits and stale responses (answered from an entry): from the
+    /// request's arrival at the layer to the response's head; for a typed call, its length.
+    pub hit_latency: LatencySnapshot,
+    /// Response times of misses and of requests that shared another's call (they waited for
+    /// the service). A refill's call counts here too, as it counts as a miss.
+    pub miss_latency: LatencySnapshot,
 }
 
 impl RouteSnapshot {
