@@ -88,10 +88,19 @@ async fn hits_and_misses_are_timed_apart(cache: CacheHandle) {
     let miss = &items.miss_latency;
     // A quantile is its bucket's midpoint: within 12.5% of the time it stands for.
     assert!(miss.p50_ms >= origin_ms * 0.875, "{miss:?}");
-    assert!(miss.average_ms >= origin_ms && miss.max_ms >= origin_ms, "{miss:?}");
+    assert!(
+        miss.average_ms >= origin_ms && miss.max_ms >= origin_ms,
+        "{miss:?}"
+    );
     let hit = &items.hit_latency;
-    assert!(hit.max_ms < origin_ms, "a hit never waits for the origin: {hit:?}");
-    assert!(hit.p50_ms <= hit.p95_ms && hit.p95_ms <= hit.max_ms, "{hit:?}");
+    assert!(
+        hit.max_ms < origin_ms,
+        "a hit never waits for the origin: {hit:?}"
+    );
+    assert!(
+        hit.p50_ms <= hit.p95_ms && hit.p95_ms <= hit.max_ms,
+        "{hit:?}"
+    );
     // The total is every route's times together.
     assert_eq!(stats.total.miss_latency.count, 3);
     assert_eq!(stats.total.hit_latency.count, 6);
@@ -100,7 +109,11 @@ async fn hits_and_misses_are_timed_apart(cache: CacheHandle) {
     cache.reset_stats();
     let stats = cache.stats();
     let items = &stats.routes["items"];
-    assert_eq!((items.misses, items.hits, items.stored), (0, 0, 0), "{items:?}");
+    assert_eq!(
+        (items.misses, items.hits, items.stored),
+        (0, 0, 0),
+        "{items:?}"
+    );
     assert_eq!(items.hit_latency, Default::default());
     assert_eq!(stats.total.miss_latency, Default::default());
     // What the store holds is not touched: the next read is still a hit, counted afresh.
@@ -147,7 +160,11 @@ async fn a_background_refresh_is_not_a_clients_response_time() {
         tokio::time::sleep(Duration::from_millis(10)).await;
         tries += 1;
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "the refresh called the origin");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the refresh called the origin"
+    );
     let items = &cache.stats().routes["items"];
     // A refresh is not counted as a miss either.
     assert_eq!((items.misses, items.stale), (1, 1), "{items:?}");

@@ -210,9 +210,11 @@ pub async fn delete_session(
 ) -> Result<Response, ApiError> {
     queries::delete_session(&app.db, user.0, sid).await?;
     // The route's rule invalidates `sessions:` and `search:` (shared with PUT); deleting
-    // also changes the counts, so `stats:` goes too, before the response is sent.
+    // also changes the counts, so `stats:` goes too, and the thread's context and replies
+    // (`thread:`), before the response is sent.
     if let Some(cache) = &app.cache {
-        if let Err(e) = cache.invalidate_tags([format!("stats:{}", user.0)]).await {
+        let tags = [format!("stats:{}", user.0), format!("thread:{sid}")];
+        if let Err(e) = cache.invalidate_tags(tags).await {
             tracing::warn!(error = %e, "could not invalidate chat stats now; the cache replays it");
         }
     }
@@ -241,6 +243,18 @@ pub async fn post_message(
     }
     let exchange = queries::post_message(&app.db, user.0, sid, content).await?;
     Ok((StatusCode::CREATED, Json(exchange)).into_response())
+}
+
+/// `DELETE /api/chat/sessions/{sid}/messages/{mid}`: 204; 404 unless the message is in that
+/// session of the caller's. Its rule invalidates the user's chat stats, search and session
+/// pages, and the thread (`thread:{sid}`: its context and the assistant's replies in it).
+pub async fn delete_message(
+    State(app): State<Dashboard>,
+    Extension(user): Extension<UserId>,
+    Path((sid, mid)): Path<(i64, i64)>,
+) -> Result<Response, ApiError> {
+    queries::delete_message(&app.db, user.0, sid, mid).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `GET /api/dashboard`: profile, connectors, the five metric categories, chat stats and
@@ -282,23 +296,37 @@ pub async fn dashboard(
 }
 
 /// Reads `user`'s nine dashboard parts through the cache in one batch and loads the missing
-/// ones from the database. Returns the parts and how many were loaded.
+/// ones from the database (and those whose caching is configured off, every time). Returns
+/// the parts and how many were loaded.
 pub(crate) async fn read_dashboard(
     app: &Dashboard,
     cache: &larder::CacheHandle,
     user: i64,
 ) -> Result<(Vec<Value>, usize), ApiError> {
-    let parts = dashboard_parts(user);
-    let items: Vec<(&str, &larder::EntryOptions)> =
-        parts.iter().map(|(k, o)| (k.as_str(), o)).collect();
+    let parts = dashboard_parts(user, &app.ttls);
+    let (cached, uncached): (Vec<usize>, Vec<usize>) =
+        (0..parts.len()).partition(|&i| parts[i].1.is_some());
+    let items: Vec<(&str, &larder::EntryOptions)> = cached
+        .iter()
+        .filter_map(|&i| Some((parts[i].0.as_str(), parts[i].1.as_ref()?)))
+        .collect();
     let mut missed = 0;
-    let values = cache
-        .get_many_or_insert_with(&items, |missing| {
+    let (from_cache, direct) = futures_util::future::try_join(
+        cache.get_many_or_insert_with(&items, |missing| {
             missed = missing.len();
-            load_parts(app, user, missing)
-        })
-        .await?;
-    Ok((values, missed))
+            load_parts(app, user, missing.iter().map(|&m| cached[m]).collect())
+        }),
+        load_parts(app, user, uncached.clone()),
+    )
+    .await?;
+    let mut values = vec![Value::Null; parts.len()];
+    for (i, v) in cached.into_iter().zip(from_cache) {
+        values[i] = v;
+    }
+    for (i, v) in uncached.iter().zip(direct) {
+        values[*i] = v;
+    }
+    Ok((values, missed + uncached.len()))
 }
 
 /// Profile, connectors, five metric categories, stats, sessions page 1.

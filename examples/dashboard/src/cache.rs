@@ -9,7 +9,7 @@ use larder::{
     store::{RedisStore, TieredStore},
 };
 
-use crate::auth::UserId;
+use crate::{auth::UserId, ttls::RouteTtls};
 
 /// Which store the cache uses (`--store`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -25,14 +25,6 @@ pub enum StoreKind {
     Tiered,
 }
 
-/// One minute: announcements.
-pub const ONE_MINUTE: Duration = Duration::from_secs(60);
-/// Five minutes: profile, connectors, search and session pages.
-pub const FIVE_MINUTES: Duration = Duration::from_secs(5 * 60);
-/// Ten minutes: chat statistics.
-pub const TEN_MINUTES: Duration = Duration::from_secs(10 * 60);
-/// Fifteen minutes: business metrics.
-pub const FIFTEEN_MINUTES: Duration = Duration::from_secs(15 * 60);
 /// The default page size of `/api/chat/sessions`.
 pub const DEFAULT_PER_PAGE: i64 = 10;
 
@@ -87,38 +79,70 @@ impl std::fmt::Display for RedisNodes {
 const REFILLS_PER_SECOND: u32 = 100;
 const REFILLS_AT_ONCE: usize = 4;
 
+/// How the cache is tuned: what `--namespace`, `--cache-memory-mb`, `--journal`,
+/// `--fill-lock-ms` and `--l1-ttl-secs` say.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Key namespace in the store.
+    pub namespace: String,
+    /// Memory of the in-process store, or of the tiered store's L1.
+    pub memory_bytes: u64,
+    /// Where invalidations Redis could not take are kept across restarts.
+    pub journal: Option<std::path::PathBuf>,
+    /// How long an instance waits for another's fill (a lock in the store), if at all.
+    pub fill_lock: Option<Duration>,
+    /// The longest an L1 copy lives on the tiered store.
+    pub l1_ttl: Duration,
+}
+
+impl Tuning {
+    /// The tuning `config` asks for.
+    pub fn of(config: &crate::Config) -> Tuning {
+        Tuning {
+            namespace: config.namespace.clone(),
+            memory_bytes: config.cache_memory_mb << 20,
+            journal: config.journal.clone(),
+            fill_lock: config.fill_lock_ms.map(Duration::from_millis),
+            l1_ttl: Duration::from_secs(config.l1_ttl_secs.max(1)),
+        }
+    }
+}
+
 /// Builds the cache handle for `kind` (`None` for [`StoreKind::None`]); `redis` is used by
-/// the `redis` and `tiered` stores only.
+/// the `redis` and `tiered` stores only, and so are the journal and the fill lock.
 pub async fn handle(
     kind: StoreKind,
     redis: &RedisNodes,
-    namespace: &str,
-    memory_bytes: u64,
-    journal: Option<&std::path::Path>,
+    tuning: &Tuning,
 ) -> anyhow::Result<Option<CacheHandle>> {
+    let namespace = tuning.namespace.as_str();
     let builder = match kind {
         StoreKind::None => return Ok(None),
-        StoreKind::Memory => CacheHandle::builder(MemoryStore::new(memory_bytes)),
+        StoreKind::Memory => CacheHandle::builder(MemoryStore::new(tuning.memory_bytes)),
         StoreKind::Redis => CacheHandle::builder(redis_store(redis, namespace).await?),
         StoreKind::Tiered => CacheHandle::builder(
             TieredStore::builder(redis_store(redis, namespace).await?)
-                .l1_capacity(memory_bytes)
+                .l1_capacity(tuning.memory_bytes)
+                .l1_max_ttl(tuning.l1_ttl)
                 .build(),
         ),
     };
     // Refills share the database pool with clients: at most 4 at once, so a write that
     // invalidates a user's five pages never holds more than 4 connections for them.
-    let builder = builder
+    let mut builder = builder
         .namespace(namespace)
         .x_cache()
         .refill_limits(REFILLS_PER_SECOND, REFILLS_AT_ONCE);
-    let builder = match journal {
-        Some(path) if kind != StoreKind::Memory => builder.journal(path),
-        _ => builder,
-    };
+    let shared_store = kind != StoreKind::Memory;
+    if let (Some(path), true) = (&tuning.journal, shared_store) {
+        builder = builder.journal(path);
+    }
+    if let (Some(wait), true) = (tuning.fill_lock, shared_store) {
+        builder = builder.distributed_lock(wait);
+    }
     let handle = builder
         .try_build()
-        .with_context(|| format!("open the invalidation journal {journal:?}"))?;
+        .with_context(|| format!("open the invalidation journal {:?}", tuning.journal))?;
     Ok(Some(handle))
 }
 
@@ -134,12 +158,28 @@ async fn redis_store(nodes: &RedisNodes, namespace: &str) -> anyhow::Result<Redi
         .with_context(|| format!("connect to {nodes}"))
 }
 
+/// A rule named `name` with its configured TTL (see [`RouteTtls`]); a route whose caching is
+/// configured off sends every read to the service (`detail=bypass-if`) and still invalidates.
+fn configured(name: &str, ttls: &RouteTtls) -> Rule {
+    let rule = Rule::new(name.to_owned());
+    match ttls.get(name) {
+        Some(ttl) => rule.ttl(ttl),
+        None => rule.bypass_if(|_| true),
+    }
+}
+
+/// How long a stale announcement may still be answered while it is refreshed in the
+/// background (`stale-while-revalidate`).
+pub const ANNOUNCEMENTS_SWR: Duration = Duration::from_secs(30);
+
 /// The rule of `GET /api/announcements`: one entry for every caller, anonymous or signed
 /// in (`Rule::shared`: requests with `Authorization` or `Cookie` share it too), 1 minute,
-/// tagged `announcements` (an operator invalidates it with `POST /_cache/invalidate`).
-pub fn announcements_rule() -> Rule {
-    Rule::new("announcements")
-        .ttl(ONE_MINUTE)
+/// tagged `announcements` (an operator invalidates it with `POST /_cache/invalidate`). The
+/// hottest route (every page shows it): once expired, it is answered stale for up to 30 s
+/// while one request refreshes it, so no reader waits for the database.
+pub fn announcements_rule(ttls: &RouteTtls) -> Rule {
+    configured("announcements", ttls)
+        .stale_while_revalidate(ANNOUNCEMENTS_SWR)
         .shared()
         .tag("announcements")
 }
@@ -147,15 +187,12 @@ pub fn announcements_rule() -> Rule {
 /// The rules of every cached or invalidating route under `/api`; with `audit`, that fraction
 /// of each cached route's hits is audited against the database; with `refill`, a write
 /// refills the entries of its user that it invalidated.
-pub fn rules(audit: Option<f64>, refill: bool) -> Rules {
+pub fn rules(audit: Option<f64>, refill: bool, ttls: &RouteTtls) -> Rules {
     let user = || UserScope::extension::<UserId>();
     // Every cached route is per user: a write refills what its user read, so their next
     // dashboard load is all hits.
-    let cached = |name: &str, ttl: Duration, tag: &str| {
-        let rule = Rule::new(name.to_owned())
-            .ttl(ttl)
-            .user_scope(user())
-            .tag(tag);
+    let cached = |name: &str, tag: &str| {
+        let rule = configured(name, ttls).user_scope(user()).tag(tag);
         let rule = if refill {
             rule.refill_after_write()
         } else {
@@ -172,13 +209,10 @@ pub fn rules(audit: Option<f64>, refill: bool) -> Rules {
             .invalidates(tags)
     };
     Rules::new()
-        .route(
-            "/api/user/me",
-            cached("user_me", FIVE_MINUTES, "user:{user}"),
-        )
+        .route("/api/user/me", cached("user_me", "user:{user}"))
         .route(
             "/api/connectors/status",
-            cached("connectors_status", FIVE_MINUTES, "connectors:{user}"),
+            cached("connectors_status", "connectors:{user}"),
         )
         .route(
             "/api/connectors/reset",
@@ -190,19 +224,15 @@ pub fn rules(audit: Option<f64>, refill: bool) -> Rules {
         )
         .route(
             "/api/metrics/{category}",
-            cached("metrics", FIFTEEN_MINUTES, "metrics:{user}"),
+            // Read five times by every dashboard load: refreshed early (XFetch) by one
+            // request shortly before it expires, so a hot entry never expires under load.
+            cached("metrics", "metrics:{user}").early_refresh(),
         )
-        .route(
-            "/api/chat/stats",
-            cached("chat_stats", TEN_MINUTES, "stats:{user}"),
-        )
-        .route(
-            "/api/chat/search",
-            cached("chat_search", FIVE_MINUTES, "search:{user}"),
-        )
+        .route("/api/chat/stats", cached("chat_stats", "stats:{user}"))
+        .route("/api/chat/search", cached("chat_search", "search:{user}"))
         .route(
             "/api/chat/sessions",
-            cached("chat_sessions", FIVE_MINUTES, "sessions:{user}")
+            cached("chat_sessions", "sessions:{user}")
                 .paginate(
                     Pagination::new("page")
                         .per_page("per_page")
@@ -228,39 +258,92 @@ pub fn rules(audit: Option<f64>, refill: bool) -> Rules {
                     "search:{user}",
                     "user:{user}",
                     "sessions:{user}",
+                    // The thread's context changed: its cached context and replies go.
+                    "thread:{sid}",
                 ],
             ),
         )
+        .route(
+            "/api/chat/sessions/{sid}/messages/{mid}",
+            // DELETE: the counts and the search change, the session's message count too
+            // (its list pages), and the thread's context.
+            writes(
+                "message_delete",
+                &[
+                    "stats:{user}",
+                    "search:{user}",
+                    "sessions:{user}",
+                    "thread:{sid}",
+                ],
+            ),
+        )
+        .route(
+            "/api/connectors/{provider}/sync",
+            // Starting a sync shows it running; the job invalidates again when it is done.
+            writes("connectors_write", &["connectors:{user}"]),
+        )
+        .route(
+            "/api/assistants/{aid}/threads/{sid}/reply",
+            reply_rule(ttls),
+        )
+}
+
+/// The rule of `POST /api/assistants/{aid}/threads/{sid}/reply`: the `POST` is a read, keyed
+/// by user, path and a hash of its body (`cache_posts_by_body`; the router puts the layer's
+/// `body_key_layer()` in front of it), the seed's `message:{threadId}:{contentHash}`. 24 hours,
+/// tagged `assistant:{aid}` and `thread:{sid}`. Never audited nor refilled: each would be
+/// another (paid) model call.
+pub fn reply_rule(ttls: &RouteTtls) -> Rule {
+    configured("ai_reply", ttls)
+        .user_scope(UserScope::extension::<UserId>())
+        .tags(["assistant:{aid}", "thread:{sid}"])
+        .cache_posts_by_body()
 }
 
 /// The parts of `/api/dashboard`, read through the typed API in one batch: each is stored
 /// under its own key with the TTL and tag of the route that serves the same data, so the
-/// same writes invalidate them.
-pub fn dashboard_parts(user: i64) -> Vec<(String, EntryOptions)> {
-    let opts = |ttl: Duration, tag: String| EntryOptions::new(ttl).tag(tag);
+/// same writes invalidate them, and counted under its own category (`dashboard.metrics`...).
+/// A part whose route's caching is configured off has no options: it is read from the
+/// database every time.
+pub fn dashboard_parts(user: i64, ttls: &RouteTtls) -> Vec<(String, Option<EntryOptions>)> {
+    let opts = |route: &str, category: &str, tag: String| {
+        ttls.get(route).map(|ttl| {
+            EntryOptions::new(ttl)
+                .tag(tag)
+                .category(category.to_owned())
+        })
+    };
     let mut parts = vec![
         (
             format!("dashboard:{user}:profile"),
-            opts(FIVE_MINUTES, format!("user:{user}")),
+            opts("user_me", "dashboard.profile", format!("user:{user}")),
         ),
         (
             format!("dashboard:{user}:connectors"),
-            opts(FIVE_MINUTES, format!("connectors:{user}")),
+            opts(
+                "connectors_status",
+                "dashboard.connectors",
+                format!("connectors:{user}"),
+            ),
         ),
     ];
     for category in crate::seed::CATEGORIES {
         parts.push((
             format!("dashboard:{user}:metrics:{category}"),
-            opts(FIFTEEN_MINUTES, format!("metrics:{user}")),
+            opts("metrics", "dashboard.metrics", format!("metrics:{user}")),
         ));
     }
     parts.push((
         format!("dashboard:{user}:stats"),
-        opts(TEN_MINUTES, format!("stats:{user}")),
+        opts("chat_stats", "dashboard.stats", format!("stats:{user}")),
     ));
     parts.push((
         format!("dashboard:{user}:sessions:1"),
-        opts(FIVE_MINUTES, format!("sessions:{user}")),
+        opts(
+            "chat_sessions",
+            "dashboard.sessions",
+            format!("sessions:{user}"),
+        ),
     ));
     parts
 }

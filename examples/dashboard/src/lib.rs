@@ -6,19 +6,27 @@
 //! The HTTP contract is in the README next to this crate.
 
 pub mod api;
+pub mod assistant;
 pub mod auth;
 pub mod cache;
 pub mod db;
 pub mod error;
+pub mod model;
 pub mod ops;
 pub mod queries;
 pub mod seed;
+pub mod sync;
+pub mod ttls;
+pub mod warmup;
 
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    Router, middleware,
-    routing::{get, post, put},
+    Json, Router,
+    extract::State,
+    http::HeaderMap,
+    middleware,
+    routing::{delete, get, post, put},
 };
 use larder::CacheHandle;
 
@@ -63,6 +71,10 @@ pub struct Config {
     /// Most database connections held at once.
     #[arg(long, env = "DB_POOL", default_value_t = 10)]
     pub db_pool: u32,
+    /// How long the model stand-in takes to stream a reply (`POST
+    /// /api/assistants/{aid}/threads/{sid}/reply`), in milliseconds, in 8 chunks.
+    #[arg(long, env = "MODEL_LATENCY_MS", default_value_t = 400)]
+    pub model_latency_ms: u64,
     /// Token for the admin routes (`POST /_cache/invalidate`, `POST /_cache/warmup`,
     /// `POST /_origin/stats/reset`); they are off when it is unset.
     #[arg(long, env = "LARDER_ADMIN_TOKEN", hide_env_values = true)]
@@ -87,6 +99,30 @@ pub struct Config {
     /// this process; `--store redis` and `tiered` only. Each instance needs its own.
     #[arg(long, env = "LARDER_JOURNAL")]
     pub journal: Option<std::path::PathBuf>,
+    /// Across instances, one fills a missing entry while the others wait for it, at most
+    /// this many milliseconds (`CacheHandleBuilder::distributed_lock`: a lock in Redis);
+    /// `--store redis` and `tiered` only. Off by default: each instance fills its own misses.
+    #[arg(long, env = "LARDER_FILL_LOCK_MS")]
+    pub fill_lock_ms: Option<u64>,
+    /// The tiered store's L1 keeps a copy at most this many seconds, however long the
+    /// entry's TTL (`TieredStoreBuilder::l1_max_ttl`; seed 000 used 5 minutes).
+    #[arg(long, env = "LARDER_L1_TTL_SECS", default_value_t = 300)]
+    pub l1_ttl_secs: u64,
+    /// Change a cached route's TTL or switch its caching off, by its rule's name:
+    /// `metrics=10m`, `chat_search=off` (comma-separated, or the flag repeated). The names and
+    /// defaults: user_me 5m, connectors_status 5m, metrics 15m, chat_stats 10m, chat_search
+    /// 5m, chat_sessions 5m, announcements 1m, assistant 30m, schema 1h, thread_context 2h,
+    /// ai_reply 1d.
+    #[arg(long, env = "LARDER_ROUTE_TTL", value_delimiter = ',')]
+    pub route_ttl: Vec<String>,
+    /// Users whose pages to warm at start-up, through the routes (`1-50,77`; seed 003's
+    /// `CACHE_WARMUP`): after the listener is up, in the background.
+    #[arg(long, env = "CACHE_WARMUP")]
+    pub warmup: Option<String>,
+    /// How long a connector's data sync runs (`POST /api/connectors/{provider}/sync`), in
+    /// milliseconds.
+    #[arg(long, env = "SYNC_MS", default_value_t = 2000)]
+    pub sync_ms: u64,
 }
 
 impl Config {
@@ -100,12 +136,18 @@ impl Config {
             database_url: None,
             db_latency_ms: 200,
             db_pool: 10,
+            model_latency_ms: 400,
             admin_token: None,
             namespace: "dashboard".into(),
             cache_memory_mb: 256,
             audit_rate: None,
             refill: true,
             journal: None,
+            fill_lock_ms: None,
+            l1_ttl_secs: 300,
+            route_ttl: Vec::new(),
+            warmup: None,
+            sync_ms: 2000,
         }
     }
 
@@ -134,6 +176,12 @@ pub struct Dashboard {
     pub audit_rate: Option<f64>,
     /// Whether writes refill what they invalidated (`--refill`).
     pub refill: bool,
+    /// The model stand-in behind the assistant's replies, and its call count.
+    pub model: Arc<model::Model>,
+    /// Every cached route's TTL, or off (`--route-ttl`).
+    pub ttls: Arc<ttls::RouteTtls>,
+    /// The connectors' data syncs running in the background.
+    pub syncs: sync::Syncs,
 }
 
 /// Opens the database (creating the schema and seed data if it is empty), reads the API
@@ -141,6 +189,11 @@ pub struct Dashboard {
 pub async fn connect(config: &Config) -> anyhow::Result<Dashboard> {
     // Before the cache is built: its counters and their descriptions go to this recorder.
     ops::prometheus_recorder();
+    // Wrong settings are reported before the database is opened and seeded.
+    let ttls = Arc::new(ttls::RouteTtls::parse(&config.route_ttl)?);
+    if let Some(list) = &config.warmup {
+        warmup::parse_users(list).map_err(|e| anyhow::anyhow!("--warmup: {e}"))?;
+    }
     // A wrong `--redis-url` is reported before the database is opened and seeded (and only
     // when a store uses it).
     let redis = match config.store {
@@ -155,14 +208,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Dashboard> {
     .await?;
     seed::prepare(&db).await?;
     let keys = Arc::new(queries::api_keys(&db).await?);
-    let cache = cache::handle(
-        config.store,
-        &redis,
-        &config.namespace,
-        config.cache_memory_mb << 20,
-        config.journal.as_deref(),
-    )
-    .await?;
+    let cache = cache::handle(config.store, &redis, &cache::Tuning::of(config)).await?;
     Ok(Dashboard {
         db,
         cache,
@@ -175,6 +221,11 @@ pub async fn connect(config: &Config) -> anyhow::Result<Dashboard> {
             .map(Arc::from),
         audit_rate: config.audit_rate,
         refill: config.refill,
+        model: Arc::new(model::Model::new(Duration::from_millis(
+            config.model_latency_ms,
+        ))),
+        ttls,
+        syncs: sync::Syncs::new(Duration::from_millis(config.sync_ms)),
     })
 }
 
@@ -189,6 +240,7 @@ pub fn app(dashboard: Dashboard) -> Router {
             "/api/connectors/{provider}",
             post(api::connect).delete(api::disconnect),
         )
+        .route("/api/connectors/{provider}/sync", post(sync::start))
         .route("/api/metrics/{category}", get(api::metrics))
         .route("/api/chat/stats", get(api::chat_stats))
         .route("/api/chat/search", get(api::search))
@@ -200,29 +252,61 @@ pub fn app(dashboard: Dashboard) -> Router {
             "/api/chat/sessions/{sid}",
             put(api::rename_session).delete(api::delete_session),
         )
-        .route("/api/chat/sessions/{sid}/messages", post(api::post_message));
+        .route("/api/chat/sessions/{sid}/messages", post(api::post_message))
+        .route(
+            "/api/chat/sessions/{sid}/messages/{mid}",
+            delete(api::delete_message),
+        )
+        .route(
+            "/api/assistants/{aid}/threads/{sid}/reply",
+            post(assistant::reply),
+        );
     if let Some(cache) = &dashboard.cache {
-        api = api.layer(cache.layer_with(cache::rules(dashboard.audit_rate, dashboard.refill)));
+        let rules = cache::rules(dashboard.audit_rate, dashboard.refill, &dashboard.ttls);
+        let layer = cache.layer_with(rules);
+        // The body key layer goes in front of the cache: it reads and hashes the bodies of
+        // the POSTs cached by body (the assistant's replies), and no others.
+        let body_key = layer.body_key_layer();
+        api = api.layer(layer).layer(body_key);
     }
-    // The dashboard reads through the typed API itself; the bearer check runs before all.
-    let api =
-        api.route("/api/dashboard", get(api::dashboard))
-            .layer(middleware::from_fn_with_state(
-                Arc::clone(&dashboard.keys),
-                auth::require_user,
-            ));
+    // The dashboard and the assistant's data read through the typed API themselves; the
+    // bearer check runs before all.
+    let api = api
+        .route("/api/dashboard", get(api::dashboard))
+        .route("/api/assistants/{aid}", get(assistant::assistant))
+        .route("/api/assistants/{aid}/schema", get(assistant::schema))
+        .route(
+            "/api/assistants/{aid}/threads/{sid}",
+            get(assistant::thread),
+        )
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&dashboard.keys),
+            auth::require_user,
+        ));
     // Public: no key needed, one cached entry for every caller.
     let mut public = Router::new().route("/api/announcements", get(api::announcements));
     if let Some(cache) = &dashboard.cache {
-        public = public.layer(cache.layer(cache::announcements_rule()));
+        public = public.layer(cache.layer(cache::announcements_rule(&dashboard.ttls)));
     }
+    let clients = api.merge(public);
+    // A warm-up sends its requests through what clients reach: authentication, the cache
+    // layer and the handlers (never through the operations routes).
+    let warm_through: Router = clients
+        .clone()
+        .layer(middleware::map_response(error::json_errors))
+        .with_state(dashboard.clone());
+    let warm = move |State(app): State<Dashboard>,
+                     headers: HeaderMap,
+                     body: Option<Json<warmup::WarmupBody>>| {
+        warmup::handle(app, warm_through.clone(), headers, body)
+    };
     Router::new()
-        .merge(api)
-        .merge(public)
+        .merge(clients)
         .route("/_cache/health", get(ops::health))
         .route("/_cache/stats", get(ops::stats))
+        .route("/_cache/stats/reset", post(ops::reset_stats))
         .route("/_cache/invalidate", post(ops::invalidate))
-        .route("/_cache/warmup", post(ops::warmup))
+        .route("/_cache/warmup", post(warm))
         .route("/metrics", get(ops::prometheus))
         .route("/_origin/stats", get(ops::origin_stats))
         .route("/_origin/stats/reset", post(ops::reset_origin_stats))

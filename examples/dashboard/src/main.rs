@@ -5,7 +5,7 @@ use std::io::Write as _;
 
 use anyhow::Context;
 use clap::Parser;
-use example_dashboard::{Config, app, connect};
+use example_dashboard::{Config, app, connect, warmup};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -36,7 +36,20 @@ async fn main() -> anyhow::Result<()> {
         admin = dashboard.admin_token.is_some(),
         "dashboard ready"
     );
-    axum::serve(listener, app(dashboard))
+    let router = app(dashboard.clone());
+    if let Some(list) = &config.warmup {
+        // Checked by `connect`. Warmed with the `Host` a client of this address sends.
+        let users = warmup::parse_users(list).map_err(anyhow::Error::msg)?;
+        let host = axum::http::HeaderValue::from_str(&addr.to_string())?;
+        let service = router.clone();
+        tokio::spawn(async move {
+            match warmup::run(&dashboard, service, &users, &[], Some(&host)).await {
+                Ok(report) => tracing::info!(%report, "start-up warm-up done"),
+                Err(e) => tracing::warn!(error = %e, "start-up warm-up failed"),
+            }
+        });
+    }
+    axum::serve(listener, router)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -9,11 +9,11 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::{Dashboard, api::read_dashboard, auth, error::ApiError, seed::USERS};
+use crate::{Dashboard, auth, error::ApiError};
 
 /// `GET /_cache/health`: 200 while the cache uses its store, 503 while it bypasses it
 /// (the service still answers; only the cache is degraded).
@@ -33,13 +33,35 @@ pub async fn health(State(app): State<Dashboard>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// `GET /_cache/stats`: hits, misses, stale, bypasses, writes, errors and hit rate per route,
-/// requests no rule covered, and what the store holds here (entries and bytes; on the tiered
-/// store, L1 and L2 reads), whether it is used and the invalidations waiting for it.
+/// `GET /_cache/stats`: per route (rule) and per typed category, hits, misses, stale,
+/// bypasses, writes, errors, hit rate and response times of hits and of misses (count,
+/// average, p50, p95, p99, max in ms); requests no rule covered; what the store holds here
+/// (entries and bytes; on the tiered store, L1 and L2 reads), whether it is used and the
+/// invalidations waiting for it; and every route's configured TTL (`null`: off).
 pub async fn stats(State(app): State<Dashboard>) -> Response {
     let stats = app.cache.as_ref().map(|c| c.stats());
-    Json(json!({ "store": app.store, "stats": stats })).into_response()
+    Json(json!({ "store": app.store, "stats": stats, "ttls": app.ttls.to_json() })).into_response()
 }
+
+/// `POST /_cache/stats/reset` (admin): starts the cache's statistics again from nothing
+/// (counters and response times; not the entries, nor the Prometheus counters, which only
+/// grow), e.g. after a warm-up.
+pub async fn reset_stats(State(app): State<Dashboard>, headers: HeaderMap) -> Response {
+    if let Err(denied) = admin(&app, &headers) {
+        return denied.into_response();
+    }
+    let Some(cache) = &app.cache else {
+        return Json(json!({ "reset": false, "reason": "no cache (--store none)" }))
+            .into_response();
+    };
+    cache.reset_stats();
+    Json(json!({ "reset": true })).into_response()
+}
+
+/// The buckets of `larder_response_seconds`, in seconds.
+const RESPONSE_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
 
 /// The process's Prometheus recorder of the `metrics` facade, installed at the first call
 /// (the dashboard's [`connect`](crate::connect) makes it, before the cache is built, so the
@@ -48,7 +70,15 @@ pub async fn stats(State(app): State<Dashboard>) -> Response {
 pub fn prometheus_recorder() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // Response times as histograms (buckets a scraper sums across instances), from
+        // 0.1 ms to 5 s: hits fall in the first buckets, misses in the last.
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("larder_response_seconds".into()),
+                &RESPONSE_BUCKETS,
+            )
+            .expect("the buckets are not empty")
+            .build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("another metrics recorder is installed: /metrics will be empty");
@@ -94,7 +124,7 @@ pub async fn prometheus(State(app): State<Dashboard>) -> Response {
 
 /// Answers 404 when no admin token is configured (the routes are off) and 401 when the
 /// request does not carry it.
-fn admin(app: &Dashboard, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn admin(app: &Dashboard, headers: &HeaderMap) -> Result<(), ApiError> {
     match &app.admin_token {
         None => Err(ApiError::AdminOff),
         Some(token) if auth::is_admin(headers, token) => Ok(()),
@@ -102,7 +132,7 @@ fn admin(app: &Dashboard, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// The body of `POST /_cache/invalidate`: one of the three fields.
+/// The body of `POST /_cache/invalidate`: any of the fields, together or alone.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InvalidateBody {
@@ -115,9 +145,42 @@ pub struct InvalidateBody {
     /// Everything in the namespace.
     #[serde(default)]
     pub all: bool,
+    /// Assistants whose cached data, schema, thread contexts and replies to drop
+    /// (`asst_42`: the tag `assistant:asst_42`).
+    #[serde(default)]
+    pub assistants: Vec<String>,
+    /// Threads (chat sessions) whose cached context and replies to drop (`12`: the tag
+    /// `thread:12`).
+    #[serde(default)]
+    pub threads: Vec<i64>,
 }
 
-/// `POST /_cache/invalidate` (admin): `{"tags": [...]}`, `{"keys": [...]}` or `{"all": true}`.
+impl InvalidateBody {
+    /// Whether it names nothing to invalidate.
+    fn is_empty(&self) -> bool {
+        self.tags.is_empty()
+            && self.keys.is_empty()
+            && !self.all
+            && self.assistants.is_empty()
+            && self.threads.is_empty()
+    }
+
+    /// The tags it names: `tags`, then `assistant:{id}` and `thread:{id}`.
+    fn all_tags(&self) -> Vec<String> {
+        let assistants = self.assistants.iter().map(|a| format!("assistant:{a}"));
+        let threads = self.threads.iter().map(|t| format!("thread:{t}"));
+        self.tags
+            .iter()
+            .cloned()
+            .chain(assistants)
+            .chain(threads)
+            .collect()
+    }
+}
+
+/// `POST /_cache/invalidate` (admin): `{"tags": [...]}`, `{"keys": [...]}`, `{"all": true}`,
+/// `{"assistants": ["asst_1"]}` (tags `assistant:{id}`) or `{"threads": [12]}` (tags
+/// `thread:{id}`), alone or together.
 pub async fn invalidate(
     State(app): State<Dashboard>,
     headers: HeaderMap,
@@ -128,12 +191,15 @@ pub async fn invalidate(
     }
     let Some(Json(body)) = body else {
         return ApiError::BadRequest(
-            "expected a JSON body: {\"tags\": [...]}, {\"keys\": [...]} or {\"all\": true}".into(),
+            "expected a JSON body: {\"tags\": [...]}, {\"keys\": [...]}, {\"assistants\": [...]}, {\"threads\": [...]} or {\"all\": true}".into(),
         )
         .into_response();
     };
-    if body.tags.is_empty() && body.keys.is_empty() && !body.all {
-        return ApiError::BadRequest("name `tags`, `keys` or `all: true`".into()).into_response();
+    if body.is_empty() {
+        return ApiError::BadRequest(
+            "name `tags`, `keys`, `assistants`, `threads` or `all: true`".into(),
+        )
+        .into_response();
     }
     let Some(cache) = &app.cache else {
         return Json(json!({ "invalidated": false, "reason": "no cache (--store none)" }))
@@ -145,8 +211,9 @@ pub async fn invalidate(
             errors.push(e.to_string());
         }
     }
-    if !body.tags.is_empty() {
-        if let Err(e) = cache.invalidate_tags(&body.tags).await {
+    let tags = body.all_tags();
+    if !tags.is_empty() {
+        if let Err(e) = cache.invalidate_tags(tags).await {
             errors.push(e.to_string());
         }
     }
@@ -160,70 +227,43 @@ pub async fn invalidate(
         "invalidated": true,
         "tags": body.tags.len(),
         "keys": body.keys.len(),
+        "assistants": body.assistants.len(),
+        "threads": body.threads.len(),
         "all": body.all,
         "deferred": errors,
     }))
     .into_response()
 }
 
-/// The body of `POST /_cache/warmup`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WarmupBody {
-    /// Users whose dashboards to load into the cache (at most 100 per call).
-    pub users: Vec<i64>,
+/// What `/_origin/stats` reports: the database's counters and the model's calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct OriginReport {
+    /// The database's counters.
+    #[serde(flatten)]
+    pub db: crate::db::OriginStats,
+    /// Calls made to the model stand-in (the assistant's replies that were not hits).
+    pub model_calls: u64,
 }
 
-/// Most users one warm-up call may name.
-pub const MAX_WARMUP: usize = 100;
-
-/// `POST /_cache/warmup` (admin): loads the named users' dashboards into the cache.
-pub async fn warmup(
-    State(app): State<Dashboard>,
-    headers: HeaderMap,
-    body: Option<Json<WarmupBody>>,
-) -> Response {
-    if let Err(denied) = admin(&app, &headers) {
-        return denied.into_response();
-    }
-    let Some(Json(body)) = body else {
-        return ApiError::BadRequest("expected a JSON body: {\"users\": [1, 2, 3]}".into())
-            .into_response();
-    };
-    if body.users.len() > MAX_WARMUP || body.users.iter().any(|u| !(1..=USERS).contains(u)) {
-        return ApiError::BadRequest(format!(
-            "`users` must name 0 to {MAX_WARMUP} users in 1..={USERS}"
-        ))
-        .into_response();
-    }
-    let Some(cache) = &app.cache else {
-        return Json(json!({ "warmed": 0, "reason": "no cache (--store none)" })).into_response();
-    };
-    let app = &app;
-    let warm = body
-        .users
-        .iter()
-        .map(|&user| async move { Ok::<_, ApiError>(read_dashboard(app, cache, user).await?.1) });
-    match futures_util::future::try_join_all(warm).await {
-        Ok(loaded) => Json(
-            json!({ "warmed": body.users.len(), "parts_loaded": loaded.iter().sum::<usize>() }),
-        )
-        .into_response(),
-        Err(e) => e.into_response(),
+fn origin_report(app: &Dashboard) -> OriginReport {
+    OriginReport {
+        db: app.db.stats(),
+        model_calls: app.model.calls(),
     }
 }
 
-/// `GET /_origin/stats`: `{"queries": N, "max_connections_in_use": M, ...}`.
+/// `GET /_origin/stats`: `{"queries": N, "max_connections_in_use": M, ..., "model_calls": C}`.
 pub async fn origin_stats(State(app): State<Dashboard>) -> Response {
-    Json(app.db.stats()).into_response()
+    Json(origin_report(&app)).into_response()
 }
 
-/// `POST /_origin/stats/reset` (admin): zeroes the query count and the connection mark, so
-/// a load test can leave its warm-up out.
+/// `POST /_origin/stats/reset` (admin): zeroes the query count, the connection mark and the
+/// model's call count, so a load test can leave its warm-up out.
 pub async fn reset_origin_stats(State(app): State<Dashboard>, headers: HeaderMap) -> Response {
     if let Err(denied) = admin(&app, &headers) {
         return denied.into_response();
     }
     app.db.reset_stats();
-    Json(app.db.stats()).into_response()
+    app.model.reset_calls();
+    Json(origin_report(&app)).into_response()
 }

@@ -36,6 +36,8 @@ pub struct Connector {
     pub account: Option<String>,
     /// When it last changed (Unix seconds), if ever.
     pub updated_at: Option<i64>,
+    /// Its last data sync (`POST /api/connectors/{provider}/sync`), if any.
+    pub last_sync: Option<crate::sync::LastSync>,
 }
 
 /// `GET /api/connectors/status`.
@@ -160,7 +162,7 @@ fn session(row: &AnyRow) -> Result<Session, sqlx::Error> {
     })
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -186,8 +188,12 @@ pub async fn profile(db: &Db, user: i64) -> Result<Profile, ApiError> {
 /// Every platform and whether the user has connected it.
 pub async fn connector_status(db: &Db, user: i64) -> Result<ConnectorStatus, ApiError> {
     let mut conn = db.lease().await?;
+    // One round trip: the connections and their last syncs.
     let rows = sqlx::query(
-        "SELECT provider, connected, account, updated_at FROM connections WHERE user_id = $1",
+        "SELECT c.provider, c.connected, c.account, c.updated_at, \
+         s.status, s.rows_read, s.started_at, s.finished_at \
+         FROM connections c LEFT JOIN syncs s ON s.user_id = c.user_id AND s.provider = c.provider \
+         WHERE c.user_id = $1",
     )
     .bind(user)
     .fetch_all(&mut *conn)
@@ -199,6 +205,7 @@ pub async fn connector_status(db: &Db, user: i64) -> Result<ConnectorStatus, Api
             connected: false,
             account: None,
             updated_at: None,
+            last_sync: None,
         })
         .collect();
     for row in rows {
@@ -207,6 +214,7 @@ pub async fn connector_status(db: &Db, user: i64) -> Result<ConnectorStatus, Api
             c.connected = row.try_get::<i64, _>(1)? != 0;
             c.account = row.try_get(2)?;
             c.updated_at = Some(row.try_get(3)?);
+            c.last_sync = crate::sync::last_sync(&row)?;
         }
     }
     Ok(ConnectorStatus {
@@ -240,6 +248,8 @@ pub async fn connect(
         connected: true,
         account: Some(account.to_owned()),
         updated_at: Some(at),
+        // What the status shows; connecting neither starts nor forgets a sync.
+        last_sync: None,
     })
 }
 
@@ -444,6 +454,25 @@ pub async fn delete_session(db: &Db, user: i64, sid: i64) -> Result<(), ApiError
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// Deletes message `mid` of the user's session `sid`; 404 unless it is there.
+pub async fn delete_message(db: &Db, user: i64, sid: i64, mid: i64) -> Result<(), ApiError> {
+    let mut conn = db.lease().await?;
+    let deleted = sqlx::query(
+        "DELETE FROM messages WHERE id = $1 AND session_id = $2 AND user_id = $3 \
+         AND EXISTS (SELECT 1 FROM sessions s WHERE s.id = $2 AND s.user_id = $3)",
+    )
+    .bind(mid)
+    .bind(sid)
+    .bind(user)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if deleted == 0 {
+        return Err(ApiError::NotFound("message"));
+    }
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! The schema and the seed data, created on start: 1,000 users with profiles, credits and
 //! API keys, their platform connections, business metrics in five categories, and 30 to 40
-//! chat sessions each (at least three pages at the default page size) with their messages.
+//! chat sessions each (at least three pages at the default page size) with their messages;
+//! one assistant per user (`asst_{id}`) with three data sources (seed 004), whose threads are
+//! the chat sessions.
 
 use anyhow::Context;
 use sqlx::{Connection, Executor, Row};
@@ -114,6 +116,17 @@ pub async fn prepare(db: &Db) -> anyhow::Result<()> {
             "CREATE TABLE IF NOT EXISTS announcements ({id_column}, title TEXT NOT NULL, \
              body TEXT NOT NULL, published_at BIGINT NOT NULL)"
         ),
+        "CREATE TABLE IF NOT EXISTS assistants (id TEXT PRIMARY KEY, user_id BIGINT NOT NULL, \
+         name TEXT NOT NULL, instructions TEXT NOT NULL, model TEXT NOT NULL, \
+         updated_at BIGINT NOT NULL)"
+            .to_owned(),
+        "CREATE TABLE IF NOT EXISTS assistant_sources (assistant_id TEXT NOT NULL, \
+         name TEXT NOT NULL, columns TEXT NOT NULL)"
+            .to_owned(),
+        "CREATE INDEX IF NOT EXISTS assistant_sources_by_assistant \
+         ON assistant_sources (assistant_id)"
+            .to_owned(),
+        crate::sync::SCHEMA.to_owned(),
     ];
     for statement in &schema {
         conn.execute(statement.as_str())
@@ -137,6 +150,16 @@ pub async fn prepare(db: &Db) -> anyhow::Result<()> {
             .await
             .context("seed the announcements")?;
         }
+    }
+    // So are the assistants: a database made before they existed gets them.
+    let assistants: i64 = sqlx::query("SELECT COUNT(*) FROM assistants")
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+    if assistants == 0 {
+        seed_assistants(&mut conn)
+            .await
+            .context("seed the assistants")?;
     }
     let users: i64 = sqlx::query("SELECT COUNT(*) FROM users")
         .fetch_one(&mut *conn)
@@ -237,6 +260,66 @@ pub async fn prepare(db: &Db) -> anyhow::Result<()> {
                 "INSERT INTO messages (session_id, user_id, role, content, credits, created_at) VALUES {rows}"
             )
             .as_str(),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The models the seeded assistants use.
+const MODELS: [&str; 3] = ["model-small", "model-medium", "model-large"];
+
+/// The id of user `id`'s assistant.
+pub fn assistant_id(user: i64) -> String {
+    format!("asst_{user}")
+}
+
+/// The data sources of user `id`'s assistant: three of the metric categories (which three
+/// depends on the user), each a source named `{category}_metrics` with a `date` column and
+/// the category's metrics.
+pub fn assistant_sources(user: i64) -> Vec<(String, Vec<&'static str>)> {
+    (0..3)
+        .map(|k| {
+            let (category, names) = METRICS[((user + k) % METRICS.len() as i64) as usize];
+            let mut columns = vec!["date"];
+            columns.extend(names);
+            (format!("{category}_metrics"), columns)
+        })
+        .collect()
+}
+
+/// One assistant per user (`asst_{id}`) with three data sources, in one transaction.
+async fn seed_assistants(conn: &mut sqlx::AnyConnection) -> anyhow::Result<()> {
+    let mut tx = conn.begin().await?;
+    for rows in batches(1..=USERS, |id| {
+        let model = MODELS[(id % MODELS.len() as i64) as usize];
+        format!(
+            "('{}', {id}, 'Analyst of Demo User {id}', 'Answer from the connected data; \
+             say which source each figure comes from.', '{model}', {})",
+            assistant_id(id),
+            EPOCH + id * 60
+        )
+    }) {
+        tx.execute(
+            format!(
+                "INSERT INTO assistants (id, user_id, name, instructions, model, updated_at) VALUES {rows}"
+            )
+            .as_str(),
+        )
+        .await?;
+    }
+    let sources = (1..=USERS).flat_map(|id| {
+        assistant_sources(id)
+            .into_iter()
+            .map(move |(name, columns)| (id, name, columns.join(",")))
+    });
+    for rows in batches(sources, |(id, name, columns)| {
+        format!("('{}', '{name}', '{columns}')", assistant_id(id))
+    }) {
+        tx.execute(
+            format!("INSERT INTO assistant_sources (assistant_id, name, columns) VALUES {rows}")
+                .as_str(),
         )
         .await?;
     }

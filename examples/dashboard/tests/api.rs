@@ -283,8 +283,11 @@ async fn warmup_fills_dashboards_so_the_first_load_is_a_hit() {
     )
     .await;
     assert_eq!(warm.status, StatusCode::OK, "{:?}", warm.body);
-    assert_eq!(warm.body["warmed"], 2);
-    assert_eq!(warm.body["parts_loaded"], 18);
+    // Through the routes: each user's 12 pages (their assistant's two among them), and the
+    // announcements.
+    assert_eq!(warm.body["users"], 2);
+    assert_eq!(warm.body["stored"], 2 * 12 + 1, "{}", warm.body);
+    assert_eq!(warm.body["failed"], json!([]));
     let queries = state.db.stats().queries;
     assert!(get(&router, "/api/dashboard", 70).await.is_hit());
     assert!(get(&router, "/api/dashboard", 71).await.is_hit());

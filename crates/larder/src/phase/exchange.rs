@@ -572,7 +572,15 @@ impl Exchange {
         // Counted stale, timed as a miss: it waited for the service to fail.
         self.took_miss();
         let shared = &self.handle.shared;
-        serve(shared, &self.route, entry, method, headers, status, (now, None))
+        serve(
+            shared,
+            &self.route,
+            entry,
+            method,
+            headers,
+            status,
+            (now, None),
+        )
     }
 
     /// Forwards without storing (stale-if-error still applies).

@@ -141,6 +141,14 @@ async fn answer(router: &Router, request: Request<Body>) -> Answer {
     }
 }
 
+/// The body of a `GET` of `uri` as text (`/metrics`).
+pub(crate) async fn get_text(router: &Router, uri: &str) -> String {
+    let request = Request::builder().uri(uri).body(Body::empty()).unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
 pub(crate) fn key(user: i64) -> String {
     format!("demo-key-{user}")
 }
