@@ -28,7 +28,9 @@
 //! lib.rs          this map, the public re-exports
 //! handle.rs       CacheHandle: one store and what every layer of it shares; invalidation
 //! typed.rs        typed cache-aside (get_or_insert_with, batches) on the same handle
-//! entry.rs        Entry, the stored form of a response; stats.rs: the counters
+//! entry.rs        Entry, the stored form of a response
+//! stats/          the counters per rule and category (mod.rs), response-time histograms
+//!                 (latency.rs)
 //! reason.rs       why the cache did what it did: Fwd, Bypass, Uncacheable, Alone (as_str())
 //! middleware/     the tower surface: layer, service (each request top-down), future, body,
 //!                 respond (responses from entries), status (Cache-Status, X-Cache),
