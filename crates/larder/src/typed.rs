@@ -379,7 +379,7 @@ impl CacheHandle {
             recheck: Recheck::Never,
         };
         let reread = || async {
-            let entry = self.read_entry(key).await?;
+            let entry = self.read_entry(stats, key).await?;
             let value = self.decode(&entry)?;
             Some((entry, value))
         };
@@ -390,8 +390,14 @@ impl CacheHandle {
             .await
         {
             Turn::Lead(lead) => Err(Some(lead)),
-            Turn::Found(value) => {
-                stats.answered(Outcome::Hit, Some(started));
+            Turn::Found { value, waited } => {
+                // After following a flight: another call computed it.
+                let outcome = if waited {
+                    Outcome::Collapsed
+                } else {
+                    Outcome::Hit
+                };
+                stats.answered(outcome, Some(started));
                 Ok(value)
             }
             Turn::Shared(entry) => match self.decode(&entry) {
@@ -426,10 +432,9 @@ impl CacheHandle {
         matches!(entry.freshness(self.now_ms()), Freshness::Fresh { .. })
     }
 
-    /// Reads `key` from the store through the breaker.
-    async fn read_entry(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+    /// Reads `key` from the store through the breaker (a failure counted against `stats`).
+    async fn read_entry(&self, stats: &RouteStats, key: &CacheKey) -> Option<Arc<Entry>> {
         let fut = self.store_get(key);
-        let stats = &self.shared.typed;
         self.shared
             .breaker
             .call(stats, Op::Get, fut)
@@ -446,7 +451,7 @@ impl CacheHandle {
         key: &CacheKey,
         started: Instant,
     ) -> Option<T> {
-        let entry = self.read_entry(key).await?;
+        let entry = self.read_entry(stats, key).await?;
         let value = self.decode(&entry)?;
         stats.answered(Outcome::Hit, Some(started));
         Some(value)

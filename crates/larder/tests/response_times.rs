@@ -14,8 +14,7 @@ use std::{
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use larder::{CacheHandle, EntryOptions, MemoryStore, Rule, store::RedisStore};
-use larder_testkit::RedisServer;
+use larder::{CacheHandle, EntryOptions, MemoryStore, Rule};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 /// How long the origin takes to answer.
@@ -128,10 +127,11 @@ async fn on_the_memory_store_hits_and_misses_are_timed_apart() {
     hits_and_misses_are_timed_apart(CacheHandle::new(MemoryStore::default())).await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn on_redis_hits_and_misses_are_timed_apart() {
-    let server = RedisServer::start();
-    let store = RedisStore::builder(server.url())
+    let server = larder_testkit::RedisServer::start();
+    let store = larder::store::RedisStore::builder(server.url())
         .namespace("times")
         .build()
         .await

@@ -274,13 +274,18 @@ pub async fn dashboard(
     // A client that carries its last write's consistency token reads that write here on
     // every instance (the tiered store's L1 answers it only once it knows the invalidation).
     let cache = cache.reading_after(larder::consistency_token(&headers));
-    let (values, missed) = read_dashboard(&app, &cache, id).await?;
+    let (values, (missed, uncached)) = read_dashboard(&app, &cache, id).await?;
     let mut response = Json(compose(values)).into_response();
     let (status, x_cache) = if missed == 0 {
         ("larder; hit".to_owned(), "HIT")
     } else {
         (
-            format!("larder; fwd=miss; stored; detail=\"{missed} of {PARTS} parts\""),
+            // `stored` when a part was stored: not when only parts whose caching is
+            // configured off were loaded.
+            {
+                let stored = if missed > uncached { "; stored" } else { "" };
+                format!("larder; fwd=miss{stored}; detail=\"{missed} of {PARTS} parts\"")
+            },
             "MISS",
         )
     };
@@ -297,12 +302,12 @@ pub async fn dashboard(
 
 /// Reads `user`'s nine dashboard parts through the cache in one batch and loads the missing
 /// ones from the database (and those whose caching is configured off, every time). Returns
-/// the parts and how many were loaded.
+/// the parts, and how many were loaded and how many of those are not cached.
 pub(crate) async fn read_dashboard(
     app: &Dashboard,
     cache: &larder::CacheHandle,
     user: i64,
-) -> Result<(Vec<Value>, usize), ApiError> {
+) -> Result<(Vec<Value>, (usize, usize)), ApiError> {
     let parts = dashboard_parts(user, &app.ttls);
     let (cached, uncached): (Vec<usize>, Vec<usize>) =
         (0..parts.len()).partition(|&i| parts[i].1.is_some());
@@ -326,7 +331,7 @@ pub(crate) async fn read_dashboard(
     for (i, v) in uncached.iter().zip(direct) {
         values[*i] = v;
     }
-    Ok((values, missed + uncached.len()))
+    Ok((values, (missed + uncached.len(), uncached.len())))
 }
 
 /// Profile, connectors, five metric categories, stats, sessions page 1.

@@ -163,9 +163,9 @@ pub async fn assistant(
 ) -> Result<Response, ApiError> {
     let aid = assistant_id(&aid)?;
     let cache = reader(&app, &headers);
-    let (owned, missed) = read_assistant(&app, cache.as_ref(), aid).await?;
+    let (owned, loads) = read_assistant(&app, cache.as_ref(), aid).await?;
     let assistant = owned.for_user(user, "assistant")?;
-    Ok(marked(Json(assistant), cache.is_some(), missed, 1))
+    Ok(marked(Json(assistant), cache.is_some(), loads, 1))
 }
 
 /// `GET /api/assistants/{aid}/schema`: the tables and columns of the assistant's sources,
@@ -179,17 +179,17 @@ pub async fn schema(
     let aid = assistant_id(&aid)?;
     let cache = reader(&app, &headers);
     let (key, options) = schema_entry(aid, &app.ttls);
-    let (owned, missed) = read_through(cache.as_ref(), &key, options.as_ref(), || {
+    let (owned, loads) = read_through(cache.as_ref(), &key, options.as_ref(), || {
         load_schema(&app.db, aid)
     })
     .await?;
     let schema = owned.for_user(user, "assistant")?;
-    Ok(marked(Json(schema), cache.is_some(), missed as usize, 1))
+    Ok(marked(Json(schema), cache.is_some(), loads, 1))
 }
 
 /// `GET /api/assistants/{aid}/threads/{sid}`: the thread's last 20 messages, if the caller
-/// owns both the assistant and the thread (404 otherwise). Reads the assistant's data and
-/// the context together; `Cache-Status` is a hit when both were.
+/// owns both the assistant and the thread (404 otherwise). Reads the assistant's data, then
+/// (once its owner is checked) the context; `Cache-Status` is a hit when both were.
 pub async fn thread(
     State(app): State<Dashboard>,
     Extension(user): Extension<UserId>,
@@ -198,8 +198,8 @@ pub async fn thread(
 ) -> Result<Response, ApiError> {
     let aid = assistant_id(&aid)?;
     let cache = reader(&app, &headers);
-    let (_, context, missed) = owned_thread(&app, cache.as_ref(), user, aid, sid).await?;
-    Ok(marked(Json(context), cache.is_some(), missed, 2))
+    let (_, context, loads) = owned_thread(&app, cache.as_ref(), user, aid, sid).await?;
+    Ok(marked(Json(context), cache.is_some(), loads, 2))
 }
 
 /// `POST /api/assistants/{aid}/threads/{sid}/reply` `{"content": "..."}`: the assistant's
@@ -257,80 +257,107 @@ fn reader(app: &Dashboard, headers: &HeaderMap) -> Option<CacheHandle> {
         .map(|c| c.reading_after(larder::consistency_token(headers)))
 }
 
+/// How the parts of an answer were read: how many were loaded from the database, and how
+/// many of those because their caching is configured off (never stored).
+#[derive(Debug, Clone, Copy, Default)]
+struct Loads {
+    loaded: usize,
+    uncached: usize,
+}
+
+impl std::ops::Add for Loads {
+    type Output = Loads;
+
+    fn add(self, other: Loads) -> Loads {
+        Loads {
+            loaded: self.loaded + other.loaded,
+            uncached: self.uncached + other.uncached,
+        }
+    }
+}
+
 /// Reads `key` through the cache (cache-aside), or straight from `load` without one (or
-/// when its caching is configured off: no `options`). Returns the value and whether it was
-/// loaded.
+/// when its caching is configured off: no `options`). Returns the value and how it was read.
 async fn read_through<T, F, Fut>(
     cache: Option<&CacheHandle>,
     key: &str,
     options: Option<&EntryOptions>,
     load: F,
-) -> Result<(T, bool), ApiError>
+) -> Result<(T, Loads), ApiError>
 where
     T: Serialize + DeserializeOwned,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<T, ApiError>>,
 {
     let (Some(cache), Some(options)) = (cache, options) else {
-        return Ok((load().await?, true));
+        let uncached = Loads {
+            loaded: 1,
+            uncached: 1,
+        };
+        return Ok((load().await?, uncached));
     };
-    let mut missed = false;
+    let mut loads = Loads::default();
     let value = cache
         .get_or_insert_with(key, options, || {
-            missed = true;
+            loads.loaded = 1;
             load()
         })
         .await?;
-    Ok((value, missed))
+    Ok((value, loads))
 }
 
 async fn read_assistant(
     app: &Dashboard,
     cache: Option<&CacheHandle>,
     aid: &str,
-) -> Result<(Owned<Assistant>, usize), ApiError> {
+) -> Result<(Owned<Assistant>, Loads), ApiError> {
     let (key, options) = assistant_entry(aid, &app.ttls);
-    let (owned, missed) = read_through(cache, &key, options.as_ref(), || {
+    read_through(cache, &key, options.as_ref(), || {
         load_assistant(&app.db, aid)
     })
-    .await?;
-    Ok((owned, missed as usize))
+    .await
 }
 
-/// The caller's assistant and thread context (404 unless the caller owns both), read
-/// together, and how many of the two were loaded.
+/// The caller's assistant and thread context (404 unless the caller owns both), and how they
+/// were read. The assistant is checked first: a context is never read (nor cached under the
+/// assistant's tag) for a caller who does not own the assistant of the path.
 async fn owned_thread(
     app: &Dashboard,
     cache: Option<&CacheHandle>,
     user: UserId,
     aid: &str,
     sid: i64,
-) -> Result<(Assistant, ThreadContext, usize), ApiError> {
+) -> Result<(Assistant, ThreadContext, Loads), ApiError> {
+    let (assistant, first) = read_assistant(app, cache, aid).await?;
+    let assistant = assistant.for_user(user, "assistant")?;
     let (key, options) = thread_entry(aid, sid, &app.ttls);
-    let (assistant, context) = tokio::try_join!(
-        read_assistant(app, cache, aid),
-        read_through(cache, &key, options.as_ref(), || load_thread(&app.db, sid)),
-    )?;
-    let missed = assistant.1 + context.1 as usize;
-    let assistant = assistant.0.for_user(user, "assistant")?;
-    let context = context.0.for_user(user, "thread")?;
-    Ok((assistant, context, missed))
+    let (context, second) =
+        read_through(cache, &key, options.as_ref(), || load_thread(&app.db, sid)).await?;
+    let context = context.for_user(user, "thread")?;
+    Ok((assistant, context, first + second))
 }
 
 /// `value` as JSON with `Cache-Status` and `X-Cache` when there is a cache: a hit when none of
-/// its `parts` was loaded.
-fn marked(value: impl IntoResponse, cached: bool, missed: usize, parts: usize) -> Response {
+/// its `parts` was loaded, a bypass when all were loaded because their caching is off, else
+/// a miss (`stored` when a loaded part was stored).
+fn marked(value: impl IntoResponse, cached: bool, loads: Loads, parts: usize) -> Response {
     let mut response = value.into_response();
     if !cached {
         return response;
     }
-    let (status, x_cache) = match missed {
-        0 => ("larder; hit".to_owned(), "HIT"),
-        _ if parts == 1 => ("larder; fwd=miss; stored".to_owned(), "MISS"),
-        n => (
-            format!("larder; fwd=miss; stored; detail=\"{n} of {parts} parts\""),
-            "MISS",
-        ),
+    let Loads { loaded, uncached } = loads;
+    let (status, x_cache) = if loaded == 0 {
+        ("larder; hit".to_owned(), "HIT")
+    } else if uncached == parts {
+        ("larder; fwd=bypass; detail=bypass-if".to_owned(), "BYPASS")
+    } else {
+        let stored = if loaded > uncached { "; stored" } else { "" };
+        let detail = if parts > 1 {
+            format!("; detail=\"{loaded} of {parts} parts\"")
+        } else {
+            String::new()
+        };
+        (format!("larder; fwd=miss{stored}{detail}"), "MISS")
     };
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&status) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use larder::{
-    CacheHandle, EntryOptions, MemoryStore, Pagination, Rule, Rules, UserScope,
+    CacheHandle, EntryOptions, KeyOptions, MemoryStore, Pagination, Rule, Rules, UserScope,
     store::{RedisStore, TieredStore},
 };
 
@@ -129,9 +129,12 @@ pub async fn handle(
     };
     // Refills share the database pool with clients: at most 4 at once, so a write that
     // invalidates a user's five pages never holds more than 4 connections for them.
+    // The API answers the same on every host name: one entry whatever `Host` a client (or
+    // the warm-up) sends, `localhost`, an IP or a domain behind a proxy.
     let mut builder = builder
         .namespace(namespace)
         .x_cache()
+        .default_key(KeyOptions::new().ignore_authority())
         .refill_limits(REFILLS_PER_SECOND, REFILLS_AT_ONCE);
     let shared_store = kind != StoreKind::Memory;
     if let (Some(path), true) = (&tuning.journal, shared_store) {

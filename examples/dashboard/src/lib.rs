@@ -187,8 +187,10 @@ pub struct Dashboard {
 /// Opens the database (creating the schema and seed data if it is empty), reads the API
 /// keys, and builds the cache `config` asks for.
 pub async fn connect(config: &Config) -> anyhow::Result<Dashboard> {
-    // Before the cache is built: its counters and their descriptions go to this recorder.
+    // Before the cache is built: its counters and their descriptions go to this recorder,
+    // drained every few seconds (its histograms keep samples until then).
     ops::prometheus_recorder();
+    ops::spawn_upkeep();
     // Wrong settings are reported before the database is opened and seeded.
     let ttls = Arc::new(ttls::RouteTtls::parse(&config.route_ttl)?);
     if let Some(list) = &config.warmup {

@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let router = app(dashboard.clone());
     if let Some(list) = &config.warmup {
-        // Checked by `connect`. Warmed with the `Host` a client of this address sends.
+        // Checked by `connect`. The keys leave the host out: any `Host` fills what clients read.
         let users = warmup::parse_users(list).map_err(anyhow::Error::msg)?;
         let host = axum::http::HeaderValue::from_str(&addr.to_string())?;
         let service = router.clone();

@@ -99,6 +99,22 @@ pub fn prometheus_recorder() -> &'static PrometheusHandle {
     })
 }
 
+/// How often the recorder folds the histograms' samples into their buckets.
+const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Drains the recorder every [`UPKEEP`] on the current runtime, so that its histograms'
+/// samples (one per cached response) do not pile up between scrapes, or without any: a
+/// recorder built by `build_recorder()` runs no upkeep of its own.
+pub fn spawn_upkeep() {
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(UPKEEP);
+        loop {
+            tick.tick().await;
+            prometheus_recorder().run_upkeep();
+        }
+    });
+}
+
 /// `GET /metrics`: everything the cache and the origin report through the `metrics` facade,
 /// rendered by metrics-exporter-prometheus (with `# HELP` and `# TYPE` lines). The cache's
 /// gauges (store available, pending invalidations, entries and bytes) and the database's

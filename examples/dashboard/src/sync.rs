@@ -25,8 +25,33 @@ use crate::{Dashboard, auth::UserId, db::Db, error::ApiError, queries::now, seed
 
 /// The table of syncs: one row per user and provider, the last sync.
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS syncs (user_id BIGINT NOT NULL, \
-    provider TEXT NOT NULL, status TEXT NOT NULL, rows_read BIGINT NOT NULL, \
-    started_at BIGINT NOT NULL, finished_at BIGINT, PRIMARY KEY (user_id, provider))";
+    provider TEXT NOT NULL, sync_id BIGINT NOT NULL, status TEXT NOT NULL, \
+    rows_read BIGINT NOT NULL, started_at BIGINT NOT NULL, finished_at BIGINT, \
+    PRIMARY KEY (user_id, provider))";
+
+/// A new sync's id: a job records its result only while its sync is the provider's last (a
+/// sync started again meanwhile is not marked done by the older job).
+fn sync_id() -> i64 {
+    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    // Increasing within this process, even if the clock steps back or two syncs start in
+    // the same nanosecond.
+    let mut last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+    loop {
+        let next = nanos.max(last + 1);
+        match LAST.compare_exchange_weak(
+            last,
+            next,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        ) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
 
 /// A provider's last sync, as the connector status shows it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -97,30 +122,32 @@ pub async fn start(
             "{provider} is not connected: connect it first"
         )));
     }
+    let id = sync_id();
     sqlx::query(
-        "INSERT INTO syncs (user_id, provider, status, rows_read, started_at, finished_at) \
-         VALUES ($1, $2, 'running', 0, $3, NULL) ON CONFLICT (user_id, provider) DO UPDATE \
-         SET status = 'running', rows_read = 0, started_at = $3, finished_at = NULL",
+        "INSERT INTO syncs (user_id, provider, sync_id, status, rows_read, started_at, finished_at) \
+         VALUES ($1, $2, $4, 'running', 0, $3, NULL) ON CONFLICT (user_id, provider) DO UPDATE \
+         SET sync_id = $4, status = 'running', rows_read = 0, started_at = $3, finished_at = NULL",
     )
     .bind(user)
     .bind(provider)
     .bind(started_at)
+    .bind(id)
     .execute(&mut *conn)
     .await?;
     drop(conn);
     // The job outlives the request: the write's own invalidation (its rule) covers the
     // `running` state, the job's covers what it finds.
-    tokio::spawn(run(app.clone(), user, provider));
+    tokio::spawn(run(app.clone(), user, provider, id));
     let body = json!({ "provider": provider, "status": "running", "started_at": started_at });
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 /// The job: extracts (waits as long as a platform's API would), records the result, then
 /// invalidates the user's connector status, on every instance through the store.
-async fn run(app: Dashboard, user: i64, provider: &'static str) {
+async fn run(app: Dashboard, user: i64, provider: &'static str, id: i64) {
     tokio::time::sleep(app.syncs.duration).await;
     let rows = 100 + (user * 7 + provider.len() as i64 * 13) % 900;
-    if let Err(e) = finish(&app.db, user, provider, rows).await {
+    if let Err(e) = finish(&app.db, (user, provider, id), rows).await {
         tracing::error!(error = %e, user, provider, "the sync could not be recorded");
     }
     // After the write: a read that starts from now on sees it.
@@ -132,16 +159,22 @@ async fn run(app: Dashboard, user: i64, provider: &'static str) {
     app.syncs.finished.send_modify(|n| *n += 1);
 }
 
-async fn finish(db: &Db, user: i64, provider: &str, rows: i64) -> Result<(), sqlx::Error> {
+/// Records sync `id`'s result, unless a newer sync of the provider replaced it.
+async fn finish(
+    db: &Db,
+    (user, provider, id): (i64, &str, i64),
+    rows: i64,
+) -> Result<(), sqlx::Error> {
     let mut conn = db.lease().await?;
     sqlx::query(
         "UPDATE syncs SET status = 'ok', rows_read = $3, finished_at = $4 \
-         WHERE user_id = $1 AND provider = $2",
+         WHERE user_id = $1 AND provider = $2 AND sync_id = $5",
     )
     .bind(user)
     .bind(provider)
     .bind(rows)
     .bind(now())
+    .bind(id)
     .execute(&mut *conn)
     .await?;
     Ok(())

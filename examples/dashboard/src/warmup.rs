@@ -3,7 +3,9 @@
 //! with [`larder::warm`], so each fills exactly the entry that client's request will find.
 //!
 //! `POST /_cache/warmup` (admin) warms the users and assistants it names; `--warmup LIST`
-//! (`CACHE_WARMUP`, seed 003) warms a list of users at start-up.
+//! (`CACHE_WARMUP`, seed 003) warms a list of users at start-up. The dashboard's keys leave the
+//! host out (`KeyOptions::ignore_authority`): a warm-up fills what clients read whatever name
+//! they reach the service by.
 
 use axum::{
     Json, Router,
@@ -76,8 +78,9 @@ fn key_of(app: &Dashboard, user: i64) -> Option<&str> {
 }
 
 /// The requests that warm `users` and `assistants`, each with its owner's key and `host`
-/// (the `Host` clients send: it is part of the cache key). Unknown users and assistants
-/// are an error.
+/// (what clients send; the dashboard's keys leave it out, `KeyOptions::ignore_authority`,
+/// so any host fills the entries every client reads). Unknown users and assistants are an
+/// error.
 pub fn requests(
     app: &Dashboard,
     users: &[i64],
@@ -147,8 +150,8 @@ pub async fn run(
     }))
 }
 
-/// `POST /_cache/warmup` (admin): `{"users": [1, 2], "assistants": ["asst_3"]}`. The `Host`
-/// of this request is the one the warm-up's requests carry: call it on the address clients use.
+/// `POST /_cache/warmup` (admin): `{"users": [1, 2], "assistants": ["asst_3"]}`; the
+/// warm-up's requests carry this request's `Host`.
 pub async fn handle(
     app: Dashboard,
     service: Router,
@@ -178,8 +181,15 @@ pub async fn handle(
     if app.cache.is_none() {
         return Json(json!({ "stored": 0, "reason": "no cache (--store none)" })).into_response();
     }
-    let host = headers.get(header::HOST);
-    match run(&app, service, &body.users, &body.assistants, host).await {
+    match run(
+        &app,
+        service,
+        &body.users,
+        &body.assistants,
+        headers.get(header::HOST),
+    )
+    .await
+    {
         Ok(report) => Json(report).into_response(),
         Err(e) => e.into_response(),
     }

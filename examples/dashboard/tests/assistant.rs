@@ -475,6 +475,14 @@ async fn another_user_never_gets_a_users_assistant_schema_context_or_reply() {
     events(&a_reply);
     assert!(reply(&router, a, &aid(a), a_sid, ask).await.is_hit());
     let calls = state.model.calls();
+    let contexts = || {
+        let stats = state.cache.as_ref().unwrap().stats();
+        stats
+            .routes
+            .get("thread_context")
+            .map_or(0, |r| r.stored + r.misses)
+    };
+    let contexts_before = contexts();
 
     // B asks for A's things: they are in the cache, and B gets 404.
     for uri in a_uris.iter().cloned().chain([
@@ -502,6 +510,13 @@ async fn another_user_never_gets_a_users_assistant_schema_context_or_reply() {
             assert!(!r.text().contains("data:"), "{}", r.text());
         }
     }
+    // B's own context was never read under A's assistant (nor cached under its tag): the
+    // assistant's owner is checked first.
+    assert_eq!(
+        contexts(),
+        contexts_before,
+        "no context read for a foreign assistant"
+    );
     // A cannot use B's thread with A's assistant either.
     let r = reply(&router, a, &aid(a), b_sid, ask).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);

@@ -237,6 +237,47 @@ async fn a_finished_sync_shows_at_once_on_redis() {
     a_finished_sync_shows_at_once(StoreKind::Redis, Some(&server)).await;
 }
 
+/// A sync started again while the first runs: the first job's end does not mark the second
+/// done (it records its result only while its sync is the provider's last).
+#[tokio::test]
+async fn an_older_sync_never_marks_a_newer_one_done() {
+    let (state, router) = tuned(StoreKind::Memory, None, |c| c.sync_ms = 400).await;
+    let user = 12;
+    send(
+        &router,
+        Method::POST,
+        "/api/connectors/stripe",
+        user,
+        json!({}),
+    )
+    .await;
+    let sync = "/api/connectors/stripe/sync";
+    assert_eq!(
+        send(&router, Method::POST, sync, user, json!({}))
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        send(&router, Method::POST, sync, user, json!({}))
+            .await
+            .status,
+        202
+    );
+    state.syncs.finished(1).await;
+    let status = get(&router, "/api/connectors/status", user).await;
+    if state.syncs.finished_count() == 1 {
+        assert_eq!(
+            stripe(&status)["last_sync"]["status"],
+            "running",
+            "the second still runs"
+        );
+    }
+    state.syncs.finished(2).await;
+    let status = get(&router, "/api/connectors/status", user).await;
+    assert_eq!(stripe(&status)["last_sync"]["status"], "ok");
+}
+
 #[tokio::test]
 async fn a_sync_needs_a_known_connected_provider() {
     let (_, router) = dashboard(StoreKind::Memory).await;
@@ -391,9 +432,22 @@ async fn the_tiered_l1_lifetime_bounds_a_local_copy() {
 #[tokio::test]
 async fn a_routes_caching_is_switched_off_or_its_ttl_changed_by_configuration() {
     let (state, router) = tuned(StoreKind::Memory, None, |c| {
-        c.route_ttl = vec!["chat_stats=off".into(), "user_me=2m".into()];
+        c.route_ttl = vec![
+            "chat_stats=off".into(),
+            "user_me=2m".into(),
+            "schema=off".into(),
+        ];
     })
     .await;
+    // A typed route switched off says so, and never claims to have stored anything.
+    for _ in 0..2 {
+        let schema = get(&router, "/api/assistants/asst_6/schema", 6).await;
+        assert_eq!(schema.status, 200);
+        assert_eq!(
+            schema.cache_status.as_deref(),
+            Some("larder; fwd=bypass; detail=bypass-if")
+        );
+    }
     for _ in 0..2 {
         let stats = get(&router, "/api/chat/stats", 6).await;
         assert_eq!(stats.status, 200);
@@ -412,7 +466,11 @@ async fn a_routes_caching_is_switched_off_or_its_ttl_changed_by_configuration() 
     let queries = state.db.stats().queries;
     let again = get(&router, "/api/dashboard", 6).await;
     assert_eq!(state.db.stats().queries, queries + 1, "the stats part only");
-    assert!(again.cache_status.unwrap().contains("1 of 9 parts"));
+    assert_eq!(
+        again.cache_status.as_deref(),
+        Some("larder; fwd=miss; detail=\"1 of 9 parts\""),
+        "loaded, not stored"
+    );
     let stats = call(&router, Method::GET, "/_cache/stats", None, None).await;
     assert_eq!(stats.body["ttls"]["chat_stats"], Value::Null);
     assert_eq!(stats.body["ttls"]["user_me"], 120);

@@ -109,8 +109,12 @@ pub(crate) enum Turn<V> {
     Lead(Lead),
     /// The leader's entry, which passed the visibility check for this request.
     Shared(Arc<Entry>),
-    /// What the store held when the request read it again (after a flight, or as a new leader).
-    Found(V),
+    /// What the store held when the request read it again: as a new leader, or after a
+    /// flight. `waited`: the request joined the flight while its call to the service ran, so
+    /// its answer came from another request's call (through the store); not for a new leader,
+    /// nor for a request that joined a flight already answered (it waited for the store's
+    /// write only).
+    Found { value: V, waited: bool },
     /// The request asks the service itself, for this reason.
     Alone(Alone),
 }
@@ -199,7 +203,10 @@ impl Coalescer {
                     if self.crossed(&digest, ticket.recheck) {
                         if let Some((entry, value)) = reread().await {
                             lead.land(entry);
-                            return Turn::Found(value);
+                            return Turn::Found {
+                                value,
+                                waited: false,
+                            };
                         }
                     }
                     return Turn::Lead(lead);
@@ -307,7 +314,12 @@ where
         FlightState::Landed(_) | FlightState::Written(_) => {
             let _ = tokio::time::timeout_at(deadline, released(state)).await;
             match reread().await {
-                Some((_, value)) => Ok(Turn::Found(value)),
+                // Joined while the call ran: it waited for the service (a late joiner only
+                // waited for the store's write).
+                Some((_, value)) => Ok(Turn::Found {
+                    value,
+                    waited: !late,
+                }),
                 None => Err(Alone::WritePending),
             }
         }
@@ -429,7 +441,13 @@ mod tests {
         tokio::task::yield_now().await;
         lead.land(entry(4));
         drop(lead);
-        assert!(matches!(follower.await.unwrap(), Turn::Found(6)));
+        assert!(matches!(
+            follower.await.unwrap(),
+            Turn::Found {
+                value: 6,
+                waited: true
+            }
+        ));
     }
 
     #[tokio::test]

@@ -299,8 +299,17 @@ impl Exchange {
                 Err(Answered::Served(response))
             }
             Turn::Shared(_) => Err(Answered::Alone(Alone::Uncollapsible)),
-            Turn::Found(fresh) => {
-                let status = CacheStatus::Hit { ttl: fresh.ttl };
+            Turn::Found {
+                value: fresh,
+                waited,
+            } => {
+                // After following a flight, the answer came from another request's call
+                // (through the store): shared, as `Turn::Shared` is, and timed as a miss.
+                let status = if waited {
+                    CacheStatus::Collapsed { fwd, detail: None }
+                } else {
+                    CacheStatus::Hit { ttl: fresh.ttl }
+                };
                 let response = self.serve(
                     &fresh.entry,
                     &parts.method,

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 /// Sub-buckets per power of two (two significant bits).
 const SUB: u32 = 4;
-/// Powers of two covered: up to 2^36 µs (about 19 hours); longer times fall in the last bucket.
+/// Octaves of buckets: times up to 2^37 µs (about 38 hours); longer ones fall in the last bucket.
 const OCTAVES: u32 = 36;
 /// Buckets in all.
 const BUCKETS: usize = (OCTAVES * SUB) as usize;

@@ -9,7 +9,10 @@
 //! `larder_store_seconds{store, op}` (network stores only; in-process calls are not timed).
 //!
 //! Response times are kept per route for hits and for misses ([`latency`]): in the snapshot as
-//! quantiles, and as the histogram `larder_response_seconds{route, served}`.
+//! quantiles, and as the histogram `larder_response_seconds{route, served}`, recorded for every
+//! client response. What a histogram costs is the recorder's: metrics-exporter-prometheus keeps
+//! each sample until its upkeep drains it (`install()` runs it every few seconds; a recorder
+//! built with `build_recorder()` needs `run_upkeep()` called on a timer, or its memory grows).
 
 mod latency;
 
@@ -459,7 +462,8 @@ pub struct RouteSnapshot {
     /// request's arrival at the layer to the response's head; for a typed call, its length.
     pub hit_latency: LatencySnapshot,
     /// Response times of misses and of requests that shared another's call (they waited for
-    /// the service). A refill's call counts here too, as it counts as a miss.
+    /// the service). A refill's replay is counted like a client's request: here when it calls
+    /// the service, with the hits when it finds the entry already filled.
     pub miss_latency: LatencySnapshot,
 }
 
