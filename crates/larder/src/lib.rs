@@ -160,6 +160,7 @@ pub use middleware::{
     layer::CacheLayer,
     service::Cache,
 };
+pub use rules::policy::{CDN_CACHE_CONTROL, LARDER_CACHE_CONTROL};
 pub use rules::{
     key::{CacheKey, KeyOptions, Pagination, QueryMode},
     rule::{Rule, Rules, UserScope},

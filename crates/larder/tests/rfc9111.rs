@@ -295,6 +295,18 @@ const CASES: &[Case] = &[
     case("a shared rule never stores a Set-Cookie", T60, 200, &[("set-cookie", "sid=2")], fwd("larder; fwd=miss; detail=set-cookie")).shared().req(&[("cookie", "sid=1")]),
     case("Authorization with a user scope is stored", T60, 200, NONE, stored(60)).user_scoped().req(&[("x-user", "alice"), ("authorization", "Bearer x")]),
     case("a user-scoped rule bypasses requests without a user", T60, 200, MAX60, fwd("larder; fwd=bypass; detail=no-user")).user_scoped(),
+    // Targeted fields (RFC 9213): the first of Larder-Cache-Control and CDN-Cache-Control that
+    // is present, valid and not empty decides, and Cache-Control and Expires are set aside.
+    case("CDN-Cache-Control wins over Cache-Control: no-store", NO_TTL, 200, &[("cache-control", "no-store"), ("cdn-cache-control", "max-age=60")], stored(60)),
+    case("Larder-Cache-Control wins over CDN-Cache-Control", NO_TTL, 200, &[("cdn-cache-control", "max-age=600"), ("larder-cache-control", "max-age=60")], stored(60)),
+    case("a targeted no-store wins over Cache-Control: max-age", T60, 200, &[("cache-control", "max-age=600"), ("cdn-cache-control", "no-store")], fwd("larder; fwd=miss; detail=no-store")),
+    case("a targeted field that does not parse is ignored", NO_TTL, 200, &[("larder-cache-control", "max-age=\"60"), ("cdn-cache-control", "max-age=30")], stored(30)),
+    case("an empty targeted field is ignored", NO_TTL, 200, &[("cdn-cache-control", ""), ("cache-control", "max-age=60")], stored(60)),
+    case("a targeted field sets Expires aside", NO_TTL, 200, &[("expires", "{now+3600}"), ("cdn-cache-control", "public")], fwd("larder; fwd=miss; detail=no-freshness")),
+    case("a targeted max-age of the wrong type is ignored alone", T60, 200, &[("cdn-cache-control", "max-age=?1"), ("cache-control", "max-age=600")], stored(60)),
+    case("a targeted private is stored only under a user scope", T60, 200, &[("cdn-cache-control", "private")], fwd("larder; fwd=miss; detail=private")),
+    case("a targeted private under a user scope is stored", T60, 200, &[("larder-cache-control", "private, max-age=60")], stored(60)).user_scoped().req(&[("x-user", "alice")]),
+    case("Authorization and a targeted public response is stored", NO_TTL, 200, &[("cdn-cache-control", "public, max-age=60")], stored(60)).req(&[("authorization", "Bearer x")]),
     case("Range bypasses", T60, 206, &[("content-range", "bytes 0-0/6")], fwd("larder; fwd=bypass; detail=range")).req(&[("range", "bytes=0-0")]),
     case("a GET with a body bypasses", T60, 200, MAX60, fwd("larder; fwd=bypass; detail=request-body")).req(&[("content-length", "5")]).body("hello"),
 ];

@@ -44,6 +44,8 @@ pub(crate) struct ResponseDirectives {
     pub(crate) stale_if_error: Option<Duration>,
     /// Duplicate max-age/s-maxage with different values: the response is stale (§4.2.1).
     pub(crate) conflicting: bool,
+    /// Read from a targeted field (RFC 9213), which also sets `Expires` aside.
+    pub(crate) targeted: bool,
 }
 
 /// What the route configured (all optional).
@@ -329,6 +331,77 @@ pub(crate) fn response_directives(headers: &HeaderMap) -> ResponseDirectives {
     rd
 }
 
+/// `Larder-Cache-Control`: directives for this cache alone (RFC 9213's targeted fields).
+pub const LARDER_CACHE_CONTROL: HeaderName = HeaderName::from_static("larder-cache-control");
+/// `CDN-Cache-Control` (RFC 9213 §3): directives for the shared caches of a CDN, which this
+/// cache honours too.
+pub const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+
+/// The targeted fields this cache reads, first first (RFC 9213 §2.1's target list).
+const TARGETS: [HeaderName; 2] = [LARDER_CACHE_CONTROL, CDN_CACHE_CONTROL];
+
+/// The directives that decide for this cache (RFC 9213 §2.1): those of the first field of
+/// [`TARGETS`] that is present, valid and not empty, and then `Cache-Control` and `Expires`
+/// are set aside; else `Cache-Control`'s.
+pub(crate) fn effective_directives(headers: &HeaderMap) -> ResponseDirectives {
+    TARGETS
+        .iter()
+        .find_map(|name| targeted(headers, name))
+        .unwrap_or_else(|| response_directives(headers))
+}
+
+/// The directives of the targeted field `name`, if it is present, parses as a Structured
+/// Field Dictionary (RFC 9651; its lines joined) and is not empty. A field that does not parse
+/// is ignored as a whole (RFC 9213 §2.1); a directive whose value has the wrong type is
+/// ignored alone, except that `no-cache` and `private` with any value count (their qualified
+/// forms are treated like the bare ones, as in `Cache-Control`).
+fn targeted(headers: &HeaderMap, name: &HeaderName) -> Option<ResponseDirectives> {
+    let mut lines = headers.get_all(name).iter();
+    let first = lines.next()?;
+    let mut joined = first.as_bytes().to_vec();
+    for line in lines {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(line.as_bytes());
+    }
+    let dictionary: sfv::Dictionary = sfv::Parser::new(&joined).parse().ok()?;
+    if dictionary.is_empty() {
+        return None;
+    }
+    let mut rd = ResponseDirectives {
+        targeted: true,
+        ..ResponseDirectives::default()
+    };
+    for (key, entry) in &dictionary {
+        let item = match entry {
+            sfv::ListEntry::Item(item) => Some(&item.bare_item),
+            sfv::ListEntry::InnerList(_) => None,
+        };
+        let flag = item.and_then(sfv::BareItem::as_boolean) == Some(true);
+        let seconds = || {
+            let n = i64::from(item?.as_integer()?);
+            let n = u64::try_from(n).ok()?.min(MAX_DELTA_SECONDS);
+            Some(Duration::from_secs(n))
+        };
+        match key.as_str() {
+            "no-store" => rd.no_store |= flag,
+            "no-cache" => rd.no_cache |= flag || item.is_none_or(|i| i.as_boolean().is_none()),
+            "private" => rd.private |= flag || item.is_none_or(|i| i.as_boolean().is_none()),
+            "public" => rd.public |= flag,
+            "must-revalidate" => rd.must_revalidate |= flag,
+            "proxy-revalidate" => rd.proxy_revalidate |= flag,
+            "must-understand" => rd.must_understand |= flag,
+            "max-age" => rd.max_age = seconds().or(rd.max_age),
+            "s-maxage" => rd.s_maxage = seconds().or(rd.s_maxage),
+            "stale-while-revalidate" => {
+                rd.stale_while_revalidate = seconds().or(rd.stale_while_revalidate);
+            }
+            "stale-if-error" => rd.stale_if_error = seconds().or(rd.stale_if_error),
+            _ => {}
+        }
+    }
+    Some(rd)
+}
+
 /// How a status code may be stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StatusClass {
@@ -436,7 +509,8 @@ fn forbidden(ex: &Candidate<'_>, cc: &ResponseDirectives) -> Option<Uncacheable>
 /// why the status or the lack of freshness forbids storing.
 fn lifetime(ex: &Candidate<'_>, cc: &ResponseDirectives) -> Result<Duration, Uncacheable> {
     let headers = ex.response_headers;
-    let has_expires = headers.contains_key(EXPIRES);
+    // RFC 9213 §2.1: a targeted field sets `Expires` aside, as it does `Cache-Control`.
+    let has_expires = !cc.targeted && headers.contains_key(EXPIRES);
     let explicit = cc.s_maxage.is_some() || cc.max_age.is_some() || has_expires;
     let class = status_class(ex.status);
     match class {
@@ -466,14 +540,14 @@ fn lifetime(ex: &Candidate<'_>, cc: &ResponseDirectives) -> Result<Duration, Unc
 /// Whether a stored response with `headers` may answer a request with credentials: it said
 /// `public` or `s-maxage` (RFC 9111 §3.5).
 pub(crate) fn shared_with_credentials(headers: &HeaderMap) -> bool {
-    let cc = response_directives(headers);
+    let cc = effective_directives(headers);
     cc.public || cc.s_maxage.is_some()
 }
 
 /// Decides whether a response may be stored by a shared cache and, if so, its freshness.
 pub(crate) fn decide(ex: &Candidate<'_>) -> Decision {
     let headers = ex.response_headers;
-    let cc = response_directives(headers);
+    let cc = effective_directives(headers);
     if let Some(reason) = forbidden(ex, &cc) {
         return Decision::Skip(reason);
     }
@@ -885,6 +959,7 @@ mod tests {
         stale_while_revalidate: None,
         stale_if_error: None,
         conflicting: false,
+        targeted: false,
     };
     const MAX_SECS: Duration = secs(u32::MAX as u64);
 
@@ -916,6 +991,42 @@ mod tests {
             let got = response_directives(&lines_of("cache-control", lines));
             assert_eq!(&got, want, "case: {name}");
         }
+    }
+
+    #[test]
+    fn targeted_fields_join_their_lines_and_take_structured_values() {
+        let map = lines_of(
+            "cdn-cache-control",
+            &["max-age=60", "must-revalidate, no-cache=(\"x-a\")"],
+        );
+        let got = effective_directives(&map);
+        assert_eq!(
+            got,
+            ResponseDirectives {
+                max_age: Some(secs(60)),
+                must_revalidate: true,
+                no_cache: true,
+                targeted: true,
+                ..ResponseDirectives::default()
+            }
+        );
+        // `public=?0` is false; a string where an integer belongs is ignored.
+        let got = effective_directives(&lines_of(
+            "larder-cache-control",
+            &["public=?0, s-maxage=\"9\""],
+        ));
+        assert_eq!(
+            got,
+            ResponseDirectives {
+                targeted: true,
+                ..ResponseDirectives::default()
+            }
+        );
+        // Not a dictionary (a bare comma): the field is ignored, Cache-Control decides.
+        let mut map = lines_of("cdn-cache-control", &[","]);
+        map.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=5"));
+        assert_eq!(effective_directives(&map).max_age, Some(secs(5)));
+        assert!(!effective_directives(&map).targeted);
     }
 
     #[test]
