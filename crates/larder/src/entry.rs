@@ -127,11 +127,33 @@ impl Entry {
         self.born
     }
 
+    /// The validators the origin gave (`ETag`, `Last-Modified`), with which a stale copy is
+    /// revalidated (RFC 9111 §4.3.1); `None` when it gave neither (the cache's own derived
+    /// `ETag` is not the origin's to compare).
+    pub(crate) fn validators(&self) -> Option<(Option<&HeaderValue>, Option<&HeaderValue>)> {
+        let etag = self
+            .headers
+            .get(http::header::ETAG)
+            .filter(|etag| !is_derived(etag));
+        let modified = self.headers.get(http::header::LAST_MODIFIED);
+        (etag.is_some() || modified.is_some()).then_some((etag, modified))
+    }
+
     /// How long a store should keep the entry from now: the rest of its freshness plus the
-    /// longer stale window.
+    /// longest of its stale windows and, when the origin gave a validator, a revalidation
+    /// window (its lifetime, at least [`REVALIDATION_KEEP`]): a stale copy then costs a `304`
+    /// instead of the whole body.
     pub fn time_to_keep(&self, now_ms: u64) -> Duration {
+        let revalidation = if self.validators().is_some() {
+            self.lifetime.max(REVALIDATION_KEEP)
+        } else {
+            Duration::ZERO
+        };
         let total = self.lifetime.saturating_sub(self.initial_age)
-            + self.stale_while_revalidate.max(self.stale_if_error);
+            + self
+                .stale_while_revalidate
+                .max(self.stale_if_error)
+                .max(revalidation);
         total.saturating_sub(Duration::from_millis(now_ms.saturating_sub(self.stored_at)))
     }
 
@@ -185,12 +207,24 @@ impl Entry {
     }
 }
 
-/// A strong validator derived from the body (RFC 9110 §8.8.3): equal bodies, equal tags.
+/// The shortest time a stale entry with an origin validator is kept for revalidation.
+pub(crate) const REVALIDATION_KEEP: Duration = Duration::from_secs(5 * 60);
+
+/// How a derived `ETag`'s opaque tag starts: the cache knows its own from the origin's.
+const DERIVED: &str = "\"larder:";
+
+/// Whether `etag` is one [`derive_etag`] made (not the origin's).
+pub(crate) fn is_derived(etag: &HeaderValue) -> bool {
+    etag.as_bytes().starts_with(DERIVED.as_bytes())
+}
+
+/// A strong validator derived from the body (RFC 9110 §8.8.3): equal bodies, equal tags;
+/// `"larder:` and 32 hex digits of its BLAKE3 hash.
 pub(crate) fn derive_etag(body: &[u8]) -> HeaderValue {
     let hash = blake3::hash(body);
     let hex = hash.to_hex();
-    let mut s = String::with_capacity(34);
-    s.push('"');
+    let mut s = String::with_capacity(DERIVED.len() + 33);
+    s.push_str(DERIVED);
     s.push_str(&hex[..32]);
     s.push('"');
     HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))

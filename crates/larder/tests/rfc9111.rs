@@ -452,6 +452,13 @@ impl Origin {
         }
     }
 
+    /// Replaces (or adds) a header of the answer.
+    fn set_header(&self, name: &'static str, value: &str) {
+        let mut a = self.answer.lock().unwrap();
+        a.headers.retain(|(k, _)| *k != name);
+        a.headers.push((name, value.to_owned()));
+    }
+
     fn set(&self, status: u16, label: &'static str) {
         let mut a = self.answer.lock().unwrap();
         a.status = status;
@@ -1124,4 +1131,137 @@ async fn a_conditional_request_that_triggers_a_refresh_still_refreshes_the_entry
     assert_eq!(origin.calls(), 2, "one background refresh");
     let next = send(&app, get_req("/r", &[])).await;
     assert_eq!(next.x_cache(), "HIT", "the refresh did not store: {next:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Revalidation (RFC 9111 §4.3): a stale entry with the origin's validators costs a 304
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_304_refreshes_the_entry_and_its_headers() {
+    let origin = Origin::new(
+        200,
+        &[
+            ("cache-control", "max-age=10"),
+            ("etag", "\"v1\""),
+            ("x-version", "1"),
+        ],
+    );
+    let cache = cache();
+    let app = origin.router(&cache, Rule::new("r"));
+    let first = send(&app, get_req("/r", &[])).await;
+    assert_eq!(first.cache_status(), "larder; fwd=miss; stored");
+    tokio::time::advance(secs(11)).await;
+    // The origin's answer changed a header, not the representation (same ETag).
+    origin.set_header("x-version", "2");
+    let revalidated = send(&app, get_req("/r", &[])).await;
+    assert_eq!(origin.calls(), 2, "one conditional request");
+    assert_eq!(revalidated.status, StatusCode::OK);
+    assert_eq!(
+        revalidated.cache_status(),
+        "larder; fwd=stale; fwd-status=304; stored"
+    );
+    assert_eq!(revalidated.x_cache(), "REVALIDATED");
+    assert_eq!(
+        revalidated.body, first.body,
+        "the stored body, not sent again"
+    );
+    assert_eq!(revalidated.headers["x-version"], "2", "the 304's headers");
+    assert_eq!(revalidated.headers["etag"], "\"v1\"");
+    // Fresh again for the 304's max-age, with the updated headers.
+    let hit = send(&app, get_req("/r", &[])).await;
+    assert_eq!(hit.cache_status(), "larder; hit; ttl=10");
+    assert_eq!(hit.headers["x-version"], "2");
+    assert_eq!(hit.body, first.body);
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn must_revalidate_after_expiry_sends_a_conditional_request() {
+    let origin = Origin::new(
+        200,
+        &[
+            ("cache-control", "max-age=5, must-revalidate"),
+            ("etag", "\"a\""),
+        ],
+    );
+    let cache = cache();
+    let app = origin.router(&cache, Rule::new("r"));
+    let first = send(&app, get_req("/r", &[])).await;
+    tokio::time::advance(secs(6)).await;
+    let second = send(&app, get_req("/r", &[])).await;
+    assert_eq!(second.x_cache(), "REVALIDATED", "{second:?}");
+    assert_eq!(second.body, first.body);
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_changed_representation_after_expiry_is_fetched_whole() {
+    let origin = Origin::new(200, &[("cache-control", "max-age=5"), ("etag", "\"v1\"")]);
+    let cache = cache();
+    let app = origin.router(&cache, Rule::new("r"));
+    send(&app, get_req("/r", &[])).await;
+    tokio::time::advance(secs(6)).await;
+    origin.set_header("etag", "\"v2\"");
+    origin.set(200, "v2");
+    let changed = send(&app, get_req("/r", &[])).await;
+    assert_eq!(changed.cache_status(), "larder; fwd=stale; stored");
+    assert!(changed.body.starts_with("v2 n=2"), "{changed:?}");
+    let hit = send(&app, get_req("/r", &[])).await;
+    assert_eq!(hit.x_cache(), "HIT");
+    assert_eq!(hit.body, changed.body);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_no_cache_response_with_a_validator_is_revalidated_on_every_use() {
+    let origin = Origin::new(200, &[("cache-control", "no-cache"), ("etag", "\"n\"")]);
+    let cache = cache();
+    let app = origin.router(&cache, Rule::new("r").ttl(secs(60)));
+    let first = send(&app, get_req("/r", &[])).await;
+    assert_eq!(first.cache_status(), "larder; fwd=miss; stored");
+    for calls in [2, 3] {
+        let again = send(&app, get_req("/r", &[])).await;
+        assert_eq!(again.x_cache(), "REVALIDATED", "{again:?}");
+        assert_eq!(again.body, first.body);
+        assert_eq!(origin.calls(), calls, "every use asks the origin");
+    }
+}
+
+/// An origin that gives only `Last-Modified`: the cache asks with `If-Modified-Since`.
+#[tokio::test(start_paused = true)]
+async fn last_modified_alone_is_revalidated_with_if_modified_since() {
+    const MODIFIED: &str = "Tue, 14 Nov 2023 22:13:20 GMT";
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (c, s) = (Arc::clone(&calls), Arc::clone(&seen));
+    let origin = service_fn(move |req: Request<Body>| {
+        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+        let since = req.headers().get(header::IF_MODIFIED_SINCE).cloned();
+        s.lock().unwrap().push(since.clone());
+        async move {
+            let b = Response::builder()
+                .header("cache-control", "max-age=5")
+                .header("last-modified", MODIFIED);
+            let response = if since.is_some_and(|v| v == MODIFIED) {
+                b.status(304).body(Body::empty())
+            } else {
+                b.body(Body::from(format!("body-{n}")))
+            };
+            Ok::<_, Infallible>(response.unwrap())
+        }
+    });
+    let cache = cache();
+    let svc = cache.layer(Rule::new("r")).layer(origin);
+    let first = send(&svc, get_req("/r", &[])).await;
+    tokio::time::advance(secs(6)).await;
+    let second = send(&svc, get_req("/r", &[])).await;
+    assert_eq!(second.x_cache(), "REVALIDATED", "{second:?}");
+    assert_eq!(
+        (first.body.as_str(), second.body.as_str()),
+        ("body-1", "body-1")
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0], None, "the first request was not conditional");
+    assert_eq!(seen[1].as_ref().unwrap(), MODIFIED);
 }

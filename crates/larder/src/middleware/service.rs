@@ -208,6 +208,7 @@ where
     if read.intent == Intent::Reload {
         let found = Found::Miss {
             stale: None,
+            revalidate: None,
             fwd: Fwd::Request,
         };
         let now = shared.clock.now_ms();

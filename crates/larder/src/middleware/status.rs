@@ -82,6 +82,10 @@ pub(crate) enum CacheStatus {
     Stale { by: u64, used: StaleUse },
     /// Forwarded, and its response stored: `larder; fwd=REASON; stored`.
     Stored { fwd: Fwd },
+    /// A stale entry revalidated: the service answered a conditional request `304`, and the
+    /// entry, refreshed, answered (and was stored again): `larder; fwd=REASON; fwd-status=304;
+    /// stored`.
+    Revalidated { fwd: Fwd },
     /// Answered with another request's response: `larder; fwd=REASON; collapsed[; detail=...]`.
     Collapsed { fwd: Fwd, detail: Option<Detail> },
     /// Forwarded, not stored: `larder; fwd=REASON[; detail=...]`.
@@ -114,7 +118,9 @@ impl CacheStatus {
                 fwd: Fwd::Bypass | Fwd::Method,
                 ..
             } => Outcome::Bypass,
-            CacheStatus::Stored { .. } | CacheStatus::Forward { .. } => Outcome::Miss,
+            CacheStatus::Stored { .. }
+            | CacheStatus::Revalidated { .. }
+            | CacheStatus::Forward { .. } => Outcome::Miss,
         }
     }
 
@@ -122,6 +128,7 @@ impl CacheStatus {
         HeaderValue::from_static(match self {
             CacheStatus::Hit { .. } => "HIT",
             CacheStatus::Stale { .. } => "STALE",
+            CacheStatus::Revalidated { .. } => "REVALIDATED",
             CacheStatus::Forward {
                 fwd: Fwd::Bypass | Fwd::Method,
                 ..
@@ -159,6 +166,11 @@ impl CacheStatus {
                 out.push(b"fwd=");
                 out.push(fwd.as_str().as_bytes());
                 out.push(b"; stored");
+            }
+            CacheStatus::Revalidated { fwd } => {
+                out.push(b"fwd=");
+                out.push(fwd.as_str().as_bytes());
+                out.push(b"; fwd-status=304; stored");
             }
             CacheStatus::Collapsed { fwd, detail } | CacheStatus::Forward { fwd, detail } => {
                 out.push(b"fwd=");

@@ -109,6 +109,11 @@ pub(crate) struct Exchange {
     /// When a client's request arrived at the layer (`None` for what runs in the background:
     /// refreshes, what a hit sets off): its response time is counted.
     pub(crate) started: Option<Instant>,
+    /// A stale entry with the origin's validators: the service is asked conditionally, and a
+    /// `304` refreshes it instead of sending the body again (RFC 9111 §4.3).
+    pub(crate) revalidating: Option<Arc<Entry>>,
+    /// The service answered `304` and the entry was refreshed: its `Cache-Status` says so.
+    revalidated: bool,
     /// See [`ReadRequest::credentialed`].
     pub(crate) credentialed: bool,
 }
@@ -136,13 +141,15 @@ impl Exchange {
             looked_up,
             refill: None,
             started,
+            revalidating: None,
+            revalidated: false,
             credentialed: read.credentialed,
         }
     }
 
     /// Serves what the lookup found at `now_ms`, or goes to the service.
     pub(crate) fn answer<S, ReqBody, B>(
-        self,
+        mut self,
         found: Found,
         now_ms: u64,
         inner: S,
@@ -185,10 +192,18 @@ impl Exchange {
                     used: StaleUse::WhileRevalidate,
                 };
                 let response = self.serve(&entry, &parts.method, &parts.headers, status, now_ms);
+                // Refreshed conditionally when the origin gave a validator.
+                self.revalidating = entry.validators().map(|_| Arc::clone(&entry));
                 self.refresh(inner, parts, body);
                 ResponseFuture::ready(response)
             }
-            Found::Miss { stale, fwd } => {
+            Found::Miss {
+                stale,
+                revalidate,
+                fwd,
+            } => {
+                // A HEAD is answered by the origin itself: only a GET revalidates the entry.
+                self.revalidating = revalidate.filter(|_| parts.method == Method::GET);
                 let span = tracing::debug_span!("larder.miss", route = %self.route.rule.name, key = %self.key, fwd = fwd.as_str());
                 ResponseFuture::boxed(Box::pin(
                     self.miss(inner, parts, body, stale, fwd).instrument(span),
@@ -266,8 +281,28 @@ impl Exchange {
         };
         self.route.stats.record(Outcome::Miss);
         policy::strip_validators(&mut parts.headers);
+        self.ask_conditionally(&mut parts.headers);
         let req = Request::from_parts(parts, body);
         self.lead(lead, lock, inner, req, stale, fwd).await
+    }
+
+    /// The request's headers as the client sent them (less its validators): without those
+    /// this cache added to ask conditionally, which must never answer the client (a stale
+    /// entry served on an error would otherwise be a `304` to a client that asked for none).
+    fn clients_headers(&self, sent: &HeaderMap) -> HeaderMap {
+        let mut headers = sent.clone();
+        if self.revalidating.is_some() {
+            policy::strip_validators(&mut headers);
+        }
+        headers
+    }
+
+    /// Makes the request to the service conditional on the stale entry being revalidated, if
+    /// any (its validators replace the client's, already removed).
+    fn ask_conditionally(&self, headers: &mut HeaderMap) {
+        if let Some(validators) = self.revalidating.as_ref().and_then(|e| e.validators()) {
+            policy::add_validators(headers, validators);
+        }
     }
 
     /// Takes this request's turn with the coalescer: `Ok` to lead, or how it was answered.
@@ -398,6 +433,7 @@ impl Exchange {
             parts.method = Method::GET;
         }
         policy::strip_validators(&mut parts.headers);
+        self.ask_conditionally(&mut parts.headers);
         // The client was answered: the refresh's call is not its response time.
         self.started = None;
         tokio::spawn(async move {
@@ -441,10 +477,19 @@ impl Exchange {
             born: shared.store.stamp(),
             started: tokio::time::Instant::now(),
             method: req.method().clone(),
-            headers: req.headers().clone(),
+            headers: self.clients_headers(req.headers()),
             path: route::request_path(req.uri(), req.extensions()).to_owned(),
         };
         match inner.call(req).await {
+            // RFC 9111 §4.3.4: the stale entry is still good; refreshed with the 304's
+            // headers, it answers this request and is stored again, no body sent twice.
+            Ok(r) if r.status() == StatusCode::NOT_MODIFIED && self.revalidating.is_some() => {
+                let entry = self.revalidating.take().expect("checked above");
+                let (parts, body) = refreshed(&entry, r.into_parts().0);
+                self.took_miss();
+                self.revalidated = true;
+                Ok(self.record(parts, body, asked, (lead, lock, refill), fwd))
+            }
             Ok(r) if !r.status().is_server_error() => {
                 let (parts, body) = r.into_parts();
                 let body = if self.wants_whole_body(&parts, &body) {
@@ -535,7 +580,11 @@ impl Exchange {
             parts.headers.insert(header::ETAG, etag);
         }
         let status = if known && shared.breaker.healthy() {
-            CacheStatus::Stored { fwd }
+            if self.revalidated {
+                CacheStatus::Revalidated { fwd }
+            } else {
+                CacheStatus::Stored { fwd }
+            }
         } else {
             CacheStatus::forward(fwd, None)
         };
@@ -622,6 +671,22 @@ impl Exchange {
             self.handle.shared.x_cache,
         ))
     }
+}
+
+/// The response a `304` stands for: the stored one, its headers updated with the `304`'s
+/// (RFC 9111 §4.3.4), with the stored body, whole.
+fn refreshed<B>(
+    entry: &Entry,
+    mut not_modified: response::Parts,
+) -> (response::Parts, Incoming<B>) {
+    not_modified.status = entry.status;
+    not_modified.headers = policy::updated_headers(&entry.headers, &not_modified.headers);
+    let body = Incoming::Whole {
+        data: entry.body.clone(),
+        trailers: entry.trailers.clone(),
+        broken: false,
+    };
+    (not_modified, body)
 }
 
 /// The longest body read whole before its response is answered (see

@@ -19,8 +19,14 @@ pub(crate) enum Found {
     Fresh { entry: Arc<Entry>, ttl: u64 },
     /// Stale by `by`, inside its stale-while-revalidate window.
     Revalidate { entry: Arc<Entry>, by: Duration },
-    /// Nothing usable; `stale` may still serve if the service fails (stale-if-error).
-    Miss { stale: Option<Arc<Entry>>, fwd: Fwd },
+    /// Nothing usable; `stale` may still serve if the service fails (stale-if-error), and
+    /// `revalidate`, a stale entry with the origin's validators, may be revalidated with a
+    /// conditional request (RFC 9111 §4.3.1) instead of fetched again.
+    Miss {
+        stale: Option<Arc<Entry>>,
+        revalidate: Option<Arc<Entry>>,
+        fwd: Fwd,
+    },
 }
 
 /// Judges what the store returned for `key` at `now_ms`, for a request with `headers`.
@@ -33,12 +39,14 @@ pub(crate) fn judge(
     let Some(entry) = entry else {
         return Found::Miss {
             stale: None,
+            revalidate: None,
             fwd: Fwd::Miss,
         };
     };
     if !vary_matches(&entry, key, headers) {
         return Found::Miss {
             stale: None,
+            revalidate: None,
             fwd: Fwd::VaryMiss,
         };
     }
@@ -49,7 +57,10 @@ pub(crate) fn judge(
             revalidate: true,
             ..
         } => Found::Revalidate { entry, by },
+        // Also past `must-revalidate` (and every use of a `no-cache` response): a stale
+        // entry is never served unvalidated, but it can be revalidated.
         Freshness::Stale { if_error, .. } => Found::Miss {
+            revalidate: entry.validators().map(|_| Arc::clone(&entry)),
             stale: if_error.then_some(entry),
             fwd: Fwd::Stale,
         },

@@ -8,7 +8,7 @@
 use std::time::{Duration, SystemTime};
 
 use http::header::{
-    AGE, CACHE_CONTROL, CONNECTION, DATE, EXPIRES, IF_NONE_MATCH, PRAGMA, PROXY_AUTHENTICATE,
+    AGE, CACHE_CONTROL, CONNECTION, DATE, ETAG, EXPIRES, IF_NONE_MATCH, PRAGMA, PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -498,8 +498,10 @@ fn forbidden(ex: &Candidate<'_>, cc: &ResponseDirectives) -> Option<Uncacheable>
     if vary(headers) == Vary::Any {
         return Some(Uncacheable::VaryStar);
     }
-    // RFC 9111 §5.2.2.4: no-cache requires revalidation on every use, which we do not do.
-    if cc.no_cache {
+    // RFC 9111 §5.2.2.4: no-cache requires revalidation on every use: possible only with
+    // a validator of the origin's (see `decide`), and for a status stored by default.
+    if cc.no_cache && !(has_validator(headers) && status_class(ex.status) == StatusClass::RouteTtl)
+    {
         return Some(Uncacheable::NoCache);
     }
     None
@@ -550,6 +552,17 @@ pub(crate) fn decide(ex: &Candidate<'_>) -> Decision {
     let cc = effective_directives(headers);
     if let Some(reason) = forbidden(ex, &cc) {
         return Decision::Skip(reason);
+    }
+    // RFC 9111 §5.2.2.4: a `no-cache` response with a validator is stored, stale from the
+    // start: every use revalidates it with the origin (a `304` costs no body).
+    if cc.no_cache {
+        return Decision::Store(Lifetimes {
+            lifetime: Duration::ZERO,
+            initial_age: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            must_revalidate: true,
+        });
     }
     let lifetime = match lifetime(ex, &cc) {
         Ok(lifetime) => lifetime,
@@ -720,6 +733,42 @@ pub(crate) fn if_none_match(if_none_match: &HeaderMap, etag: &HeaderValue) -> bo
 /// as 200 (in a Trailers-Only response the status comes in the headers).
 pub(crate) fn grpc_failed(headers: &HeaderMap) -> bool {
     headers.get("grpc-status").is_some_and(|s| s != "0")
+}
+
+/// Whether a response carries a validator of the origin's (`ETag` or `Last-Modified`).
+fn has_validator(headers: &HeaderMap) -> bool {
+    headers.contains_key(ETAG) || headers.contains_key(http::header::LAST_MODIFIED)
+}
+
+/// Makes a request to the origin conditional on a stored response's validators (RFC 9111
+/// §4.3.1): `If-None-Match` with its `ETag`, `If-Modified-Since` with its `Last-Modified`.
+pub(crate) fn add_validators(
+    headers: &mut HeaderMap,
+    (etag, modified): (Option<&HeaderValue>, Option<&HeaderValue>),
+) {
+    if let Some(etag) = etag {
+        headers.insert(IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(modified) = modified {
+        headers.insert(http::header::IF_MODIFIED_SINCE, modified.clone());
+    }
+}
+
+/// A stored response's header fields updated from a `304`'s (RFC 9111 §3.2 and §4.3.4): each
+/// field the `304` carries replaces the stored one, except `Content-Length` (the stored body's
+/// length stands) and hop-by-hop fields.
+pub(crate) fn updated_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+    let mut fresh = not_modified.clone();
+    strip_hop_by_hop(&mut fresh);
+    fresh.remove(http::header::CONTENT_LENGTH);
+    let mut headers = stored.clone();
+    for name in fresh.keys() {
+        headers.remove(name);
+    }
+    for (name, value) in &fresh {
+        headers.append(name, value.clone());
+    }
+    headers
 }
 
 /// Removes the client's validators before the cache asks the origin for a whole response to
