@@ -104,6 +104,8 @@ pub(crate) enum Uncacheable {
     TooBig,
     /// A gRPC call that failed (`grpc-status` other than 0).
     GrpcStatus,
+    /// A new `Vary` variant of a URL that has as many as it may keep.
+    TooManyVariants,
     /// A tag template could not be filled for this request.
     TagUnresolved,
     /// The service failed (a 5xx or an error).
@@ -130,6 +132,7 @@ impl Uncacheable {
             Uncacheable::Head => "head",
             Uncacheable::TooBig => "too-big",
             Uncacheable::GrpcStatus => "grpc-status",
+            Uncacheable::TooManyVariants => "too-many-variants",
             Uncacheable::TagUnresolved => "tag-unresolved",
             Uncacheable::ServerError => "server-error",
             Uncacheable::Credentials => "credentials",

@@ -8,3 +8,4 @@ pub(crate) mod journal;
 pub(crate) mod lock;
 pub(crate) mod predictor;
 pub(crate) mod refill;
+pub(crate) mod variants;

@@ -54,7 +54,8 @@ impl Predictor {
             | Uncacheable::NoCache
             | Uncacheable::NoFreshness
             | Uncacheable::ZeroTtl
-            | Uncacheable::MustUnderstand => true,
+            | Uncacheable::MustUnderstand
+            | Uncacheable::TooManyVariants => true,
             Uncacheable::RequestNoStore
             | Uncacheable::Head
             | Uncacheable::TagUnresolved

@@ -121,12 +121,21 @@ pub(crate) fn classify(shared: &CacheState, route: &Route, parts: &Parts) -> Cla
             && !refresh
             && consistency::token(&parts.headers).is_none();
         if plain && shared.store.serves_during_outage() {
-            return Class::Outage(key(shared, route, parts, scope.as_deref(), None));
+            let key = variant(
+                route,
+                key(shared, route, parts, scope.as_deref(), None),
+                parts,
+            );
+            return Class::Outage(key);
         }
         return Class::Bypass(Bypass::StoreUnavailable);
     }
 
-    let key = key(shared, route, parts, scope.as_deref(), digest);
+    let key = variant(
+        route,
+        key(shared, route, parts, scope.as_deref(), digest),
+        parts,
+    );
     let intent = if refresh {
         Intent::Reload
     } else {
@@ -168,6 +177,16 @@ pub(crate) fn key(
         body: digest.map(RequestBodyDigest::as_bytes),
         request: Some(parts),
     })
+}
+
+/// The key of the request's variant, once the route knows the `Vary` of its responses (an
+/// atomic load when it does not).
+#[inline]
+fn variant(route: &Route, key: CacheKey, parts: &Parts) -> CacheKey {
+    match route.vary.get() {
+        Some(names) => key.variant(names, &parts.headers),
+        None => key,
+    }
 }
 
 /// Unsafe methods (RFC 9110 §9.2.1) are the writes that invalidate.

@@ -599,6 +599,7 @@ impl Exchange {
             lock,
             started: origin.started,
             refill,
+            vary: Arc::clone(&self.route.vary),
         };
         match body {
             Incoming::Stream(body) => {

@@ -16,7 +16,7 @@ use http_body::SizeHint;
 
 use crate::{
     CacheHandle, CacheKey, Entry,
-    engine::{breaker::Op, coalesce::Lead, lock::LockHeld, refill},
+    engine::{breaker::Op, coalesce::Lead, lock::LockHeld, refill, variants::VaryMemo},
     entry::derive_etag,
     middleware::status::XCache,
     reason::Uncacheable,
@@ -152,6 +152,8 @@ pub(crate) struct Fill {
     pub(crate) started: tokio::time::Instant,
     /// How to ask for this entry again after a write (rules that refill after writes).
     pub(crate) refill: Option<refill::Seed>,
+    /// The route's `Vary` field names, learned from the first varying response it stores.
+    pub(crate) vary: VaryMemo,
 }
 
 impl Fill {
@@ -185,6 +187,27 @@ impl Fill {
         {
             return self.uncacheable(Uncacheable::GrpcStatus);
         }
+        // A new variant of a URL that has all it may keep is not stored.
+        let variant = match (&self.entry.vary, self.key.base()) {
+            (Some((_, digest)), Some(base)) => {
+                if !self.handle.shared.variants.admit(*base, *digest) {
+                    return self.uncacheable(Uncacheable::TooManyVariants);
+                }
+                None
+            }
+            // Looked up under the URL's key: the route learns its `Vary`, and the entry is
+            // written under its variant's key too (where the route's next lookups go).
+            (Some((names, digest)), None) => {
+                let _ = self.vary.set(names.clone());
+                let base = *self.key.digest();
+                self.handle
+                    .shared
+                    .variants
+                    .admit(base, *digest)
+                    .then(|| self.key.with_variant_digest(*digest))
+            }
+            (None, _) => None,
+        };
         let body = concat(chunks);
         let hidden = self.handle.shared.x_cache == XCache::Hidden;
         give_etag(&mut self.entry, &body, hidden);
@@ -211,6 +234,16 @@ impl Fill {
         if let Some(seed) = self.refill.take() {
             let refills = &self.handle.shared.refills;
             refills.record(*self.key.digest(), &entry.tags, seed);
+        }
+        if let Some(variant) = variant {
+            write(
+                &self.handle,
+                &self.stats,
+                variant,
+                Arc::clone(&entry),
+                None,
+                None,
+            );
         }
         write(
             &self.handle,

@@ -44,6 +44,8 @@ const TRACKING: &[&str] = &[
 pub struct CacheKey {
     digest: [u8; 32],
     label: Label,
+    /// For the key of one `Vary` variant: the digest of the URL's key it derives from.
+    base: Option<[u8; 32]>,
 }
 
 impl CacheKey {
@@ -71,10 +73,12 @@ impl CacheKey {
     }
 
     /// The key of the variant of `self` selected by the request's values of `names`
-    /// (secondary key for `Vary`, RFC 9111 §4.1).
+    /// (secondary key for `Vary`, RFC 9111 §4.1). Of a variant's key, the variant of the URL's
+    /// key it derives from: the same for every key of the URL.
     pub(crate) fn variant(&self, names: &[HeaderName], headers: &HeaderMap) -> Self {
+        let base = self.base.unwrap_or(self.digest);
         let mut h = PartHasher::new("", b"variant");
-        h.part(&self.digest);
+        h.part(&base);
         for name in names {
             h.part(name.as_str().as_bytes());
             header_values(&mut h, headers, name);
@@ -82,7 +86,23 @@ impl CacheKey {
         CacheKey {
             digest: h.finish_digest(),
             label: self.label,
+            base: Some(base),
         }
+    }
+
+    /// The key of the variant whose digest is `digest` (an entry's `Vary` digest), of the
+    /// URL whose key is `self`.
+    pub(crate) fn with_variant_digest(&self, digest: [u8; 32]) -> Self {
+        CacheKey {
+            digest,
+            label: self.label,
+            base: Some(self.base.unwrap_or(self.digest)),
+        }
+    }
+
+    /// For a variant's key, the digest of its URL's key.
+    pub(crate) fn base(&self) -> Option<&[u8; 32]> {
+        self.base.as_ref()
     }
 }
 
@@ -571,6 +591,7 @@ impl PartHasher {
 
     fn finish(self, label: Label) -> CacheKey {
         CacheKey {
+            base: None,
             digest: self.finish_digest(),
             label,
         }
