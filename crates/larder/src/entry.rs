@@ -141,7 +141,7 @@ impl Entry {
 
     /// How long a store should keep the entry from now: the rest of its freshness plus the
     /// longest of its stale windows and, when the origin gave a validator, a revalidation
-    /// window (its lifetime, at least [`REVALIDATION_KEEP`]): a stale copy then costs a `304`
+    /// window (its lifetime, at least five minutes): a stale copy then costs a `304`
     /// instead of the whole body.
     pub fn time_to_keep(&self, now_ms: u64) -> Duration {
         let revalidation = if self.validators().is_some() {

@@ -66,8 +66,8 @@ pub(crate) struct CacheState {
     pub(crate) typed: Arc<RouteStats>,
     /// What rules with `refill_after_write` ask again after a write.
     pub(crate) refills: Refills,
-    /// The `Vary` variants stored per URL (bounded).
-    pub(crate) variants: crate::engine::variants::VariantSets,
+    /// The URLs whose responses vary, and their variants stored (bounded).
+    pub(crate) variants: crate::engine::variants::Variants,
     /// The TTL of rules that set none ([`CacheHandleBuilder::default_ttl`]).
     pub(crate) default_ttl: Option<Duration>,
     /// The key options of rules that set none ([`CacheHandleBuilder::default_key`]).

@@ -157,3 +157,51 @@ async fn a_url_keeps_a_bounded_number_of_variants() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 16);
 }
+
+/// What one URL varies on is that URL's: a URL of the same rule whose responses do not vary
+/// keeps one entry for every client.
+#[tokio::test]
+async fn a_url_that_does_not_vary_keeps_one_entry_beside_one_that_does() {
+    let cache = CacheHandle::builder(MemoryStore::default())
+        .x_cache()
+        .build();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let origin = service_fn(move |req: Request<Full<Bytes>>| {
+        c.fetch_add(1, Ordering::SeqCst);
+        let varies = req.uri().path() == "/a";
+        async move {
+            let mut b = Response::builder().header("cache-control", "max-age=600");
+            if varies {
+                b = b.header("vary", "User-Agent");
+            }
+            Ok::<_, Infallible>(b.body(Full::new(Bytes::from_static(b"x"))).unwrap())
+        }
+    });
+    let svc = cache
+        .layer(Rule::new("all").ttl(Duration::from_secs(600)))
+        .layer(origin);
+    let get = |path: &'static str, agent: String| {
+        let svc = svc.clone();
+        async move {
+            let req = Request::get(path)
+                .header("user-agent", agent)
+                .body(Full::default())
+                .unwrap();
+            let res = svc.oneshot(req).await.unwrap();
+            let x = res.headers()["x-cache"].to_str().unwrap().to_owned();
+            res.into_body().collect().await.unwrap();
+            x
+        }
+    };
+    get("/a", "agent-0".into()).await;
+    for i in 0..20 {
+        get("/b", format!("agent-{i}")).await;
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "/b is one entry for every agent"
+    );
+    assert_eq!(get("/b", "agent-99".into()).await, "HIT");
+}

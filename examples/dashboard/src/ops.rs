@@ -102,7 +102,7 @@ pub fn prometheus_recorder() -> &'static PrometheusHandle {
 /// How often the recorder folds the histograms' samples into their buckets.
 const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Drains the recorder every [`UPKEEP`] on the current runtime, so that its histograms'
+/// Drains the recorder every 5 seconds on the current runtime, so that its histograms'
 /// samples (one per cached response) do not pile up between scrapes, or without any: a
 /// recorder built by `build_recorder()` runs no upkeep of its own.
 pub fn spawn_upkeep() {

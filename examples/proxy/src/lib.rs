@@ -13,7 +13,7 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use axum::{
     Json, Router,
-    body::Body,
+    body::{Body, Bytes},
     extract::State,
     http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header},
     response::IntoResponse,
@@ -193,31 +193,90 @@ impl Origin {
         })
     }
 
-    /// Sends `req` to the origin: same method, path, query, headers and body; `Host` is
-    /// the origin's, the client's goes in `X-Forwarded-Host`. A failure to reach it is a
-    /// `502` (never stored).
+    /// Sends `req` to the origin: same method, path, query, end-to-end headers and body,
+    /// with the origin's `Host`. The client's `Host`, `X-Forwarded-Host` and `Forwarded` are
+    /// not passed on: the key leaves the host out, so the origin must not answer by it (a
+    /// link built from a client's host would be cached for everyone). A failure to reach the
+    /// origin is a `502`, no answer within [`ORIGIN_TIMEOUT`] a `504` (never stored).
     async fn forward(self, req: Request<Body>) -> Result<Response<Body>, std::convert::Infallible> {
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let uri = match format!("{}{path}", self.base).parse::<Uri>() {
             Ok(uri) => uri,
-            Err(e) => return Ok(bad_gateway(format!("cannot forward {path}: {e}"))),
+            Err(e) => {
+                tracing::warn!(%path, error = %e, "cannot forward");
+                return Ok(gateway_error(
+                    StatusCode::BAD_REQUEST,
+                    "cannot forward this path",
+                ));
+            }
         };
         parts.uri = uri;
-        if let Some(host) = parts.headers.remove(header::HOST) {
-            parts.headers.insert("x-forwarded-host", host);
+        strip_hop_by_hop(&mut parts.headers);
+        for name in ["x-forwarded-host", "forwarded"] {
+            parts.headers.remove(name);
         }
         parts.headers.insert(header::HOST, self.authority.clone());
-        match self.client.request(Request::from_parts(parts, body)).await {
-            Ok(response) => Ok(response.map(Body::new)),
-            Err(e) => Ok(bad_gateway(format!("the origin did not answer: {e}"))),
+        let call = self.client.request(Request::from_parts(parts, body));
+        match tokio::time::timeout(ORIGIN_TIMEOUT, call).await {
+            Ok(Ok(response)) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Ok(Response::from_parts(parts, Body::new(body)))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the origin did not answer");
+                Ok(gateway_error(
+                    StatusCode::BAD_GATEWAY,
+                    "the origin did not answer",
+                ))
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?ORIGIN_TIMEOUT, "the origin did not answer in time");
+                Ok(gateway_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the origin did not answer in time",
+                ))
+            }
         }
     }
 }
 
-fn bad_gateway(message: String) -> Response<Body> {
-    tracing::warn!(%message, "origin failure");
-    (StatusCode::BAD_GATEWAY, Json(json!({ "error": message }))).into_response()
+/// How long the origin has to answer a request (its headers).
+pub const ORIGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Removes the hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and those it names, and the
+/// standard ones; they are for one connection, not passed on.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// An error answer of the proxy's own (the details go to the log, not to clients).
+fn gateway_error(status: StatusCode, message: &str) -> Response<Body> {
+    (status, Json(json!({ "error": message }))).into_response()
 }
 
 /// Builds the cache handle `config` asks for.
@@ -267,30 +326,27 @@ pub struct InvalidateBody {
 }
 
 /// `POST /_larder/invalidate` with `Authorization: Bearer <token>`: `{"tags": [...],
-/// "paths": [...]}`.
-async fn invalidate(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    Json(body): Json<InvalidateBody>,
-) -> Response<Body> {
+/// "paths": [...]}`. The token is checked first (in constant time), the body after.
+async fn invalidate(State(admin): State<Admin>, headers: HeaderMap, body: Bytes) -> Response<Body> {
     let Some(token) = &admin.token else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": "admin routes are off" })),
-        )
-            .into_response();
+        return gateway_error(StatusCode::NOT_FOUND, "admin routes are off");
     };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given != Some(&**token) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({ "error": "wrong or missing token" })),
-        )
-            .into_response();
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // BLAKE3 digests compare in constant time.
+    if blake3::hash(given.as_bytes()) != blake3::hash(token.as_bytes()) {
+        return gateway_error(StatusCode::UNAUTHORIZED, "wrong or missing token");
     }
+    let body: InvalidateBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => {
+            let message = format!("expected {{\"tags\": [...], \"paths\": [...]}}: {e}");
+            return (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response();
+        }
+    };
     let mut deferred = Vec::new();
     if !body.tags.is_empty() {
         if let Err(e) = admin.cache.invalidate_tags(&body.tags).await {

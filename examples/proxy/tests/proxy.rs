@@ -81,6 +81,24 @@ async fn tagged(State(seen): State<Seen>) -> impl IntoResponse {
     )
 }
 
+async fn host(headers: HeaderMap) -> impl IntoResponse {
+    let seen = |name: &str| {
+        headers
+            .get(name)
+            .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned())
+    };
+    (
+        [("cache-control", "max-age=60")],
+        format!(
+            "host={} x-forwarded-host={} forwarded={} connection-named={}",
+            seen("host"),
+            seen("x-forwarded-host"),
+            seen("forwarded"),
+            seen("x-private-hop")
+        ),
+    )
+}
+
 /// Starts the origin on a free port: its URL and what it sees.
 async fn origin() -> (String, Seen) {
     let seen = Seen::default();
@@ -89,6 +107,7 @@ async fn origin() -> (String, Seen) {
         .route("/lang", routing::get(lang))
         .route("/cdn", routing::get(cdn))
         .route("/tagged", routing::get(tagged))
+        .route("/host", routing::get(host))
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -347,4 +366,28 @@ async fn bad_flags_are_refused_with_a_clear_error() {
         };
         assert!(error.contains(want), "{origin} {:?}: {error}", config.rules);
     }
+}
+
+/// The key leaves the host out, so nothing host-dependent reaches the origin: a client's
+/// `Host`, `X-Forwarded-Host` and `Forwarded` are not passed on (a cached link built from an
+/// attacker's host would reach everyone), nor hop-by-hop fields.
+#[tokio::test]
+async fn client_host_fields_and_hop_by_hop_fields_never_reach_the_origin() {
+    let (origin_url, _) = origin().await;
+    let proxy_url = proxy(config(&origin_url)).await;
+    let answer = get_with(
+        &format!("{proxy_url}/host"),
+        &[
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "host=evil.example"),
+            ("connection", "x-private-hop"),
+            ("x-private-hop", "1"),
+        ],
+    )
+    .await;
+    let origin_host = origin_url.trim_start_matches("http://");
+    assert_eq!(
+        answer.body,
+        format!("host={origin_host} x-forwarded-host=- forwarded=- connection-named=-")
+    );
 }

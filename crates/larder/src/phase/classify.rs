@@ -121,21 +121,14 @@ pub(crate) fn classify(shared: &CacheState, route: &Route, parts: &Parts) -> Cla
             && !refresh
             && consistency::token(&parts.headers).is_none();
         if plain && shared.store.serves_during_outage() {
-            let key = variant(
-                route,
-                key(shared, route, parts, scope.as_deref(), None),
-                parts,
-            );
-            return Class::Outage(key);
+            let key = key(shared, route, parts, scope.as_deref(), None);
+            return Class::Outage(variant(shared, route, key, parts));
         }
         return Class::Bypass(Bypass::StoreUnavailable);
     }
 
-    let key = variant(
-        route,
-        key(shared, route, parts, scope.as_deref(), digest),
-        parts,
-    );
+    let key = key(shared, route, parts, scope.as_deref(), digest);
+    let key = variant(shared, route, key, parts);
     let intent = if refresh {
         Intent::Reload
     } else {
@@ -179,13 +172,14 @@ pub(crate) fn key(
     })
 }
 
-/// The key of the request's variant, once the route knows the `Vary` of its responses (an
-/// atomic load when it does not).
+/// The key of the request's variant, when its URL is known to vary (an atomic load for a
+/// rule whose responses never did).
 #[inline]
-fn variant(route: &Route, key: CacheKey, parts: &Parts) -> CacheKey {
-    match route.vary.get() {
-        Some(names) => key.variant(names, &parts.headers),
-        None => key,
+fn variant(shared: &CacheState, route: &Route, key: CacheKey, parts: &Parts) -> CacheKey {
+    if route.varies.load(std::sync::atomic::Ordering::Relaxed) {
+        shared.variants.select(key, &parts.headers)
+    } else {
+        key
     }
 }
 

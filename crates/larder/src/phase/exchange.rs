@@ -11,7 +11,9 @@
 use std::{sync::Arc, time::Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode, header, request::Parts, response};
+use http::{
+    HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header, request::Parts, response,
+};
 use http_body::Body;
 use tower_service::Service;
 use tracing::Instrument;
@@ -114,6 +116,9 @@ pub(crate) struct Exchange {
     pub(crate) revalidating: Option<Arc<Entry>>,
     /// The service answered `304` and the entry was refreshed: its `Cache-Status` says so.
     revalidated: bool,
+    /// The refreshed entry's tags: the stale one's (the origin's `larder-tags` are not sent
+    /// again with a `304`).
+    kept_tags: Option<Box<[Box<str>]>>,
     /// See [`ReadRequest::credentialed`].
     pub(crate) credentialed: bool,
 }
@@ -143,6 +148,7 @@ impl Exchange {
             started,
             revalidating: None,
             revalidated: false,
+            kept_tags: None,
             credentialed: read.credentialed,
         }
     }
@@ -160,7 +166,7 @@ impl Exchange {
         S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Send + 'static,
-        ReqBody: Send + 'static,
+        ReqBody: Default + Send + 'static,
         B: Body<Data = Bytes> + Send + 'static,
     {
         match found {
@@ -192,8 +198,12 @@ impl Exchange {
                     used: StaleUse::WhileRevalidate,
                 };
                 let response = self.serve(&entry, &parts.method, &parts.headers, status, now_ms);
-                // Refreshed conditionally when the origin gave a validator.
-                self.revalidating = entry.validators().map(|_| Arc::clone(&entry));
+                // Refreshed conditionally when the origin gave a validator (not a POST keyed
+                // by its body: a conditional POST means something else).
+                self.revalidating = entry
+                    .validators()
+                    .filter(|_| parts.method != Method::POST)
+                    .map(|_| Arc::clone(&entry));
                 self.refresh(inner, parts, body);
                 ResponseFuture::ready(response)
             }
@@ -244,6 +254,7 @@ impl Exchange {
     where
         S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
         S::Future: Send + 'static,
+        ReqBody: Default,
         B: Body<Data = Bytes> + Send + 'static,
     {
         let shared = &self.handle.shared;
@@ -403,7 +414,7 @@ impl Exchange {
         S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Send + 'static,
-        ReqBody: Send + 'static,
+        ReqBody: Default + Send + 'static,
         B: Body<Data = Bytes> + Send + 'static,
     {
         match then {
@@ -421,7 +432,7 @@ impl Exchange {
         S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Send + 'static,
-        ReqBody: Send + 'static,
+        ReqBody: Default + Send + 'static,
         B: Body<Data = Bytes> + Send + 'static,
     {
         let coalescer = &self.handle.shared.coalescer;
@@ -459,6 +470,7 @@ impl Exchange {
     ) -> Reply<B, S::Error>
     where
         S: Service<Request<ReqBody>, Response = Response<B>>,
+        ReqBody: Default,
         B: Body<Data = Bytes>,
     {
         let shared = &self.handle.shared;
@@ -472,7 +484,7 @@ impl Exchange {
             },
             replay,
         });
-        let asked = Origin {
+        let mut asked = Origin {
             // Taken before the call: an invalidation from now on hides what this call returns.
             born: shared.store.stamp(),
             started: tokio::time::Instant::now(),
@@ -480,16 +492,51 @@ impl Exchange {
             headers: self.clients_headers(req.headers()),
             path: route::request_path(req.uri(), req.extensions()).to_owned(),
         };
-        match inner.call(req).await {
-            // RFC 9111 §4.3.4: the stale entry is still good; refreshed with the 304's
-            // headers, it answers this request and is stored again, no body sent twice.
-            Ok(r) if r.status() == StatusCode::NOT_MODIFIED && self.revalidating.is_some() => {
-                let entry = self.revalidating.take().expect("checked above");
-                let (parts, body) = refreshed(&entry, r.into_parts().0);
-                self.took_miss();
-                self.revalidated = true;
-                Ok(self.record(parts, body, asked, (lead, lock, refill), fwd))
+        // A conditional request may have to be sent again without its conditions (a 304
+        // that does not select the stored response): keep what it takes.
+        let again = self.revalidating.as_ref().map(|_| refill::Head {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: asked.headers.clone(),
+            extensions: req.extensions().clone(),
+        });
+        let mut response = inner.call(req).await;
+        if let (Ok(r), Some(entry)) = (&response, &self.revalidating) {
+            if r.status() == StatusCode::NOT_MODIFIED {
+                if selects(entry, r.headers()) {
+                    // RFC 9111 §4.3.4: the stale entry is still good; refreshed with the
+                    // 304's headers, it answers this request and is stored again, no body
+                    // sent twice.
+                    let entry = self.revalidating.take().expect("checked above");
+                    // Its body is the stale entry's: an invalidation after that entry was
+                    // read still hides it (never revived by a validator too coarse to see
+                    // the write), and its tags (the origin's among them) stay.
+                    asked.born = asked.born.min(entry.born);
+                    self.kept_tags = Some(entry.tags.clone());
+                    let now = shared.clock.now();
+                    let (parts, body) = refreshed(&entry, r_parts(response), now);
+                    self.took_miss();
+                    self.revalidated = true;
+                    return Ok(self.record(parts, body, asked, (lead, lock, refill), fwd));
+                }
+                // A 304 for another representation (§4.3.4): ask again, unconditionally.
+                self.revalidating = None;
+                if let Some(head) = again {
+                    let mut request = Request::new(ReqBody::default());
+                    *request.method_mut() = head.method;
+                    *request.uri_mut() = head.uri;
+                    *request.version_mut() = head.version;
+                    *request.headers_mut() = head.headers;
+                    *request.extensions_mut() = head.extensions;
+                    response = match std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
+                        Ok(()) => inner.call(request).await,
+                        Err(e) => Err(e),
+                    };
+                }
             }
+        }
+        match response {
             Ok(r) if !r.status().is_server_error() => {
                 let (parts, body) = r.into_parts();
                 let body = if self.wants_whole_body(&parts, &body) {
@@ -530,7 +577,7 @@ impl Exchange {
     /// the client (or all at once, read whole), or passed on with the reason it is not stored
     /// (the followers are told).
     fn record<B: Body<Data = Bytes>>(
-        self,
+        mut self,
         mut parts: response::Parts,
         body: Incoming<B>,
         origin: Origin,
@@ -556,7 +603,12 @@ impl Exchange {
             _ => fill::prepare(&asked, &mut parts, body.size_hint()),
         };
         let mut entry = match prepared {
-            Ok(entry) => entry,
+            Ok(mut entry) => {
+                if let Some(kept) = self.kept_tags.take() {
+                    merge_tags(&mut entry, kept);
+                }
+                entry
+            }
             Err(reason) => {
                 if let Some(lead) = &lead {
                     lead.uncacheable();
@@ -599,7 +651,7 @@ impl Exchange {
             lock,
             started: origin.started,
             refill,
-            vary: Arc::clone(&self.route.vary),
+            varies: Arc::clone(&self.route.varies),
         };
         match body {
             Incoming::Stream(body) => {
@@ -674,12 +726,49 @@ impl Exchange {
     }
 }
 
+/// The parts of a response known to be `Ok`.
+fn r_parts<B, E>(response: Result<Response<B>, E>) -> response::Parts {
+    match response {
+        Ok(r) => r.into_parts().0,
+        Err(_) => unreachable!("checked to be Ok"),
+    }
+}
+
+/// Whether a `304` selects the stored `entry` (RFC 9111 §4.3.4): it carries no `ETag`, or
+/// the one the entry has.
+fn selects(entry: &Entry, not_modified: &HeaderMap) -> bool {
+    match not_modified.get(header::ETAG) {
+        None => true,
+        Some(etag) => entry.headers.get(header::ETAG) == Some(etag),
+    }
+}
+
+/// Adds `kept` to the entry's tags (those it lacks).
+fn merge_tags(entry: &mut Entry, kept: Box<[Box<str>]>) {
+    let mut tags = entry.tags.to_vec();
+    for tag in kept {
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    }
+    entry.tags = tags.into_boxed_slice();
+}
+
 /// The response a `304` stands for: the stored one, its headers updated with the `304`'s
 /// (RFC 9111 §4.3.4), with the stored body, whole.
 fn refreshed<B>(
     entry: &Entry,
     mut not_modified: response::Parts,
+    now: std::time::SystemTime,
 ) -> (response::Parts, Incoming<B>) {
+    // A 304 without a `Date` is dated on receipt (RFC 9110 §6.6.1): the stored one would
+    // make the refreshed entry look as old as the stale one.
+    if !not_modified.headers.contains_key(header::DATE) {
+        let now = httpdate::fmt_http_date(now);
+        if let Ok(now) = HeaderValue::from_str(&now) {
+            not_modified.headers.insert(header::DATE, now);
+        }
+    }
     not_modified.status = entry.status;
     not_modified.headers = policy::updated_headers(&entry.headers, &not_modified.headers);
     let body = Incoming::Whole {

@@ -16,7 +16,7 @@ use http_body::SizeHint;
 
 use crate::{
     CacheHandle, CacheKey, Entry,
-    engine::{breaker::Op, coalesce::Lead, lock::LockHeld, refill, variants::VaryMemo},
+    engine::{breaker::Op, coalesce::Lead, lock::LockHeld, refill},
     entry::derive_etag,
     middleware::status::XCache,
     reason::Uncacheable,
@@ -152,8 +152,8 @@ pub(crate) struct Fill {
     pub(crate) started: tokio::time::Instant,
     /// How to ask for this entry again after a write (rules that refill after writes).
     pub(crate) refill: Option<refill::Seed>,
-    /// The route's `Vary` field names, learned from the first varying response it stores.
-    pub(crate) vary: VaryMemo,
+    /// Set when a response of the route that varies is stored (see `engine::variants`).
+    pub(crate) varies: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Fill {
@@ -187,27 +187,34 @@ impl Fill {
         {
             return self.uncacheable(Uncacheable::GrpcStatus);
         }
-        // A new variant of a URL that has all it may keep is not stored.
-        let variant = match (&self.entry.vary, self.key.base()) {
-            (Some((_, digest)), Some(base)) => {
-                if !self.handle.shared.variants.admit(*base, *digest) {
-                    return self.uncacheable(Uncacheable::TooManyVariants);
+        // Where a response that varies goes (see `engine::variants`).
+        let mut also = None;
+        let variants = &self.handle.shared.variants;
+        if let Some((names, digest)) = &self.entry.vary {
+            self.varies
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let url = variants.learn(*self.key.url_key().digest(), names);
+            let looked_up_by_url = self.key.base().is_none();
+            if url.admit(*digest) {
+                let variant = self.key.with_variant_digest(*digest);
+                if looked_up_by_url {
+                    // Also under the URL's key: where a process that has not seen it vary
+                    // looks.
+                    also = Some(variant);
+                } else {
+                    // Under the variant's key for the fields it varies on now.
+                    self.key = variant;
                 }
-                None
+            } else if !looked_up_by_url {
+                // A new variant of a URL that has all it may keep.
+                return self.uncacheable(Uncacheable::TooManyVariants);
             }
-            // Looked up under the URL's key: the route learns its `Vary`, and the entry is
-            // written under its variant's key too (where the route's next lookups go).
-            (Some((names, digest)), None) => {
-                let _ = self.vary.set(names.clone());
-                let base = *self.key.digest();
-                self.handle
-                    .shared
-                    .variants
-                    .admit(base, *digest)
-                    .then(|| self.key.with_variant_digest(*digest))
-            }
-            (None, _) => None,
-        };
+        } else if let Some(url) = self.key.base().copied() {
+            // The URL no longer varies: its entry goes under the URL's key, where its next
+            // lookups go.
+            variants.forget(&url);
+            self.key = self.key.url_key();
+        }
         let body = concat(chunks);
         let hidden = self.handle.shared.x_cache == XCache::Hidden;
         give_etag(&mut self.entry, &body, hidden);
@@ -235,7 +242,7 @@ impl Fill {
             let refills = &self.handle.shared.refills;
             refills.record(*self.key.digest(), &entry.tags, seed);
         }
-        if let Some(variant) = variant {
+        if let Some(variant) = also {
             write(
                 &self.handle,
                 &self.stats,

@@ -104,6 +104,15 @@ impl CacheKey {
     pub(crate) fn base(&self) -> Option<&[u8; 32]> {
         self.base.as_ref()
     }
+
+    /// The URL's key: `self`, or the key a variant's derives from.
+    pub(crate) fn url_key(&self) -> CacheKey {
+        CacheKey {
+            digest: self.base.unwrap_or(self.digest),
+            label: self.label,
+            base: None,
+        }
+    }
 }
 
 impl PartialEq for CacheKey {

@@ -760,7 +760,15 @@ pub(crate) fn add_validators(
 pub(crate) fn updated_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
     let mut fresh = not_modified.clone();
     strip_hop_by_hop(&mut fresh);
-    fresh.remove(http::header::CONTENT_LENGTH);
+    // The fields that describe the stored body stay its own (§3.2 lets a cache keep them).
+    for name in [
+        http::header::CONTENT_LENGTH,
+        http::header::CONTENT_TYPE,
+        http::header::CONTENT_ENCODING,
+        http::header::CONTENT_RANGE,
+    ] {
+        fresh.remove(name);
+    }
     let mut headers = stored.clone();
     for name in fresh.keys() {
         headers.remove(name);

@@ -46,9 +46,9 @@ pub(crate) struct Route {
     pub(crate) needs_params: bool,
     /// Lets one audit of this rule run at a time, at most [`AUDITS_PER_SECOND`].
     pub(crate) audit_gate: AuditGate,
-    /// The `Vary` field names of this rule's responses, once one was stored: its requests
-    /// are then looked up under their variant's key (see [`crate::engine::variants`]).
-    pub(crate) vary: crate::engine::variants::VaryMemo,
+    /// Whether a response of this rule that varies was stored: its requests then look for
+    /// their URL among those known to vary (see [`crate::engine::variants`]).
+    pub(crate) varies: Arc<AtomicBool>,
 }
 
 /// The most audits of one rule started in a second.
@@ -137,7 +137,7 @@ impl RouteSet {
                     max_body_size: rule.max_body_size.unwrap_or(handle.shared.max_body_size),
                     needs_params,
                     audit_gate: AuditGate::default(),
-                    vary: Default::default(),
+                    varies: Default::default(),
                     rule,
                 })
             })
