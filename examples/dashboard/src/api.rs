@@ -3,7 +3,7 @@
 use axum::{
     Extension, Json,
     extract::{Path, Query, State},
-    http::{HeaderName, HeaderValue, StatusCode},
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::{
     Dashboard,
     auth::UserId,
-    cache::{DEFAULT_PER_PAGE, dashboard_parts},
+    cache::{DEFAULT_PER_PAGE, Loads, dashboard_parts, marked},
     error::ApiError,
     queries,
     seed::{CATEGORIES, PROVIDERS},
@@ -274,30 +274,9 @@ pub async fn dashboard(
     // A client that carries its last write's consistency token reads that write here on
     // every instance (the tiered store's L1 answers it only once it knows the invalidation).
     let cache = cache.reading_after(larder::consistency_token(&headers));
-    let (values, (missed, uncached)) = read_dashboard(&app, &cache, id).await?;
-    let mut response = Json(compose(values)).into_response();
-    let (status, x_cache) = if missed == 0 {
-        ("larder; hit".to_owned(), "HIT")
-    } else {
-        (
-            // `stored` when a part was stored: not when only parts whose caching is
-            // configured off were loaded.
-            {
-                let stored = if missed > uncached { "; stored" } else { "" };
-                format!("larder; fwd=miss{stored}; detail=\"{missed} of {PARTS} parts\"")
-            },
-            "MISS",
-        )
-    };
-    let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&status) {
-        headers.insert(HeaderName::from_static("cache-status"), v);
-    }
-    headers.insert(
-        HeaderName::from_static("x-cache"),
-        HeaderValue::from_static(x_cache),
-    );
-    Ok(response)
+    let (values, (loaded, uncached)) = read_dashboard(&app, &cache, id).await?;
+    let loads = Loads { loaded, uncached };
+    Ok(marked(Json(compose(values)), true, loads, PARTS))
 }
 
 /// Reads `user`'s nine dashboard parts through the cache in one batch and loads the missing

@@ -12,14 +12,21 @@ use std::future::Future;
 use axum::{
     Extension, Json,
     extract::{Path, State},
-    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use larder::{CacheHandle, EntryOptions};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sqlx::Row;
 
-use crate::{Dashboard, auth::UserId, db::Db, error::ApiError, ttls::RouteTtls};
+use crate::{
+    Dashboard,
+    auth::UserId,
+    cache::{Loads, marked},
+    db::Db,
+    error::ApiError,
+    ttls::RouteTtls,
+};
 
 // The lifetimes (assistant data 30 min, schema 1 h, thread context 2 h, replies 24 h) are
 // in `crate::ttls`, where configuration may change them or switch them off.
@@ -257,25 +264,6 @@ fn reader(app: &Dashboard, headers: &HeaderMap) -> Option<CacheHandle> {
         .map(|c| c.reading_after(larder::consistency_token(headers)))
 }
 
-/// How the parts of an answer were read: how many were loaded from the database, and how
-/// many of those because their caching is configured off (never stored).
-#[derive(Debug, Clone, Copy, Default)]
-struct Loads {
-    loaded: usize,
-    uncached: usize,
-}
-
-impl std::ops::Add for Loads {
-    type Output = Loads;
-
-    fn add(self, other: Loads) -> Loads {
-        Loads {
-            loaded: self.loaded + other.loaded,
-            uncached: self.uncached + other.uncached,
-        }
-    }
-}
-
 /// Reads `key` through the cache (cache-aside), or straight from `load` without one (or
 /// when its caching is configured off: no `options`). Returns the value and how it was read.
 async fn read_through<T, F, Fut>(
@@ -335,39 +323,6 @@ async fn owned_thread(
         read_through(cache, &key, options.as_ref(), || load_thread(&app.db, sid)).await?;
     let context = context.for_user(user, "thread")?;
     Ok((assistant, context, first + second))
-}
-
-/// `value` as JSON with `Cache-Status` and `X-Cache` when there is a cache: a hit when none of
-/// its `parts` was loaded, a bypass when all were loaded because their caching is off, else
-/// a miss (`stored` when a loaded part was stored).
-fn marked(value: impl IntoResponse, cached: bool, loads: Loads, parts: usize) -> Response {
-    let mut response = value.into_response();
-    if !cached {
-        return response;
-    }
-    let Loads { loaded, uncached } = loads;
-    let (status, x_cache) = if loaded == 0 {
-        ("larder; hit".to_owned(), "HIT")
-    } else if uncached == parts {
-        ("larder; fwd=bypass; detail=bypass-if".to_owned(), "BYPASS")
-    } else {
-        let stored = if loaded > uncached { "; stored" } else { "" };
-        let detail = if parts > 1 {
-            format!("; detail=\"{loaded} of {parts} parts\"")
-        } else {
-            String::new()
-        };
-        (format!("larder; fwd=miss{stored}{detail}"), "MISS")
-    };
-    let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&status) {
-        headers.insert(HeaderName::from_static("cache-status"), v);
-    }
-    headers.insert(
-        HeaderName::from_static("x-cache"),
-        HeaderValue::from_static(x_cache),
-    );
-    response
 }
 
 /// An assistant's sources, with its columns split.

@@ -4,6 +4,10 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::{
+    http::{HeaderName, HeaderValue},
+    response::{IntoResponse, Response},
+};
 use larder::{
     CacheHandle, EntryOptions, KeyOptions, MemoryStore, Pagination, Rule, Rules, UserScope,
     store::{RedisStore, TieredStore},
@@ -349,6 +353,63 @@ pub fn dashboard_parts(user: i64, ttls: &RouteTtls) -> Vec<(String, Option<Entry
         ),
     ));
     parts
+}
+
+/// How the parts of an answer were read: how many were loaded from the database, and how
+/// many of those because their caching is configured off (never stored).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Loads {
+    pub(crate) loaded: usize,
+    pub(crate) uncached: usize,
+}
+
+impl std::ops::Add for Loads {
+    type Output = Loads;
+
+    fn add(self, other: Loads) -> Loads {
+        Loads {
+            loaded: self.loaded + other.loaded,
+            uncached: self.uncached + other.uncached,
+        }
+    }
+}
+
+/// `value` as JSON with `Cache-Status` and `X-Cache` when there is a cache: a hit when none of
+/// its `parts` was loaded, a bypass when all were loaded because their caching is off, else
+/// a miss (`stored` when a loaded part was stored).
+pub(crate) fn marked(
+    value: impl IntoResponse,
+    cached: bool,
+    loads: Loads,
+    parts: usize,
+) -> Response {
+    let mut response = value.into_response();
+    if !cached {
+        return response;
+    }
+    let Loads { loaded, uncached } = loads;
+    let (status, x_cache) = if loaded == 0 {
+        ("larder; hit".to_owned(), "HIT")
+    } else if uncached == parts {
+        ("larder; fwd=bypass; detail=bypass-if".to_owned(), "BYPASS")
+    } else {
+        let stored = if loaded > uncached { "; stored" } else { "" };
+        let detail = if parts > 1 {
+            format!("; detail=\"{loaded} of {parts} parts\"")
+        } else {
+            String::new()
+        };
+        (format!("larder; fwd=miss{stored}{detail}"), "MISS")
+    };
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&status) {
+        headers.insert(HeaderName::from_static("cache-status"), v);
+    }
+    headers.insert(
+        HeaderName::from_static("x-cache"),
+        HeaderValue::from_static(x_cache),
+    );
+    response
 }
 
 #[cfg(test)]

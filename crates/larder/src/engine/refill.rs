@@ -51,6 +51,19 @@ pub(crate) struct Head {
     pub(crate) extensions: http::Extensions,
 }
 
+impl Head {
+    /// The request again, with an empty body.
+    pub(crate) fn into_request<B: Default>(self) -> http::Request<B> {
+        let mut request = http::Request::new(B::default());
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers;
+        *request.extensions_mut() = self.extensions;
+        request
+    }
+}
+
 /// Sends a request through the cache it came from and reads the response to its end (the
 /// fill completes as the body streams); `false` when the service failed.
 pub(crate) trait Replay: Send + Sync {

@@ -362,12 +362,7 @@ where
             after: None,
         };
         let mut cache = Cache::new(inner, handle, Arc::clone(&self.routes));
-        let mut req = Request::new(ReqBody::default());
-        *req.method_mut() = head.method;
-        *req.uri_mut() = head.uri;
-        *req.version_mut() = head.version;
-        *req.headers_mut() = head.headers;
-        *req.extensions_mut() = head.extensions;
+        let req: Request<ReqBody> = head.into_request();
         Box::pin(async move {
             if std::future::poll_fn(|cx| cache.poll_ready(cx))
                 .await

@@ -502,39 +502,31 @@ impl Exchange {
             extensions: req.extensions().clone(),
         });
         let mut response = inner.call(req).await;
-        if let (Ok(r), Some(entry)) = (&response, &self.revalidating) {
-            if r.status() == StatusCode::NOT_MODIFIED {
-                if selects(entry, r.headers()) {
-                    // RFC 9111 §4.3.4: the stale entry is still good; refreshed with the
-                    // 304's headers, it answers this request and is stored again, no body
-                    // sent twice.
-                    let entry = self.revalidating.take().expect("checked above");
+        if let Some(entry) = self.revalidating.take() {
+            response = match response {
+                // RFC 9111 §4.3.4: the stale entry is still good; refreshed with the 304's
+                // headers, it answers this request and is stored again, no body sent twice.
+                Ok(r) if r.status() == StatusCode::NOT_MODIFIED && selects(&entry, r.headers()) => {
                     // Its body is the stale entry's: an invalidation after that entry was
                     // read still hides it (never revived by a validator too coarse to see
                     // the write), and its tags (the origin's among them) stay.
                     asked.born = asked.born.min(entry.born);
                     self.kept_tags = Some(entry.tags.clone());
-                    let now = shared.clock.now();
-                    let (parts, body) = refreshed(&entry, r_parts(response), now);
+                    let (parts, body) = refreshed(&entry, r.into_parts().0, shared.clock.now());
                     self.took_miss();
                     self.revalidated = true;
                     return Ok(self.record(parts, body, asked, (lead, lock, refill), fwd));
                 }
                 // A 304 for another representation (§4.3.4): ask again, unconditionally.
-                self.revalidating = None;
-                if let Some(head) = again {
-                    let mut request = Request::new(ReqBody::default());
-                    *request.method_mut() = head.method;
-                    *request.uri_mut() = head.uri;
-                    *request.version_mut() = head.version;
-                    *request.headers_mut() = head.headers;
-                    *request.extensions_mut() = head.extensions;
-                    response = match std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
-                        Ok(()) => inner.call(request).await,
+                Ok(r) if r.status() == StatusCode::NOT_MODIFIED => match again {
+                    Some(head) => match std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
+                        Ok(()) => inner.call(head.into_request()).await,
                         Err(e) => Err(e),
-                    };
-                }
-            }
+                    },
+                    None => Ok(r),
+                },
+                other => other,
+            };
         }
         match response {
             Ok(r) if !r.status().is_server_error() => {
@@ -723,14 +715,6 @@ impl Exchange {
             status,
             self.handle.shared.x_cache,
         ))
-    }
-}
-
-/// The parts of a response known to be `Ok`.
-fn r_parts<B, E>(response: Result<Response<B>, E>) -> response::Parts {
-    match response {
-        Ok(r) => r.into_parts().0,
-        Err(_) => unreachable!("checked to be Ok"),
     }
 }
 
