@@ -21,16 +21,12 @@ use tower::ServiceExt;
 /// The model's latency in these tests: eight pauses of 5 ms.
 const MODEL_LATENCY_MS: u64 = 40;
 
+/// `support::config` (refills off: the reads after a write or an invalidation show exactly
+/// what it invalidated) with a fast model.
 fn config(store: StoreKind) -> Config {
     Config {
-        store,
-        database_url: Some("sqlite::memory:".into()),
-        db_latency_ms: 0,
         model_latency_ms: MODEL_LATENCY_MS,
-        admin_token: Some(ADMIN.into()),
-        // The reads after a write or an invalidation show exactly what it invalidated.
-        refill: false,
-        ..Config::defaults()
+        ..support::config(store)
     }
 }
 

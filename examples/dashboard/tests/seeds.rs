@@ -21,14 +21,7 @@ async fn tuned(
     server: Option<&RedisServer>,
     tune: impl FnOnce(&mut Config),
 ) -> (Dashboard, Router) {
-    let mut config = Config {
-        store,
-        database_url: Some("sqlite::memory:".into()),
-        db_latency_ms: 0,
-        admin_token: Some(ADMIN.into()),
-        refill: false,
-        ..Config::defaults()
-    };
+    let mut config = support::config(store);
     if let Some(server) = server {
         config.redis_url = server.url();
     }

@@ -21,26 +21,26 @@ pub(crate) const CONSISTENCY: &str = "larder-consistency";
 /// refills on, the dashboard's default, they may already be refilled hits; see
 /// [`dashboard_refilling`]).
 pub(crate) async fn dashboard(store: StoreKind) -> (Dashboard, Router) {
-    dashboard_with(Config {
+    dashboard_with(config(store)).await
+}
+
+/// The configuration of [`dashboard`], to change before starting one.
+pub(crate) fn config(store: StoreKind) -> Config {
+    Config {
         store,
         database_url: Some("sqlite::memory:".into()),
         db_latency_ms: 0,
         admin_token: Some(ADMIN.into()),
         refill: false,
         ..Config::defaults()
-    })
-    .await
+    }
 }
 
 /// [`dashboard`] with refills on, as the dashboard runs by default.
 pub(crate) async fn dashboard_refilling(store: StoreKind) -> (Dashboard, Router) {
     dashboard_with(Config {
-        store,
-        database_url: Some("sqlite::memory:".into()),
-        db_latency_ms: 0,
-        admin_token: Some(ADMIN.into()),
         refill: true,
-        ..Config::defaults()
+        ..config(store)
     })
     .await
 }
